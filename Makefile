@@ -1,0 +1,44 @@
+# The two commands the README promises:
+#   make run    install into .venv and run service + gateway on configs/local.toml
+#   make test   install everything the tests need and run the whole suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test install deps lint protos check-protos buf pytest clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+
+run: install
+	$(BIN)/wave-grpc serve --config configs/local.toml
+
+deps:
+	scripts/install-test-deps.sh
+
+protos: install
+	$(BIN)/python scripts/gen_protos.py
+
+check-protos: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/gen_protos.py --check
+
+buf: deps
+	npx --no-install buf lint
+	scripts/buf-breaking.sh
+
+lint: install check-protos buf
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy wave_grpc gateway scripts tests
+
+pytest: install
+	$(BIN)/python -m pytest -q -ra
+
+test: deps install lint pytest
+
+clean:
+	rm -rf $(VENV) node_modules .wave-grpc

@@ -1,0 +1,1 @@
+"""The aiohttp OCI gateway that serves augmented images under ``/v2/wt/<token>/...``."""

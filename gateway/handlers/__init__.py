@@ -1,0 +1,1 @@
+"""Handlers, one module per route family (base, manifests, blobs, tags)."""

@@ -1,0 +1,114 @@
+"""Token -> augmented image, with the caches a pull needs.
+
+A token record never changes after creation (only revocation or expiry ends
+it), so the augmented image computed from it is cached by token in a bounded
+LRU. The record itself is re-checked over gRPC once its short cache entry ages
+out, which bounds how long a revoked token keeps working on this replica.
+Concurrent first pulls of one token share a single computation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import grpc
+
+from gateway.rewrite import AugmentedImage, augment
+from wave_grpc.digest import Digest
+from wave_grpc.errors import Errors, WaveError
+from wave_grpc.imageref import ImageRef
+from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
+from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
+from wave_grpc.source import augmentation_from_record, fetch_pinned
+from wave_grpc.tokenstore import expiry_seconds
+from wave_grpc.upstream import RegistryClient
+
+
+@dataclass(frozen=True, slots=True)
+class TokenImage:
+    token: str
+    record: pb.ContainerRecord
+    source: ImageRef
+    tag: str
+    image: AugmentedImage
+    injected: dict[Digest, pb.ContainerLayer]
+
+    @property
+    def expires_at(self) -> float:
+        return expiry_seconds(self.record)
+
+
+class TokenResolver:
+    def __init__(
+        self,
+        stub: pb_grpc.AugmentServiceAsyncStub,
+        upstream: RegistryClient,
+        *,
+        record_ttl: float,
+        max_entries: int,
+    ) -> None:
+        self._stub = stub
+        self._upstream = upstream
+        self._record_ttl = record_ttl
+        self._max_entries = max_entries
+        self._images: OrderedDict[str, tuple[TokenImage, float]] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[TokenImage]] = {}
+
+    def _unknown(self, token: str) -> WaveError:
+        return WaveError(Errors.NAME_UNKNOWN, f"container token {token} is unknown, expired or revoked")
+
+    async def _fetch_record(self, token: str) -> pb.ContainerRecord:
+        try:
+            response = await self._stub.GetContainer(pb.GetContainerRequest(container_token=token), timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                raise self._unknown(token) from None
+            raise WaveError(
+                Errors.SERVICE_UNAVAILABLE,
+                f"the AugmentService did not answer for token {token}: {exc.code().name}",
+            ) from None
+        return response.container
+
+    async def _build(self, token: str) -> TokenImage:
+        record = await self._fetch_record(token)
+        cached = self._images.get(token)
+        if cached is not None and cached[0].record == record:
+            return cached[0]
+        upstream = await fetch_pinned(self._upstream, record)
+        image = augment(upstream, augmentation_from_record(record))
+        source = ImageRef.parse(record.container_image)
+        injected = {Digest.parse(layer.gzip_digest): layer for layer in record.container_config.layers}
+        return TokenImage(token, record, source, source.tag or "latest", image, injected)
+
+    async def resolve(self, token: str) -> TokenImage:
+        now = time.monotonic()
+        cached = self._images.get(token)
+        if cached is not None:
+            entry, checked_at = cached
+            if entry.expires_at <= time.time():
+                self._images.pop(token, None)
+                raise self._unknown(token)
+            if now - checked_at < self._record_ttl:
+                self._images.move_to_end(token)
+                return entry
+        pending = self._inflight.get(token)
+        if pending is None:
+            pending = asyncio.ensure_future(self._build(token))
+            self._inflight[token] = pending
+            pending.add_done_callback(lambda _f: self._inflight.pop(token, None))
+        try:
+            entry = await asyncio.shield(pending)
+        except WaveError as exc:
+            if exc.kind is Errors.NAME_UNKNOWN:
+                self._images.pop(token, None)
+            raise
+        if entry.expires_at <= time.time():
+            raise self._unknown(token)
+        self._images[token] = (entry, time.monotonic())
+        self._images.move_to_end(token)
+        while len(self._images) > self._max_entries:
+            self._images.popitem(last=False)
+        return entry

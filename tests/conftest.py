@@ -1,0 +1,47 @@
+"""Session fixtures for the real-component harness (see tests/realcomp.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import realcomp
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "realcomp: needs real components (docker-registry, skopeo, umoci, podman, "
+        "containerd); skipped when a tool is missing, failed instead when CI=true",
+    )
+
+
+@pytest.fixture(scope="session")
+def workdir_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("realcomp")
+
+
+@pytest.fixture(scope="session")
+def registry(workdir_root: Path) -> Iterator[realcomp.Registry]:
+    reg = realcomp.start_registry(workdir_root / "registry")
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture(scope="session")
+def base_images(workdir_root: Path, registry: realcomp.Registry) -> realcomp.BaseImages:
+    return realcomp.push_busybox_images(workdir_root / "images", registry)
+
+
+@pytest.fixture(scope="session")
+def containerd(workdir_root: Path) -> Iterator[realcomp.Containerd]:
+    """Started on first use only."""
+    ctrd = realcomp.Containerd(workdir_root / "containerd")
+    try:
+        yield ctrd
+    finally:
+        ctrd.stop()

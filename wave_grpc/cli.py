@@ -1,0 +1,324 @@
+"""The ``wave-grpc`` command: serve, augment, inspect, revoke."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+from aiohttp import web
+from google.protobuf.json_format import MessageToDict
+
+from wave_grpc import __version__
+from wave_grpc.config import Config, ConfigError, default_config_path, load_config
+from wave_grpc.layers import LayerDigester, LayerDigests, LayerFormatError, pack_directory
+from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
+from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
+
+log = logging.getLogger("wave_grpc")
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+INLINE_LIMIT = 1 << 20
+UPLOAD_CHUNK = 1 << 20
+
+
+class CliError(Exception):
+    """A user-facing failure: printed without a traceback, exit code 2."""
+
+
+# -- serve ---------------------------------------------------------------------
+
+
+async def run_servers(config: Config, only: str | None, ready: Callable[[str], None] = print) -> None:
+    from gateway.app import create_app
+    from wave_grpc.server import serve
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    service = None
+    runner: web.AppRunner | None = None
+    try:
+        if only in (None, "service"):
+            service = await serve(config)
+            ready(f"AugmentService listening on {config.service.listen.rsplit(':', 1)[0]}:{service.port}")
+        if only in (None, "gateway"):
+            runner = web.AppRunner(create_app(config), access_log=logging.getLogger("gateway.access"))
+            await runner.setup()
+            host, port = config.gateway.listen.rsplit(":", 1)
+            site = web.TCPSite(runner, host, int(port), reuse_port=False)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise CliError(f"cannot listen on {config.gateway.listen} for the gateway: {exc.strerror}") from None
+            ready(f"gateway listening on {config.gateway.listen} (images named {config.gateway.public_host}/wt/...)")
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        if service is not None:
+            await service.stop()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    path = Path(args.config) if args.config else default_config_path()
+    config = load_config(path)
+    log.info("config %s", path)
+    try:
+        asyncio.run(run_servers(config, args.only, ready=lambda line: print(line, flush=True)))
+    except OSError as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
+# -- client helpers ------------------------------------------------------------
+
+
+def _metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    token = args.token or os.environ.get("WAVE_GRPC_TOKEN", "")
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+@contextlib.asynccontextmanager
+async def _stub(args: argparse.Namespace) -> AsyncIterator[pb_grpc.AugmentServiceAsyncStub]:
+    options = [("grpc.max_send_message_length", 128 << 20), ("grpc.max_receive_message_length", 128 << 20)]
+    async with grpc.aio.insecure_channel(args.server, options=options) as channel:
+        try:
+            yield pb_grpc.AugmentServiceStub(channel)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                raise CliError(f"cannot reach the AugmentService at {args.server}: {exc.details()}") from None
+            raise CliError(f"{exc.code().name}: {exc.details()}") from None
+
+
+class Progress:
+    """A one-line progress bar on stderr, drawn only on a terminal."""
+
+    def __init__(self, label: str, total: int, stream: IO[str] = sys.stderr) -> None:
+        self.label, self.total, self.done, self.stream = label, max(total, 1), 0, stream
+        self.enabled = stream.isatty()
+        self._last = -1
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        percent = min(100, self.done * 100 // self.total)
+        if self.enabled and percent != self._last:
+            self._last = percent
+            bar = "#" * (percent // 4)
+            self.stream.write(f"\r{self.label:<28} [{bar:<25}] {percent:3d}% {self.done / 1e6:8.1f} MB")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+
+
+def _digest_file(path: Path) -> LayerDigests:
+    digester = LayerDigester()
+    progress = Progress(f"hashing {path.name}", path.stat().st_size)
+    with path.open("rb") as handle:
+        while chunk := handle.read(UPLOAD_CHUNK):
+            digester.update(chunk)
+            progress.advance(len(chunk))
+    progress.close()
+    try:
+        return digester.finish()
+    except LayerFormatError as exc:
+        raise CliError(f"--layer {path}: {exc}; give a directory or a .tar.gz file") from None
+
+
+def pack_layer(spec: str, scratch: Path) -> tuple[Path, LayerDigests]:
+    path = Path(spec)
+    if path.is_dir():
+        from wave_grpc.layers import directory_size
+
+        out = scratch / f"layer-{len(list(scratch.iterdir()))}.tar.gz"
+        progress = Progress(f"packing {path.name or spec}", directory_size(path))
+        with out.open("wb") as handle:
+            digests = pack_directory(path, handle, progress.advance)
+        progress.close()
+        return out, digests
+    if path.is_file():
+        return path, _digest_file(path)
+    raise CliError(f"--layer {spec}: no such directory or file")
+
+
+async def _upload(
+    stub: pb_grpc.AugmentServiceAsyncStub, path: Path, digests: LayerDigests, metadata: tuple[tuple[str, str], ...]
+) -> pb.ContainerLayer:
+    progress = Progress(f"uploading {path.name}", digests.gzip_size)
+
+    async def messages() -> AsyncIterator[pb.UploadLayerRequest]:
+        yield pb.UploadLayerRequest(
+            gzip_digest=str(digests.gzip_digest),
+            gzip_size=digests.gzip_size,
+            tar_digest=str(digests.tar_digest),
+        )
+        with path.open("rb") as handle:
+            while chunk := await asyncio.to_thread(handle.read, UPLOAD_CHUNK):
+                yield pb.UploadLayerRequest(chunk=chunk)
+                progress.advance(len(chunk))
+
+    response = await stub.UploadLayer(messages(), metadata=metadata)
+    progress.close()
+    return response.layer
+
+
+def _print(message: Any, args: argparse.Namespace, text: str) -> None:
+    if args.output == "json":
+        print(json.dumps(MessageToDict(message), indent=2))
+    else:
+        print(text)
+
+
+# -- augment / inspect / revoke ------------------------------------------------
+
+
+async def _augment(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="wave-grpc-") as scratch_name:
+        scratch = Path(scratch_name)
+        packed = [pack_layer(spec, scratch) for spec in args.layer]
+        metadata = _metadata(args)
+        async with _stub(args) as stub:
+            layers = []
+            for path, digests in packed:
+                if digests.gzip_size <= args.inline_limit:
+                    layers.append(
+                        pb.ContainerLayer(
+                            location="data:" + base64.b64encode(path.read_bytes()).decode(),
+                            gzip_digest=str(digests.gzip_digest),
+                            gzip_size=digests.gzip_size,
+                            tar_digest=str(digests.tar_digest),
+                        )
+                    )
+                else:
+                    layers.append(await _upload(stub, path, digests, metadata))
+            request = pb.CreateContainerRequest(
+                container_image=args.image,
+                container_platform=args.platform or "",
+                container_config=pb.ContainerConfig(
+                    entrypoint=args.config_entrypoint or [],
+                    cmd=args.config_cmd or [],
+                    env=args.config_env or [],
+                    working_dir=args.config_working_dir or "",
+                    layers=layers,
+                ),
+            )
+            response = await stub.CreateContainer(request, metadata=metadata)
+    _print(response, args, response.target_image)
+    return 0
+
+
+async def _inspect(args: argparse.Namespace) -> int:
+    async with _stub(args) as stub:
+        response = await stub.GetContainer(
+            pb.GetContainerRequest(container_token=args.token_id), metadata=_metadata(args)
+        )
+    print(json.dumps(MessageToDict(response.container), indent=2))
+    return 0
+
+
+async def _revoke(args: argparse.Namespace) -> int:
+    async with _stub(args) as stub:
+        response = await stub.RevokeContainer(
+            pb.RevokeContainerRequest(container_token=args.token_id), metadata=_metadata(args)
+        )
+    _print(response, args, f"revoked {response.container_token}")
+    return 0
+
+
+def _split_words(value: str) -> list[str]:
+    """``--config-entrypoint`` takes a JSON list or a single word."""
+    if value.startswith("["):
+        try:
+            words = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"not a JSON list: {exc}") from None
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise argparse.ArgumentTypeError("must be a JSON list of strings")
+        return words
+    return [value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wave-grpc", description="Extend container images without rebuilding them.")
+    parser.add_argument("--version", action="version", version=f"wave-grpc {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the AugmentService and the gateway")
+    serve.add_argument("--config", help="TOML config (default: the embedded configs/local.toml)")
+    serve.add_argument("--only", choices=("service", "gateway"), help="run just one of them")
+    serve.set_defaults(func=cmd_serve)
+
+    def client(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument(
+            "--server",
+            default=os.environ.get("WAVE_GRPC_SERVER", DEFAULT_SERVER),
+            help="AugmentService address host:port (env WAVE_GRPC_SERVER)",
+        )
+        p.add_argument("--token", help="caller token sent as 'authorization: Bearer' (env WAVE_GRPC_TOKEN)")
+        p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+        return p
+
+    augment = client("augment", "put layers and config on top of an image; print the new image name")
+    augment.add_argument("image", help="source image, e.g. alpine or quay.io/org/tool:1.0")
+    augment.add_argument("--layer", action="append", default=[], help="a directory (packed as /) or a .tar.gz")
+    augment.add_argument("--config-env", action="append", metavar="NAME=VALUE")
+    augment.add_argument(
+        "--config-entrypoint", type=_split_words, help='a word or a JSON list, e.g. \'["/bin/sh","-c"]\''
+    )
+    augment.add_argument("--config-cmd", type=_split_words, help="a word or a JSON list")
+    augment.add_argument("--config-working-dir", metavar="DIR")
+    augment.add_argument("--platform", help="os/arch[/variant] (default linux/amd64)")
+    augment.add_argument(
+        "--inline-limit",
+        type=int,
+        default=INLINE_LIMIT,
+        help="layers up to this many bytes go inline; bigger ones via UploadLayer",
+    )
+    augment.set_defaults(func=lambda a: asyncio.run(_augment(a)))
+
+    inspect = client("inspect", "describe a token")
+    inspect.add_argument("token_id", metavar="TOKEN")
+    inspect.set_defaults(func=lambda a: asyncio.run(_inspect(a)))
+
+    revoke = client("revoke", "revoke a token")
+    revoke.add_argument("token_id", metavar="TOKEN")
+    revoke.set_defaults(func=lambda a: asyncio.run(_revoke(a)))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except (CliError, ConfigError) as exc:
+        print(f"wave-grpc: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""The TOML config tree: frozen, validated values.
+
+Every section rejects unknown keys and every error names the file and the key,
+e.g. ``configs/prod.toml: [gateway].lisen: unknown key; known keys: listen, ...``.
+Relative paths (``sqlite:///data/wave.db``, ``file://data/layers``) resolve against
+the working directory, as SQLAlchemy URLs do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from wave_grpc.imageref import DOCKER_HUB
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the file and key."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+class _Section:
+    """Reads one TOML table, remembering which keys were used."""
+
+    def __init__(self, data: Any, where: str, source: str) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: {where} must be a table")
+        self.data = data
+        self.where = where
+        self.source = source
+        self.used: set[str] = set()
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self.where}.{key}: {problem}")
+
+    def get(self, key: str, kind: type, default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(key, f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        return value
+
+    def string(self, key: str, default: str = "") -> str:
+        return str(self.get(key, str, default))
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return bool(self.get(key, bool, default))
+
+    def integer(self, key: str, default: int) -> int:
+        return int(self.get(key, int, default))
+
+    def choice(self, key: str, options: tuple[str, ...], default: str) -> str:
+        value = self.string(key, default)
+        if value not in options:
+            raise self.error(key, f"{value!r} is not one of {', '.join(options)}")
+        return value
+
+    def duration(self, key: str, default: timedelta) -> timedelta:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return timedelta(seconds=value)
+        match = _DURATION.match(str(value)) if isinstance(value, str) else None
+        if not match:
+            raise self.error(key, f'{value!r} is not a duration; use e.g. "36h", "90m", "30s", "500ms"')
+        result = timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        if result <= timedelta(0):
+            raise self.error(key, "must be positive")
+        return result
+
+    def address(self, key: str, default: str) -> str:
+        value = self.string(key, default)
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise self.error(key, f"{value!r} is not host:port")
+        return value
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self.error(unknown[0], f"unknown key; known keys: {', '.join(sorted(self.used))}")
+
+
+@dataclass(frozen=True, slots=True)
+class StaticToken:
+    """A caller token, stored as its sha256 hex so the config holds no secret."""
+
+    user: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    listen: str = "127.0.0.1:50051"
+    store: str = "sqlite:///.wave-grpc/wave.db"
+    token_ttl: timedelta = timedelta(hours=36)
+    anonymous: bool = True
+    tokens: tuple[StaticToken, ...] = ()
+    max_message_size: int = 128 << 20
+    # Layers up to this size may come inline as data:; bigger ones go through UploadLayer.
+    inline_layer_limit: int = 64 << 20
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listen: str = "127.0.0.1:9090"
+    public_host: str = "localhost:9090"
+    service: str = "127.0.0.1:50051"
+    # Token records are cached this long; revocation is seen within it.
+    record_cache_ttl: timedelta = timedelta(milliseconds=500)
+    rewrite_cache_size: int = 4096
+
+
+@dataclass(frozen=True)
+class LayersConfig:
+    store: str = "file://.wave-grpc/layers"
+
+    @property
+    def file_root(self) -> Path:
+        return Path(self.store[len("file://") :]).expanduser()
+
+
+class Secret(str):
+    """A credential: never shown by repr or str formatting in logs."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    @property
+    def value(self) -> str:
+        return str.__str__(self)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryRoute:
+    name: str
+    endpoint: str
+    blobs: Literal["redirect", "proxy"] = "redirect"
+    username: str = ""
+    password: Secret | None = field(default=None, repr=False)
+    connect_timeout: timedelta = timedelta(seconds=10)
+    read_timeout: timedelta = timedelta(seconds=60)
+
+    @property
+    def has_credentials(self) -> bool:
+        return self.password is not None
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    # Registries no [[registries]] entry names: "https" (plain http for loopback
+    # hosts, as docker treats 127.0.0.0/8 as insecure) or "deny".
+    default_route: Literal["https", "deny"] = "https"
+    connect_timeout: timedelta = timedelta(seconds=10)
+    read_timeout: timedelta = timedelta(seconds=60)
+    retries: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    service: ServiceConfig = ServiceConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    layers: LayersConfig = LayersConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    registries: tuple[RegistryRoute, ...] = ()
+    source: str = "<defaults>"
+
+    def route_for(self, registry: str) -> RegistryRoute | None:
+        """The route for a registry name: its [[registries]] entry, else the default policy."""
+        for route in self.registries:
+            if route.name == registry:
+                return route
+        if self.upstream.default_route == "deny":
+            return None
+        host = registry.rsplit(":", 1)[0].strip("[]")
+        loopback = host == "localhost" or host.startswith("127.") or host == "::1"
+        if registry == DOCKER_HUB:
+            endpoint = "https://registry-1.docker.io"
+        else:
+            endpoint = f"{'http' if loopback else 'https'}://{registry}"
+        return RegistryRoute(
+            name=registry,
+            endpoint=endpoint,
+            connect_timeout=self.upstream.connect_timeout,
+            read_timeout=self.upstream.read_timeout,
+        )
+
+
+def _store_url(section: _Section, key: str, default: str, schemes: tuple[str, ...]) -> str:
+    value = section.string(key, default)
+    if not any(value.startswith(s) for s in schemes):
+        raise section.error(key, f"{value!r} must start with one of {', '.join(schemes)}")
+    return value
+
+
+def _docker_config_password(section: _Section, registry: str, path_text: str) -> tuple[str, Secret]:
+    path = Path(path_text).expanduser()
+    try:
+        auths = json.loads(path.read_text()).get("auths", {})
+    except (OSError, ValueError) as exc:
+        raise section.error("docker_config", f"cannot read {path}: {exc}") from None
+    for key, entry in auths.items():
+        host = urlsplit(key).netloc if "://" in key else key.split("/")[0]
+        if host == registry or (registry == DOCKER_HUB and host in {"index.docker.io", "registry-1.docker.io"}):
+            if entry.get("auth"):
+                import base64
+
+                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+                return user, Secret(password)
+            if entry.get("username") and entry.get("password"):
+                return str(entry["username"]), Secret(entry["password"])
+    raise section.error("docker_config", f"{path} has no auths entry for {registry}")
+
+
+def _route(data: Any, index: int, source: str, upstream: UpstreamConfig) -> RegistryRoute:
+    section = _Section(data, f"[[registries]][{index}]", source)
+    name = section.string("name")
+    if not name:
+        raise section.error("name", 'is required: the registry part of image references, e.g. "docker.io"')
+    endpoint = section.string("endpoint", "")
+    if not endpoint:
+        endpoint = "https://registry-1.docker.io" if name == DOCKER_HUB else f"https://{name}"
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise section.error("endpoint", f"{endpoint!r} must be an http(s) URL such as https://{name}")
+    blobs = section.choice("blobs", ("redirect", "proxy"), "redirect")
+    username = section.string("username", "")
+    password: Secret | None = None
+    inline = section.string("password", "")
+    env_name = section.string("password_env", "")
+    docker_config = section.string("docker_config", "")
+    given = [k for k, v in (("password", inline), ("password_env", env_name), ("docker_config", docker_config)) if v]
+    if len(given) > 1:
+        raise section.error(given[1], f"give only one of password, password_env, docker_config (also {given[0]})")
+    if inline:
+        password = Secret(inline)
+    elif env_name:
+        if env_name not in os.environ:
+            raise section.error("password_env", f"environment variable {env_name} is not set")
+        password = Secret(os.environ[env_name])
+    elif docker_config:
+        username, password = _docker_config_password(section, name, docker_config)
+    if password is not None and not username:
+        raise section.error("username", "is required with a password")
+    route = RegistryRoute(
+        name=name,
+        endpoint=endpoint.rstrip("/"),
+        blobs="proxy" if blobs == "proxy" else "redirect",
+        username=username,
+        password=password,
+        connect_timeout=section.duration("connect_timeout", upstream.connect_timeout),
+        read_timeout=section.duration("read_timeout", upstream.read_timeout),
+    )
+    section.done()
+    return route
+
+
+def parse_config(data: Mapping[str, Any], source: str) -> Config:
+    root = _Section(data, "<top>", source)
+    root.used.update({"service", "gateway", "layers", "upstream", "registries"})
+    unknown = sorted(set(data) - root.used)
+    if unknown:
+        raise ConfigError(
+            f"{source}: [{unknown[0]}]: unknown section; known: service, gateway, layers, upstream, registries"
+        )
+
+    s = _Section(data.get("service", {}), "[service]", source)
+    tokens = []
+    for i, entry in enumerate(s.get("tokens", list, [])):
+        t = _Section(entry, f"[service].tokens[{i}]", source)
+        user, digest = t.string("user"), t.string("sha256")
+        if not user or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise t.error("sha256", "each token needs user and sha256 (hex sha256 of the token)")
+        t.done()
+        tokens.append(StaticToken(user, digest))
+    service = ServiceConfig(
+        listen=s.address("listen", ServiceConfig.listen),
+        store=_store_url(s, "store", ServiceConfig.store, ("sqlite://", "redis://", "rediss://")),
+        token_ttl=s.duration("token_ttl", ServiceConfig.token_ttl),
+        anonymous=s.boolean("anonymous", ServiceConfig.anonymous),
+        tokens=tuple(tokens),
+        max_message_size=s.integer("max_message_size", ServiceConfig.max_message_size),
+        inline_layer_limit=s.integer("inline_layer_limit", ServiceConfig.inline_layer_limit),
+    )
+    s.done()
+
+    g = _Section(data.get("gateway", {}), "[gateway]", source)
+    gateway = GatewayConfig(
+        listen=g.address("listen", GatewayConfig.listen),
+        public_host=g.string("public_host", GatewayConfig.public_host),
+        service=g.address("service", service.listen),
+        record_cache_ttl=g.duration("record_cache_ttl", GatewayConfig.record_cache_ttl),
+        rewrite_cache_size=g.integer("rewrite_cache_size", GatewayConfig.rewrite_cache_size),
+    )
+    if not gateway.public_host or "/" in gateway.public_host:
+        raise g.error("public_host", f"{gateway.public_host!r} must be host[:port], without scheme or path")
+    g.done()
+
+    lay = _Section(data.get("layers", {}), "[layers]", source)
+    layers = LayersConfig(store=_store_url(lay, "store", LayersConfig.store, ("file://",)))
+    lay.done()
+
+    u = _Section(data.get("upstream", {}), "[upstream]", source)
+    upstream = UpstreamConfig(
+        default_route="deny" if u.choice("default_route", ("https", "deny"), "https") == "deny" else "https",
+        connect_timeout=u.duration("connect_timeout", UpstreamConfig.connect_timeout),
+        read_timeout=u.duration("read_timeout", UpstreamConfig.read_timeout),
+        retries=u.integer("retries", UpstreamConfig.retries),
+    )
+    u.done()
+
+    routes_data = data.get("registries", [])
+    if not isinstance(routes_data, list):
+        raise ConfigError(f"{source}: registries must be an array of tables ([[registries]])")
+    routes = tuple(_route(entry, i, source, upstream) for i, entry in enumerate(routes_data))
+    names = [r.name for r in routes]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"{source}: [[registries]].name: {name!r} is listed twice")
+    return Config(service, gateway, layers, upstream, routes, source)
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, str(path))
+
+
+def default_config_path() -> Path:
+    """The embedded default: packaged copy, else the checkout's configs/local.toml."""
+    packaged = resources.files("wave_grpc").joinpath("configs/local.toml")
+    if packaged.is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "configs" / "local.toml"

@@ -1,0 +1,80 @@
+"""The one error catalogue.
+
+Every expected failure is a :class:`WaveError` carrying an :class:`ErrorKind`.
+A kind is registered once with its OCI distribution code, its HTTP status and
+its gRPC status, so the gateway and the service answer the same failure the same
+way. Anything that is not a ``WaveError`` is a bug: it is logged with its
+traceback and answered as an internal error without details.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorKind:
+    """One entry of the catalogue."""
+
+    oci_code: str
+    http_status: int
+    grpc_status: grpc.StatusCode
+    summary: str
+
+
+class Errors:
+    """The catalogue. Codes follow the OCI distribution spec where one exists."""
+
+    BLOB_UNKNOWN = ErrorKind("BLOB_UNKNOWN", 404, grpc.StatusCode.NOT_FOUND, "blob unknown to registry")
+    DIGEST_INVALID = ErrorKind(
+        "DIGEST_INVALID", 400, grpc.StatusCode.INVALID_ARGUMENT, "provided digest did not match content"
+    )
+    MANIFEST_UNKNOWN = ErrorKind("MANIFEST_UNKNOWN", 404, grpc.StatusCode.NOT_FOUND, "manifest unknown to registry")
+    MANIFEST_INVALID = ErrorKind("MANIFEST_INVALID", 400, grpc.StatusCode.INVALID_ARGUMENT, "manifest invalid")
+    NAME_INVALID = ErrorKind("NAME_INVALID", 400, grpc.StatusCode.INVALID_ARGUMENT, "invalid repository name")
+    NAME_UNKNOWN = ErrorKind("NAME_UNKNOWN", 404, grpc.StatusCode.NOT_FOUND, "repository name not known to registry")
+    INVALID_ARGUMENT = ErrorKind("INVALID_ARGUMENT", 400, grpc.StatusCode.INVALID_ARGUMENT, "invalid request")
+    SIZE_INVALID = ErrorKind(
+        "SIZE_INVALID", 400, grpc.StatusCode.INVALID_ARGUMENT, "provided length did not match content length"
+    )
+    UNAUTHORIZED = ErrorKind("UNAUTHORIZED", 401, grpc.StatusCode.UNAUTHENTICATED, "authentication required")
+    DENIED = ErrorKind("DENIED", 403, grpc.StatusCode.PERMISSION_DENIED, "requested access to the resource is denied")
+    UNSUPPORTED = ErrorKind("UNSUPPORTED", 405, grpc.StatusCode.UNIMPLEMENTED, "the operation is unsupported")
+    TOO_MANY_REQUESTS = ErrorKind("TOOMANYREQUESTS", 429, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests")
+    # The source registry failed us: not the caller's fault, worth a retry.
+    UPSTREAM_UNAVAILABLE = ErrorKind("UNAVAILABLE", 502, grpc.StatusCode.UNAVAILABLE, "upstream registry unavailable")
+    UPSTREAM_TIMEOUT = ErrorKind("UNAVAILABLE", 504, grpc.StatusCode.DEADLINE_EXCEEDED, "upstream registry timed out")
+    SERVICE_UNAVAILABLE = ErrorKind("UNAVAILABLE", 503, grpc.StatusCode.UNAVAILABLE, "service unavailable")
+    INTERNAL = ErrorKind("UNKNOWN", 500, grpc.StatusCode.INTERNAL, "unknown error")
+
+
+class WaveError(Exception):
+    """An expected failure: bad input, a missing thing, an unreachable upstream.
+
+    ``message`` says what went wrong and what to change; ``detail`` is optional
+    structured data rendered into the OCI error body. Neither may carry a
+    credential.
+    """
+
+    def __init__(self, kind: ErrorKind, message: str, detail: Any = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.detail = detail
+
+    def oci_body(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"code": self.kind.oci_code, "message": self.message}
+        if self.detail is not None:
+            entry["detail"] = self.detail
+        return {"errors": [entry]}
+
+    def __repr__(self) -> str:
+        return f"WaveError({self.kind.oci_code}, {self.message!r})"
+
+
+def invalid_argument(field: str, problem: str) -> WaveError:
+    """A bad request field: the message starts with the field's name."""
+    return WaveError(Errors.INVALID_ARGUMENT, f"{field}: {problem}")

@@ -1,0 +1,135 @@
+"""Content-addressed storage of injected layers.
+
+The seam is small (:class:`LayerStore`): put a verified stream, ask for a size,
+open for reading. The file store is the embedded default; a stored blob is
+written to a temporary file, verified, then renamed into place, so a reader
+never sees a half-written or unverified blob and a failed upload leaves nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from wave_grpc.digest import Digest
+from wave_grpc.errors import Errors, WaveError
+from wave_grpc.layers import LayerDigester, LayerDigests, LayerFormatError, check_layer_digests
+
+STORE_SCHEME = "wave-layer-store:"
+
+
+def store_location(digest: Digest) -> str:
+    return f"{STORE_SCHEME}{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedLayer:
+    """What the caller claims; empty values are not checked."""
+
+    field: str
+    gzip_digest: str = ""
+    gzip_size: int = 0
+    tar_digest: str = ""
+
+
+class LayerStore(Protocol):
+    async def put(self, chunks: AsyncIterator[bytes], expected: ExpectedLayer) -> tuple[LayerDigests, bool]:
+        """Verify and store; answer the digests and whether the blob is new."""
+        ...
+
+    async def size(self, digest: Digest) -> int | None: ...
+
+    async def tar_digest(self, digest: Digest) -> Digest | None:
+        """The verified uncompressed digest recorded when the blob was stored."""
+        ...
+
+    def path(self, digest: Digest) -> Path | None:
+        """A local file holding the blob, when the store has one (lets the gateway use sendfile)."""
+        ...
+
+    def open(self, digest: Digest, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]: ...
+
+
+class FileLayerStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+        (root / "tar-digests" / "sha256").mkdir(parents=True, exist_ok=True)
+
+    def _blob_path(self, digest: Digest) -> Path:
+        return self.root / "blobs" / digest.algorithm / digest.hex
+
+    async def put(self, chunks: AsyncIterator[bytes], expected: ExpectedLayer) -> tuple[LayerDigests, bool]:
+        temp = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
+        digester = LayerDigester()
+
+        def write(handle: object, chunk: bytes) -> None:
+            digester.update(chunk)
+            handle.write(chunk)  # type: ignore[attr-defined]
+
+        try:
+            with temp.open("wb") as handle:
+                async for chunk in chunks:
+                    # Hashing and inflating are CPU work: keep them off the event loop.
+                    await asyncio.to_thread(write, handle, chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                digests = digester.finish()
+            except LayerFormatError as exc:
+                raise WaveError(Errors.INVALID_ARGUMENT, f"{expected.field}: {exc}") from None
+            check_layer_digests(expected.field, digests, expected.gzip_digest, expected.gzip_size, expected.tar_digest)
+            final = self._blob_path(digests.gzip_digest)
+            if final.exists():
+                return digests, False
+            # The tar digest is written first: a blob that exists always has one.
+            meta = self._meta_path(digests.gzip_digest)
+            meta_temp = meta.with_suffix(".part")
+            meta_temp.write_text(str(digests.tar_digest))
+            os.replace(meta_temp, meta)
+            os.replace(temp, final)
+            return digests, True
+        except LayerFormatError as exc:
+            raise WaveError(Errors.INVALID_ARGUMENT, f"{expected.field}: {exc}") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+
+    def _meta_path(self, digest: Digest) -> Path:
+        return self.root / "tar-digests" / digest.algorithm / digest.hex
+
+    async def tar_digest(self, digest: Digest) -> Digest | None:
+        try:
+            return Digest.parse(self._meta_path(digest).read_text().strip())
+        except FileNotFoundError:
+            return None
+
+    async def size(self, digest: Digest) -> int | None:
+        try:
+            return self._blob_path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def path(self, digest: Digest) -> Path | None:
+        path = self._blob_path(digest)
+        return path if path.exists() else None
+
+    async def open(self, digest: Digest, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        path = self._blob_path(digest)
+        if not path.exists():
+            raise WaveError(Errors.BLOB_UNKNOWN, f"layer {digest} is not in the layer store")
+        with path.open("rb") as handle:
+            while chunk := await asyncio.to_thread(handle.read, chunk_size):
+                yield chunk
+
+
+async def iterate_bytes(data: bytes, chunk_size: int = 4 << 20) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), chunk_size):
+        yield data[start : start + chunk_size]

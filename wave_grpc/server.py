@@ -1,0 +1,79 @@
+"""Run the AugmentService: ``serve(...) -> (server, port)``, health and reflection on."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from wave_grpc.config import Config
+from wave_grpc.layerstore import FileLayerStore, LayerStore
+from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
+from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
+from wave_grpc.service import AugmentServicer
+from wave_grpc.tokenstore import TokenStore, open_token_store
+from wave_grpc.upstream import RegistryClient
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AugmentService"].full_name
+
+
+def open_layer_store(config: Config) -> LayerStore:
+    return FileLayerStore(config.layers.file_root)
+
+
+@dataclass
+class RunningService:
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+    tokens: TokenStore
+    upstream: RegistryClient
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Graceful: report NOT_SERVING, let calls in flight finish, then release resources."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.upstream.close()
+        await self.tokens.close()
+
+
+async def serve(config: Config, *, listen: str | None = None) -> RunningService:
+    """Start the service on ``listen`` (``host:0`` picks a free port)."""
+    upstream = RegistryClient(config)
+    await upstream.start()
+    tokens = open_token_store(config.service.store)
+    servicer = AugmentServicer(config, tokens, open_layer_store(config), upstream)
+    size = config.service.max_message_size
+    server = grpc.aio.server(
+        options=[
+            # grpcio shares busy ports by default; a second server must fail instead.
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", size),
+        ]
+    )
+    pb_grpc.add_AugmentServiceServicer_to_server(servicer, server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    address = listen or config.service.listen
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        await upstream.close()
+        await tokens.close()
+        raise OSError(f"cannot listen on {address} for the AugmentService: {exc}") from None
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    log.info("AugmentService listening on %s", address.rsplit(":", 1)[0] + f":{port}")
+    return RunningService(server, port, health, tokens, upstream)

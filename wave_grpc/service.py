@@ -1,0 +1,319 @@
+"""The AugmentService: a typed ``grpc.aio`` servicer."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import secrets
+import string
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from gateway.rewrite import augment
+from wave_grpc.config import Config
+from wave_grpc.digest import Digest
+from wave_grpc.errors import Errors, WaveError, invalid_argument
+from wave_grpc.imageref import ImageRef
+from wave_grpc.layers import decode_data_location
+from wave_grpc.layerstore import STORE_SCHEME, ExpectedLayer, LayerStore, iterate_bytes, store_location
+from wave_grpc.platforms import Platform
+from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
+from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
+from wave_grpc.source import augmentation_from_record, resolve_source
+from wave_grpc.tokenstore import TokenStore
+from wave_grpc.upstream import RegistryClient
+
+log = logging.getLogger(__name__)
+
+TOKEN_ALPHABET = string.ascii_lowercase + string.digits
+TOKEN_LENGTH = 12  # 36**12 is about 2**62
+MAX_LAYERS = 100
+ANONYMOUS = "anonymous"
+
+_S = TypeVar("_S", bound="AugmentServicer")
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_P = ParamSpec("_P")
+
+
+def new_token() -> str:
+    return "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH))
+
+
+def _rpc(
+    method: Callable[[_S, _Req, grpc.aio.ServicerContext[_Req, _Resp]], Awaitable[_Resp]],
+) -> Callable[[_S, _Req, grpc.aio.ServicerContext[_Req, _Resp]], Awaitable[_Resp]]:
+    """Turn expected errors into their gRPC status and bugs into INTERNAL."""
+
+    @functools.wraps(method)
+    async def wrapper(self: _S, request: _Req, context: grpc.aio.ServicerContext[_Req, _Resp]) -> _Resp:
+        try:
+            return await method(self, request, context)
+        except WaveError as exc:
+            log.info("%s: %s %s", method.__name__, exc.kind.grpc_status.name, exc.message)
+            await context.abort(exc.kind.grpc_status, exc.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            incident = uuid.uuid4().hex[:12]
+            log.exception("%s failed (incident %s)", method.__name__, incident)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the service log")
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromSeconds(int(seconds))
+    return ts
+
+
+class AugmentServicer(pb_grpc.AugmentServiceServicer):
+    def __init__(
+        self,
+        config: Config,
+        tokens: TokenStore,
+        layers: LayerStore,
+        upstream: RegistryClient,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._tokens = tokens
+        self._layers = layers
+        self._upstream = upstream
+        self._clock = clock
+        self._static_tokens = {t.sha256: t.user for t in config.service.tokens}
+
+    # -- callers ------------------------------------------------------------
+
+    def authenticate(self, context: grpc.aio.ServicerContext[_Req, _Resp], tower_access_token: str = "") -> str:
+        """The caller's user id: a known static token's user, else anonymous when allowed."""
+        presented = tower_access_token
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str):
+                scheme, _, credential = value.partition(" ")
+                if scheme.lower() == "bearer" and credential.strip():
+                    presented = credential.strip()
+        if presented:
+            user = self._static_tokens.get(hashlib.sha256(presented.encode()).hexdigest())
+            if user is not None:
+                return user
+            if not self._config.service.anonymous:
+                raise WaveError(Errors.UNAUTHORIZED, "the bearer token is not valid for this service")
+        if self._config.service.anonymous:
+            return ANONYMOUS
+        raise WaveError(
+            Errors.UNAUTHORIZED,
+            "this service needs a caller token: send metadata 'authorization: Bearer <token>' "
+            "or set tower_access_token",
+        )
+
+    # -- layers -------------------------------------------------------------
+
+    async def _prepare_layer(self, index: int, layer: pb.ContainerLayer) -> pb.ContainerLayer:
+        field = f"container_config.layers[{index}]"
+        location = layer.location.strip()
+        if location.startswith("data:"):
+            data = decode_data_location(location, f"{field}.location")
+            if len(data) > self._config.service.inline_layer_limit:
+                raise invalid_argument(
+                    f"{field}.location",
+                    f"inline layer is {len(data)} bytes, over the {self._config.service.inline_layer_limit} "
+                    "byte limit; upload it with UploadLayer and pass the answered layer",
+                )
+            digests, _ = await self._layers.put(
+                iterate_bytes(data),
+                ExpectedLayer(field, layer.gzip_digest, layer.gzip_size, layer.tar_digest),
+            )
+            return pb.ContainerLayer(
+                location=store_location(digests.gzip_digest),
+                gzip_digest=str(digests.gzip_digest),
+                gzip_size=digests.gzip_size,
+                tar_digest=str(digests.tar_digest),
+            )
+        if location.startswith(STORE_SCHEME):
+            digest = Digest.parse(location[len(STORE_SCHEME) :], field=f"{field}.location")
+            size = await self._layers.size(digest)
+            tar_digest = await self._layers.tar_digest(digest)
+            if size is None or tar_digest is None:
+                raise invalid_argument(
+                    f"{field}.location",
+                    f"layer {digest} is not in the layer store; upload it with UploadLayer first",
+                )
+            for name, given, actual in (
+                ("gzip_digest", layer.gzip_digest, str(digest)),
+                ("tar_digest", layer.tar_digest, str(tar_digest)),
+            ):
+                if given and given != actual:
+                    raise invalid_argument(f"{field}.{name}", f"given {given} but the stored layer has {actual}")
+            if layer.gzip_size and layer.gzip_size != size:
+                raise invalid_argument(f"{field}.gzip_size", f"given {layer.gzip_size} but the stored layer has {size}")
+            return pb.ContainerLayer(
+                location=location, gzip_digest=str(digest), gzip_size=size, tar_digest=str(tar_digest)
+            )
+        if location.startswith(("https://", "http://")):
+            Digest.parse(layer.gzip_digest, field=f"{field}.gzip_digest")
+            Digest.parse(layer.tar_digest, field=f"{field}.tar_digest")
+            if layer.gzip_size <= 0:
+                raise invalid_argument(f"{field}.gzip_size", "is required (> 0) for an http(s) location")
+            return pb.ContainerLayer(
+                location=location,
+                gzip_digest=layer.gzip_digest,
+                gzip_size=layer.gzip_size,
+                tar_digest=layer.tar_digest,
+            )
+        if not location:
+            raise invalid_argument(
+                f"{field}.location", "is empty; give data:<base64>, an http(s) URL or an uploaded layer"
+            )
+        raise invalid_argument(
+            f"{field}.location",
+            f"unsupported location {location[:32]!r}; use data:<base64>, http(s):// or {STORE_SCHEME}sha256:...",
+        )
+
+    @staticmethod
+    def _check_config(cfg: pb.ContainerConfig) -> None:
+        for i, entry in enumerate(cfg.env):
+            name, sep, _ = entry.partition("=")
+            if not sep or not name or any(c.isspace() for c in name):
+                raise invalid_argument(f"container_config.env[{i}]", f"{entry!r} is not NAME=value")
+        if cfg.working_dir and not cfg.working_dir.startswith("/"):
+            raise invalid_argument("container_config.working_dir", f"{cfg.working_dir!r} must be an absolute path")
+        if len(cfg.layers) > MAX_LAYERS:
+            raise invalid_argument("container_config.layers", f"at most {MAX_LAYERS} layers, got {len(cfg.layers)}")
+
+    # -- RPCs ---------------------------------------------------------------
+
+    @_rpc
+    async def CreateContainer(
+        self,
+        request: pb.CreateContainerRequest,
+        context: grpc.aio.ServicerContext[pb.CreateContainerRequest, pb.CreateContainerResponse],
+    ) -> pb.CreateContainerResponse:
+        owner = self.authenticate(context, request.tower_access_token)
+        ref = ImageRef.parse(request.container_image)
+        platform = Platform.parse(request.container_platform)
+        self._check_config(request.container_config)
+        try:
+            resolved = await resolve_source(
+                self._upstream, ref, platform, platform_given=bool(request.container_platform.strip())
+            )
+        except WaveError as exc:
+            if exc.kind in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN, Errors.BLOB_UNKNOWN):
+                raise invalid_argument("container_image", exc.message) from None
+            raise
+        layers = [await self._prepare_layer(i, layer) for i, layer in enumerate(request.container_config.layers)]
+        config = pb.ContainerConfig()
+        config.CopyFrom(request.container_config)
+        del config.layers[:]
+        config.layers.extend(layers)
+
+        now = self._clock()
+        tag = ref.tag or "latest"
+        record = pb.ContainerRecord(
+            request_id=uuid.uuid4().hex,
+            container_image=str(ref),
+            source_digest=str(resolved.top.digest),
+            source_manifest_digest=str(resolved.image.manifest.digest),
+            container_platform=str(resolved.platform),
+            container_config=config,
+            create_time=_timestamp(now),
+            expiration=_timestamp(now + self._config.service.token_ttl.total_seconds()),
+            owner=owner,
+            workflow_id=request.workflow_id,
+        )
+        # Compute the augmented image once now, so a broken upstream config is a
+        # creation error rather than a pull-time surprise.
+        augment(resolved.image, augmentation_from_record(record))
+        for _ in range(5):
+            token = new_token()
+            record.container_token = token
+            record.target_image = f"{self._config.gateway.public_host}/wt/{token}/{ref.repository}:{tag}"
+            if await self._tokens.put(record):
+                break
+        else:
+            raise WaveError(Errors.INTERNAL, "could not allocate a unique token")
+        log.info("created %s for %s (%s, %s) owner=%s", token, ref, record.source_digest, platform, owner)
+        return pb.CreateContainerResponse(
+            container_token=token,
+            target_image=record.target_image,
+            expiration=record.expiration,
+            container_image=str(ref),
+            request_id=record.request_id,
+            source_digest=record.source_digest,
+        )
+
+    async def _live_record(self, token: str) -> pb.ContainerRecord:
+        if len(token) != TOKEN_LENGTH or any(c not in TOKEN_ALPHABET for c in token):
+            raise invalid_argument("container_token", f"{token!r} is not a token (12 lowercase letters and digits)")
+        record = await self._tokens.get(token)
+        if record is None:
+            raise WaveError(Errors.NAME_UNKNOWN, f"container token {token} is unknown, expired or revoked")
+        return record
+
+    @_rpc
+    async def GetContainer(
+        self,
+        request: pb.GetContainerRequest,
+        context: grpc.aio.ServicerContext[pb.GetContainerRequest, pb.GetContainerResponse],
+    ) -> pb.GetContainerResponse:
+        # The token is itself the capability: whoever holds it may pull, so may describe.
+        return pb.GetContainerResponse(container=await self._live_record(request.container_token))
+
+    @_rpc
+    async def RevokeContainer(
+        self,
+        request: pb.RevokeContainerRequest,
+        context: grpc.aio.ServicerContext[pb.RevokeContainerRequest, pb.RevokeContainerResponse],
+    ) -> pb.RevokeContainerResponse:
+        caller = self.authenticate(context)
+        record = await self._live_record(request.container_token)
+        if record.owner != ANONYMOUS and record.owner != caller:
+            raise WaveError(Errors.DENIED, f"container token {request.container_token} belongs to another user")
+        if not await self._tokens.revoke(request.container_token):
+            raise WaveError(
+                Errors.NAME_UNKNOWN,
+                f"container token {request.container_token} is unknown, expired or revoked",
+            )
+        log.info("revoked %s", request.container_token)
+        return pb.RevokeContainerResponse(container_token=request.container_token)
+
+    async def UploadLayer(
+        self,
+        request_iterator: AsyncIterator[pb.UploadLayerRequest],
+        context: grpc.aio.ServicerContext[pb.UploadLayerRequest, pb.UploadLayerResponse],
+    ) -> pb.UploadLayerResponse:
+        try:
+            self.authenticate(context)
+            first = await anext(aiter(request_iterator), None)
+            if first is None:
+                raise invalid_argument("chunk", "the upload stream is empty")
+            expected = ExpectedLayer("layer", first.gzip_digest, first.gzip_size, first.tar_digest)
+
+            async def chunks() -> AsyncIterator[bytes]:
+                if first.chunk:
+                    yield first.chunk
+                async for message in request_iterator:
+                    if message.chunk:
+                        yield message.chunk
+
+            digests, created = await self._layers.put(chunks(), expected)
+        except WaveError as exc:
+            await context.abort(exc.kind.grpc_status, exc.message)
+        log.info("stored layer %s (%d bytes, new=%s)", digests.gzip_digest, digests.gzip_size, created)
+        return pb.UploadLayerResponse(
+            layer=pb.ContainerLayer(
+                location=store_location(digests.gzip_digest),
+                gzip_digest=str(digests.gzip_digest),
+                gzip_size=digests.gzip_size,
+                tar_digest=str(digests.tar_digest),
+            ),
+            created=created,
+        )

@@ -1,0 +1,107 @@
+"""Resolving a source image at creation, and fetching its pinned bytes later.
+
+Both sides go through here: the service resolves a tag to digests and records
+them; the gateway fetches exactly those digests, so every pull during a token's
+life sees the same upstream bytes and computes the same augmented image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.rewrite import Augmentation, Blob, InjectedLayer, UpstreamImage
+from wave_grpc.digest import Digest
+from wave_grpc.errors import Errors, WaveError, invalid_argument
+from wave_grpc.imageref import ImageRef
+from wave_grpc.manifests import descriptor_digest, parse_json_object, select_platform
+from wave_grpc.platforms import Platform
+from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
+from wave_grpc.upstream import ManifestBlob, RegistryClient
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedSource:
+    top: ManifestBlob
+    image: UpstreamImage
+    platform: Platform
+
+
+def _to_blob(manifest: ManifestBlob) -> Blob:
+    return Blob(manifest.data, str(manifest.media_type), manifest.digest)
+
+
+async def _fetch_config(client: RegistryClient, ref: ImageRef, manifest: ManifestBlob) -> bytes:
+    document = parse_json_object(manifest.data, f"manifest of {ref}")
+    config = document.get("config")
+    if not isinstance(config, dict):
+        raise WaveError(Errors.MANIFEST_INVALID, f"manifest of {ref} has no config descriptor")
+    return await client.get_blob(ref.registry, ref.repository, descriptor_digest(config, "config digest"))
+
+
+async def resolve_source(
+    client: RegistryClient, ref: ImageRef, platform: Platform, *, platform_given: bool
+) -> ResolvedSource:
+    """Resolve ``ref`` to pinned digests for ``platform``.
+
+    A single-platform image whose config names another platform is refused only
+    when the caller asked for a platform; without one, the image's own platform
+    is taken (and recorded).
+    """
+    top = await client.get_manifest(ref.registry, ref.repository, ref.reference)
+    index: Blob | None = None
+    manifest = top
+    if top.media_type.is_index:
+        entry = select_platform(parse_json_object(top.data, f"index of {ref}"), platform, str(ref))
+        manifest = await client.get_manifest(
+            ref.registry, ref.repository, str(descriptor_digest(entry, "index entry digest"))
+        )
+        if not manifest.media_type.is_image_manifest:
+            raise WaveError(
+                Errors.MANIFEST_INVALID, f"{ref}: the {platform} entry of the index is not an image manifest"
+            )
+        index = _to_blob(top)
+    config = await _fetch_config(client, ref, manifest)
+    config_doc = parse_json_object(config, f"config of {ref}")
+    actual = platform
+    if index is None:
+        if platform.matches_config(config_doc):
+            actual = platform
+        elif platform_given:
+            image_platform = f"{config_doc.get('os')}/{config_doc.get('architecture')}"
+            raise invalid_argument(
+                "container_platform", f"image {ref} is {image_platform} only; it has no {platform} manifest"
+            )
+        else:
+            actual = Platform(
+                str(config_doc.get("os") or "linux"),
+                str(config_doc.get("architecture") or "amd64"),
+                str(config_doc.get("variant") or ""),
+            )
+    return ResolvedSource(top, UpstreamImage(_to_blob(manifest), config, index), actual)
+
+
+async def fetch_pinned(client: RegistryClient, record: pb.ContainerRecord) -> UpstreamImage:
+    """The exact upstream bytes a record pinned."""
+    ref = ImageRef.parse(record.container_image)
+    manifest = await client.get_manifest(ref.registry, ref.repository, record.source_manifest_digest)
+    index: Blob | None = None
+    if record.source_digest != record.source_manifest_digest:
+        index = _to_blob(await client.get_manifest(ref.registry, ref.repository, record.source_digest))
+    config = await _fetch_config(client, ref, manifest)
+    return UpstreamImage(_to_blob(manifest), config, index)
+
+
+def augmentation_from_record(record: pb.ContainerRecord) -> Augmentation:
+    cfg = record.container_config
+    return Augmentation(
+        layers=tuple(
+            InjectedLayer(Digest.parse(layer.gzip_digest), layer.gzip_size, Digest.parse(layer.tar_digest))
+            for layer in cfg.layers
+        ),
+        platform=Platform.parse(record.container_platform),
+        created=record.create_time.ToJsonString(),
+        entrypoint=tuple(cfg.entrypoint),
+        cmd=tuple(cfg.cmd),
+        env=tuple(cfg.env),
+        working_dir=cfg.working_dir,
+    )
