@@ -127,10 +127,7 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         package = _APT_PACKAGES.get(name, name)
-        msg = (
-            f"{name} missing; install it (apt-get install {package}; "
-            "see /work/shared/REAL-COMPONENTS.md)"
-        )
+        msg = f"{name} missing; install it (apt-get install {package}; see /work/shared/REAL-COMPONENTS.md)"
         if os.environ.get("CI") == "true":
             pytest.fail(msg)
         pytest.skip(msg)
@@ -259,8 +256,7 @@ class ManagedProcess:
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"{self.name} did not listen on {host}:{port} in {timeout}s; "
-                    f"log:\n{self.log_text()[-4000:]}"
+                    f"{self.name} did not listen on {host}:{port} in {timeout}s; log:\n{self.log_text()[-4000:]}"
                 )
             time.sleep(0.05)
 
@@ -278,8 +274,7 @@ class ManagedProcess:
                         pass
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"{self.name} did not listen on {path} in {timeout}s; "
-                    f"log:\n{self.log_text()[-4000:]}"
+                    f"{self.name} did not listen on {path} in {timeout}s; log:\n{self.log_text()[-4000:]}"
                 )
             time.sleep(0.05)
 
@@ -297,17 +292,14 @@ class ManagedProcess:
             self._check_alive(url)
             try:
                 status = http_request("GET", url, timeout=1.0).status
-                if (statuses is None and status < 500) or (
-                    statuses is not None and status in statuses
-                ):
+                if (statuses is None and status < 500) or (statuses is not None and status in statuses):
                     return status
                 last = f"status {status}"
             except OSError as exc:
                 last = repr(exc)
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"{self.name}: {url} did not answer in {timeout}s ({last}); "
-                    f"log:\n{self.log_text()[-4000:]}"
+                    f"{self.name}: {url} did not answer in {timeout}s ({last}); log:\n{self.log_text()[-4000:]}"
                 )
             time.sleep(0.05)
 
@@ -431,9 +423,7 @@ def get_manifest(
     return resp.body, media_type, digest
 
 
-def get_blob(
-    registry_url: str, repo: str, digest: str, *, auth: tuple[str, str] | None = None
-) -> bytes:
+def get_blob(registry_url: str, repo: str, digest: str, *, auth: tuple[str, str] | None = None) -> bytes:
     """``GET /v2/<repo>/blobs/<digest>`` with the digest checked."""
     url = f"{registry_url.rstrip('/')}/v2/{repo}/blobs/{digest}"
     resp = http_request("GET", url, auth=auth)
@@ -444,9 +434,7 @@ def get_blob(
     return resp.body
 
 
-def push_blob(
-    registry_url: str, repo: str, data: bytes, *, auth: tuple[str, str] | None = None
-) -> str:
+def push_blob(registry_url: str, repo: str, data: bytes, *, auth: tuple[str, str] | None = None) -> str:
     """Upload a blob (``POST`` an upload, then one ``PUT ?digest=``); returns its digest."""
     digest = sha256_digest(data)
     base = registry_url.rstrip("/")
@@ -579,9 +567,7 @@ def start_registry(
         tool = require_tool("htpasswd")
         line = run_tool([tool, "-Bbn", htpasswd[0], htpasswd[1]]).strip()
         (workdir / "htpasswd").write_text(line + "\n")
-        config["auth"] = {
-            "htpasswd": {"realm": "basic-realm", "path": os.fspath(workdir / "htpasswd")}
-        }
+        config["auth"] = {"htpasswd": {"realm": "basic-realm", "path": os.fspath(workdir / "htpasswd")}}
     if proxy_remote_url is not None:
         config["proxy"] = {"remoteurl": proxy_remote_url}
     if extra_config:
@@ -853,9 +839,7 @@ def _read_back(registry: Registry, repo: str, tag: str, ref: str) -> TaggedImage
     )
 
 
-def push_busybox_images(
-    workdir: Path, registry: Registry, repository: str = BASE_REPOSITORY
-) -> BaseImages:
+def push_busybox_images(workdir: Path, registry: Registry, repository: str = BASE_REPOSITORY) -> BaseImages:
     """Build the busybox test images offline (reproducibly) and push all four tags.
 
     Layer tars and gzip streams are written by Python with fixed metadata, so digests
@@ -949,10 +933,7 @@ def push_busybox_images(
         auth=registry.credentials,
     )
 
-    images = {
-        tag: _read_back(registry, repository, tag, tag)
-        for tag in ("latest", "v2s2", "multi", "dockerlist")
-    }
+    images = {tag: _read_back(registry, repository, tag, tag) for tag in ("latest", "v2s2", "multi", "dockerlist")}
     if images["latest"].digest != amd64.digest or images["multi"].digest != index_blob.digest:
         raise RuntimeError("skopeo changed the OCI manifests while pushing")
     return BaseImages(
@@ -996,9 +977,7 @@ def skopeo_inspect(
     image_ref: str, raw: Literal[False] = ..., *, creds: str | None = ..., no_tags: bool = ...
 ) -> JSONDict: ...
 @overload
-def skopeo_inspect(
-    image_ref: str, raw: Literal[True], *, creds: str | None = ..., no_tags: bool = ...
-) -> bytes: ...
+def skopeo_inspect(image_ref: str, raw: Literal[True], *, creds: str | None = ..., no_tags: bool = ...) -> bytes: ...
 def skopeo_inspect(
     image_ref: str, raw: bool = False, *, creds: str | None = None, no_tags: bool = False
 ) -> JSONDict | bytes:
@@ -1015,9 +994,7 @@ def skopeo_inspect(
     if creds is not None:
         argv += ["--creds", creds]
     argv.append(_docker_ref(image_ref))
-    proc = subprocess.run(
-        [os.fspath(a) for a in argv], capture_output=True, timeout=120, check=False
-    )
+    proc = subprocess.run([os.fspath(a) for a in argv], capture_output=True, timeout=120, check=False)
     if proc.returncode != 0:
         raise ToolError(proc.returncode, argv, output=proc.stdout, stderr=proc.stderr)
     if raw:
@@ -1111,9 +1088,7 @@ def _podman_env(root: Path) -> dict[str, str]:
     return env
 
 
-def podman_pull(
-    image_ref: str, root: Path, *, arch: str | None = None, creds: str | None = None
-) -> str:
+def podman_pull(image_ref: str, root: Path, *, arch: str | None = None, creds: str | None = None) -> str:
     """``podman pull`` into a private vfs store under ``root``; returns the image id."""
     argv = [*_podman_base(root), "pull", "--quiet", "--tls-verify=false"]
     if arch is not None:

@@ -166,26 +166,20 @@ def test_managed_process_stops_by_pid(tmp_path: Path) -> None:
         "print('listening', flush=True)\n"
         "time.sleep(60)\n"
     )
-    with realcomp.ManagedProcess(
-        [sys.executable, "-c", server, str(port)], log_path=tmp_path / "p.log"
-    ) as proc:
+    with realcomp.ManagedProcess([sys.executable, "-c", server, str(port)], log_path=tmp_path / "p.log") as proc:
         proc.wait_tcp("127.0.0.1", port, timeout=10)
         assert "listening" in proc.log_text()
         # ignores SIGTERM: stop() falls back to SIGKILL after the grace period
         assert proc.stop(timeout=0.5) == -signal.SIGKILL
         assert not proc.is_running()
     with (
-        realcomp.ManagedProcess(
-            [sys.executable, "-c", "import sys; sys.exit(3)"], log_path=tmp_path / "q.log"
-        ) as dead,
+        realcomp.ManagedProcess([sys.executable, "-c", "import sys; sys.exit(3)"], log_path=tmp_path / "q.log") as dead,
         pytest.raises(RuntimeError, match="exited with 3"),
     ):
         dead.wait_tcp("127.0.0.1", realcomp.free_port(), timeout=10)
 
 
-def test_pull_through_cache_registry(
-    tmp_path: Path, registry: Registry, base_images: BaseImages
-) -> None:
+def test_pull_through_cache_registry(tmp_path: Path, registry: Registry, base_images: BaseImages) -> None:
     with realcomp.start_registry(tmp_path / "proxy", proxy_remote_url=registry.url) as proxy:
         _, media_type, digest = realcomp.get_manifest(proxy.url, "library/busybox", "multi")
         assert (media_type, digest) == (realcomp.OCI_INDEX, base_images.multi.digest)
