@@ -59,7 +59,10 @@ class WaveStack:
     service: dict[str, Any] = field(default_factory=dict)
     gateway: dict[str, Any] = field(default_factory=dict)
     upstream: dict[str, Any] = field(default_factory=dict)
+    layers: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    # Serve with debug logging (``wave-grpc -v serve``): leak tests read every line.
+    verbose: bool = False
     grpc_port: int = 0
     http_port: int = 0
     process: realcomp.ManagedProcess | None = None
@@ -103,7 +106,7 @@ class WaveStack:
                     "service": self.grpc_address,
                     **self.gateway,
                 },
-                "layers": {"store": f"file://{data}/layers"},
+                "layers": {"store": f"file://{data}/layers", **self.layers},
                 "upstream": {"connect_timeout": "3s", "read_timeout": "10s", **self.upstream},
                 "registries": self.registries,
             },
@@ -112,7 +115,8 @@ class WaveStack:
     def start(self, only: str | None = None) -> WaveStack:
         self.write_config()
         self._starts += 1
-        argv = [sys.executable, "-m", "wave_grpc.cli", "serve", "--config", str(self.config_path)]
+        argv = [sys.executable, "-m", "wave_grpc.cli", *(["-v"] if self.verbose else []), "serve"]
+        argv += ["--config", str(self.config_path)]
         if only:
             argv += ["--only", only]
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}

@@ -107,6 +107,28 @@ class StaticToken:
     sha256: str
 
 
+AUTH_VERIFIERS = ("static", "tower")
+
+
+@dataclass(frozen=True)
+class TowerAuthConfig:
+    """``[auth.tower]``: a Seqera-Platform-compatible ``<endpoint>/user-info`` token check."""
+
+    endpoint: str = ""
+    # Other endpoints a request's tower_endpoint may name; any other is never called.
+    allowed_endpoints: tuple[str, ...] = ()
+    cache_ttl: timedelta = timedelta(seconds=60)
+    timeout: timedelta = timedelta(seconds=10)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """``[auth]``: the caller-token verifiers, tried in order (see wave_grpc/auth.py)."""
+
+    verifiers: tuple[str, ...] = ()
+    tower: TowerAuthConfig = TowerAuthConfig()
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     listen: str = "127.0.0.1:50051"
@@ -117,6 +139,8 @@ class ServiceConfig:
     max_message_size: int = 128 << 20
     # Layers up to this size may come inline as data:; bigger ones go through UploadLayer.
     inline_layer_limit: int = 64 << 20
+    # Largest layer UploadLayer takes (compressed bytes): bounds the disk one upload can fill.
+    max_layer_size: int = 16 << 30
 
 
 @dataclass(frozen=True)
@@ -127,11 +151,22 @@ class GatewayConfig:
     # Token records are cached this long; revocation is seen within it.
     record_cache_ttl: timedelta = timedelta(milliseconds=500)
     rewrite_cache_size: int = 4096
+    # In-process cache of pinned upstream manifests/configs and augmented images.
+    content_cache_bytes: int = 256 << 20
+    # redis://... shared by all gateways (default: the service store when it is Redis).
+    shared_cache: str = ""
+    # Worker processes serving the gateway port (0: one per core).
+    workers: int = 1
+    # One log line per request; costly at tens of thousands of requests a second.
+    access_log: bool = True
 
 
 @dataclass(frozen=True)
 class LayersConfig:
+    # file://<dir> (one machine) or oci://<registry>/<repository> (shared by replicas).
     store: str = "file://.wave-grpc/layers"
+    # Where uploads are verified before they go to an oci:// store.
+    staging: str = ".wave-grpc/staging"
 
     @property
     def file_root(self) -> Path:
@@ -160,6 +195,13 @@ class RegistryRoute:
     password: Secret | None = field(default=None, repr=False)
     connect_timeout: timedelta = timedelta(seconds=10)
     read_timeout: timedelta = timedelta(seconds=60)
+    # A mirror that serves this registry's names under a path (a Harbor proxy-cache
+    # project, an Artifactory remote repo): "dockerhub" maps library/alpine to
+    # dockerhub/library/alpine upstream. Clients never see the prefix.
+    repository_prefix: str = ""
+    # Where the password came from ("password_env FOO", "docker_config PATH"), for
+    # error messages that say what to fix; never the password itself.
+    credentials_from: str = ""
 
     @property
     def has_credentials(self) -> bool:
@@ -174,6 +216,9 @@ class UpstreamConfig:
     connect_timeout: timedelta = timedelta(seconds=10)
     read_timeout: timedelta = timedelta(seconds=60)
     retries: int = 3
+    # Hosts that http(s) layer locations may point at ("host", "host:port",
+    # "*.domain"); empty: none. Runtimes are redirected only to these.
+    layer_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +229,7 @@ class Config:
     upstream: UpstreamConfig = UpstreamConfig()
     registries: tuple[RegistryRoute, ...] = ()
     source: str = "<defaults>"
+    auth: AuthConfig = AuthConfig()
 
     def route_for(self, registry: str) -> RegistryRoute | None:
         """The route for a registry name: its [[registries]] entry, else the default policy."""
@@ -232,6 +278,25 @@ def _docker_config_password(section: _Section, registry: str, path_text: str) ->
     raise section.error("docker_config", f"{path} has no auths entry for {registry}")
 
 
+_LAYER_HOST = re.compile(
+    r"^(?:\*\.)?(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?::\d{1,5})?$"
+)
+
+
+def _layer_hosts(section: _Section) -> tuple[str, ...]:
+    hosts = []
+    for i, entry in enumerate(section.get("layer_hosts", list, [])):
+        value = entry.strip().lower() if isinstance(entry, str) else entry
+        if not isinstance(value, str) or not (
+            _LAYER_HOST.match(value) or re.fullmatch(r"\[[0-9a-f:.]+\](:\d+)?", value)
+        ):
+            raise section.error(
+                f"layer_hosts[{i}]", f"{entry!r} is not a host: use 'host', 'host:port' or '*.domain' (no scheme/path)"
+            )
+        hosts.append(value)
+    return tuple(hosts)
+
+
 def _route(data: Any, index: int, source: str, upstream: UpstreamConfig) -> RegistryRoute:
     section = _Section(data, f"[[registries]][{index}]", source)
     name = section.string("name")
@@ -243,6 +308,12 @@ def _route(data: Any, index: int, source: str, upstream: UpstreamConfig) -> Regi
     parts = urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise section.error("endpoint", f"{endpoint!r} must be an http(s) URL such as https://{name}")
+    if parts.username or parts.password:
+        # A URL is logged and shown in errors; a password in it would leak there.
+        raise section.error("endpoint", "must not hold credentials; use username and password_env")
+    prefix = section.string("repository_prefix", "").strip("/")
+    if prefix and not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*", prefix):
+        raise section.error("repository_prefix", f"{prefix!r} is not a repository path such as 'dockerhub-proxy'")
     blobs = section.choice("blobs", ("redirect", "proxy"), "redirect")
     username = section.string("username", "")
     password: Secret | None = None
@@ -262,6 +333,8 @@ def _route(data: Any, index: int, source: str, upstream: UpstreamConfig) -> Regi
         username, password = _docker_config_password(section, name, docker_config)
     if password is not None and not username:
         raise section.error("username", "is required with a password")
+    if username and password is None:
+        raise section.error("username", "is given without a password; add password_env, password or docker_config")
     route = RegistryRoute(
         name=name,
         endpoint=endpoint.rstrip("/"),
@@ -270,18 +343,70 @@ def _route(data: Any, index: int, source: str, upstream: UpstreamConfig) -> Regi
         password=password,
         connect_timeout=section.duration("connect_timeout", upstream.connect_timeout),
         read_timeout=section.duration("read_timeout", upstream.read_timeout),
+        repository_prefix=prefix,
+        credentials_from=(
+            f"password_env {env_name}"
+            if env_name
+            else f"docker_config {docker_config}"
+            if docker_config
+            else "password in the config"
+            if inline
+            else ""
+        ),
     )
     section.done()
     return route
 
 
+def _endpoint_url(section: _Section, key: str, value: Any) -> str:
+    text = value.strip().rstrip("/") if isinstance(value, str) else ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.username or parts.password:
+        raise section.error(
+            key, f"{value!r} must be an http(s) URL without credentials, e.g. https://api.cloud.seqera.io"
+        )
+    return text
+
+
+def _auth(data: Any, source: str, service: ServiceConfig) -> AuthConfig:
+    a = _Section(data, "[auth]", source)
+    names = a.get("verifiers", list, ["static"] if service.tokens else [])
+    for i, name in enumerate(names):
+        if name not in AUTH_VERIFIERS:
+            raise a.error(f"verifiers[{i}]", f"{name!r} is not one of {', '.join(AUTH_VERIFIERS)}")
+        if names.index(name) != i:
+            raise a.error(f"verifiers[{i}]", f"{name!r} is listed twice")
+    t = _Section(a.get("tower", dict, {}), "[auth.tower]", source)
+    endpoint = t.string("endpoint", "")
+    tower = TowerAuthConfig(
+        endpoint=_endpoint_url(t, "endpoint", endpoint) if endpoint else "",
+        allowed_endpoints=tuple(
+            _endpoint_url(t, f"allowed_endpoints[{i}]", e) for i, e in enumerate(t.get("allowed_endpoints", list, []))
+        ),
+        cache_ttl=t.duration("cache_ttl", TowerAuthConfig.cache_ttl),
+        timeout=t.duration("timeout", TowerAuthConfig.timeout),
+    )
+    t.done()
+    a.done()
+    if "tower" in names and not tower.endpoint:
+        raise t.error("endpoint", 'is required by the "tower" verifier, e.g. "https://api.cloud.seqera.io"')
+    if "static" in names and not service.tokens:
+        raise a.error("verifiers", '"static" needs [service].tokens = [{ user = "...", sha256 = "..." }]')
+    if not service.anonymous and not names:
+        raise ConfigError(
+            f"{source}: [service].anonymous: false needs a way to verify callers: "
+            "set [service].tokens or [auth].verifiers"
+        )
+    return AuthConfig(verifiers=tuple(names), tower=tower)
+
+
 def parse_config(data: Mapping[str, Any], source: str) -> Config:
     root = _Section(data, "<top>", source)
-    root.used.update({"service", "gateway", "layers", "upstream", "registries"})
+    root.used.update({"service", "gateway", "layers", "upstream", "registries", "auth"})
     unknown = sorted(set(data) - root.used)
     if unknown:
         raise ConfigError(
-            f"{source}: [{unknown[0]}]: unknown section; known: service, gateway, layers, upstream, registries"
+            f"{source}: [{unknown[0]}]: unknown section; known: service, gateway, layers, upstream, registries, auth"
         )
 
     s = _Section(data.get("service", {}), "[service]", source)
@@ -301,8 +426,12 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         tokens=tuple(tokens),
         max_message_size=s.integer("max_message_size", ServiceConfig.max_message_size),
         inline_layer_limit=s.integer("inline_layer_limit", ServiceConfig.inline_layer_limit),
+        max_layer_size=s.integer("max_layer_size", ServiceConfig.max_layer_size),
     )
+    if service.max_layer_size <= 0:
+        raise s.error("max_layer_size", "must be positive (bytes)")
     s.done()
+    auth = _auth(data.get("auth", {}), source, service)
 
     g = _Section(data.get("gateway", {}), "[gateway]", source)
     gateway = GatewayConfig(
@@ -311,13 +440,30 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         service=g.address("service", service.listen),
         record_cache_ttl=g.duration("record_cache_ttl", GatewayConfig.record_cache_ttl),
         rewrite_cache_size=g.integer("rewrite_cache_size", GatewayConfig.rewrite_cache_size),
+        content_cache_bytes=g.integer("content_cache_bytes", GatewayConfig.content_cache_bytes),
+        shared_cache=g.string(
+            "shared_cache", service.store if service.store.startswith(("redis://", "rediss://")) else ""
+        ),
+        workers=g.integer("workers", GatewayConfig.workers),
+        access_log=g.boolean("access_log", GatewayConfig.access_log),
     )
+    if gateway.shared_cache and not gateway.shared_cache.startswith(("redis://", "rediss://")):
+        raise g.error("shared_cache", f"{gateway.shared_cache!r} must be a redis:// URL (or empty for none)")
+    if gateway.workers < 0:
+        raise g.error("workers", "must be 0 (one per core) or more")
     if not gateway.public_host or "/" in gateway.public_host:
         raise g.error("public_host", f"{gateway.public_host!r} must be host[:port], without scheme or path")
     g.done()
 
     lay = _Section(data.get("layers", {}), "[layers]", source)
-    layers = LayersConfig(store=_store_url(lay, "store", LayersConfig.store, ("file://",)))
+    layers = LayersConfig(
+        store=_store_url(lay, "store", LayersConfig.store, ("file://", "oci://")),
+        staging=lay.string("staging", LayersConfig.staging),
+    )
+    if layers.store.startswith("oci://"):
+        registry, _, repository = layers.store[len("oci://") :].partition("/")
+        if not registry or not repository:
+            raise lay.error("store", f"{layers.store!r} must be oci://<registry host[:port]>/<repository>")
     lay.done()
 
     u = _Section(data.get("upstream", {}), "[upstream]", source)
@@ -326,7 +472,10 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         connect_timeout=u.duration("connect_timeout", UpstreamConfig.connect_timeout),
         read_timeout=u.duration("read_timeout", UpstreamConfig.read_timeout),
         retries=u.integer("retries", UpstreamConfig.retries),
+        layer_hosts=_layer_hosts(u),
     )
+    if upstream.retries < 0:
+        raise u.error("retries", "must be 0 or more")
     u.done()
 
     routes_data = data.get("registries", [])
@@ -337,7 +486,7 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(f"{source}: [[registries]].name: {name!r} is listed twice")
-    return Config(service, gateway, layers, upstream, routes, source)
+    return Config(service, gateway, layers, upstream, routes, source, auth=auth)
 
 
 def load_config(path: Path) -> Config:

@@ -47,7 +47,20 @@ class Errors:
     # The source registry failed us: not the caller's fault, worth a retry.
     UPSTREAM_UNAVAILABLE = ErrorKind("UNAVAILABLE", 502, grpc.StatusCode.UNAVAILABLE, "upstream registry unavailable")
     UPSTREAM_TIMEOUT = ErrorKind("UNAVAILABLE", 504, grpc.StatusCode.DEADLINE_EXCEEDED, "upstream registry timed out")
+    # The source registry refused us (401/403 upstream). The caller authenticated
+    # fine; our route lacks (working) credentials, so neither UNAUTHENTICATED nor a
+    # bare 401 (a runtime would answer it with its own credentials, which we do
+    # not want): FAILED_PRECONDITION over gRPC, 403 DENIED on the registry API.
+    UPSTREAM_DENIED = ErrorKind(
+        "DENIED", 403, grpc.StatusCode.FAILED_PRECONDITION, "the source registry refused access to the image"
+    )
+    # A URL (an http(s) layer location, a redirect target) this deployment does not route.
+    NOT_ROUTED = ErrorKind("DENIED", 403, grpc.StatusCode.PERMISSION_DENIED, "location not allowed by this deployment")
     SERVICE_UNAVAILABLE = ErrorKind("UNAVAILABLE", 503, grpc.StatusCode.UNAVAILABLE, "service unavailable")
+    # An HTTP body over the gateway's limit (Wave REST bodies with big inline layers).
+    REQUEST_TOO_LARGE = ErrorKind(
+        "SIZE_INVALID", 413, grpc.StatusCode.RESOURCE_EXHAUSTED, "request body over the size limit"
+    )
     INTERNAL = ErrorKind("UNKNOWN", 500, grpc.StatusCode.INTERNAL, "unknown error")
 
 
