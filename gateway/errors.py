@@ -1,4 +1,14 @@
-"""One place renders every error on ``/v2/...`` as an OCI error body, and logs it once."""
+"""One place renders every error, in its route family's body format, and logs it once.
+
+Two route families share the gateway, and their clients parse errors differently:
+
+- the OCI registry API under ``/v2/`` (runtimes): the distribution error body
+  ``{"errors":[{"code","message","detail"}]}``, with the API version header;
+- Wave's REST API everywhere else (Nextflow, the ``wave`` CLI): ``{"message": "..."}``.
+
+The family follows from the path alone, so unmatched paths (404, 405) answer in
+the format the client that asked for them expects.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +24,21 @@ from wave_grpc.errors import Errors, WaveError
 log = logging.getLogger("gateway")
 
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
+WAVE_ROUTES_HINT = (
+    "POST /v1alpha2/container, POST /container-token, GET /v1alpha2/container/<requestId>/status, "
+    "GET|DELETE /container-token/<token>, GET /service-info"
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def is_registry_path(path: str) -> bool:
+    """True for the OCI registry family (``/v2`` and below); every other path is Wave's REST family."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
 def error_response(error: WaveError) -> web.Response:
+    """The OCI distribution error body (``/v2/...``)."""
     body = json.dumps(error.oci_body()).encode()
     headers = dict(API_VERSION_HEADER)
     if error.kind is Errors.UNSUPPORTED:
@@ -26,8 +46,20 @@ def error_response(error: WaveError) -> web.Response:
     return web.Response(status=error.kind.http_status, body=body, content_type="application/json", headers=headers)
 
 
+def wave_error_response(error: WaveError, allow: str = "") -> web.Response:
+    """Wave's error body, ``{"message": "..."}``, as Nextflow and the wave CLI read it."""
+    headers: dict[str, str] = {}
+    if error.kind is Errors.UNAUTHORIZED:
+        headers["WWW-Authenticate"] = 'Bearer realm="wave-grpc"'
+    if allow:
+        headers["Allow"] = allow
+    body = json.dumps({"message": error.message}).encode()
+    return web.Response(status=error.kind.http_status, body=body, content_type="application/json", headers=headers)
+
+
 @web.middleware
-async def oci_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def render_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    registry = is_registry_path(request.path)
     try:
         response = await handler(request)
     except WaveError as exc:
@@ -41,23 +73,35 @@ async def oci_errors(request: web.Request, handler: Handler) -> web.StreamRespon
             exc.kind.oci_code,
             exc.message,
         )
-        return error_response(exc)
-    except web.HTTPMethodNotAllowed:
-        return error_response(
-            WaveError(Errors.UNSUPPORTED, f"{request.method} is not supported: this gateway is read-only")
+        return error_response(exc) if registry else wave_error_response(exc)
+    except web.HTTPMethodNotAllowed as exc:
+        if registry:
+            return error_response(
+                WaveError(Errors.UNSUPPORTED, f"{request.method} is not supported: this gateway is read-only")
+            )
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return wave_error_response(
+            WaveError(Errors.UNSUPPORTED, f"{request.method} is not supported on {request.path}; use {allowed}"),
+            allow=allowed,
         )
     except web.HTTPNotFound:
-        return error_response(
-            WaveError(
-                Errors.NAME_UNKNOWN,
-                f"{request.path} is not served here; names look like /v2/wt/<token>/<image path>",
+        if registry:
+            return error_response(
+                WaveError(
+                    Errors.NAME_UNKNOWN,
+                    f"{request.path} is not served here; names look like /v2/wt/<token>/<image path>",
+                )
             )
+        return wave_error_response(
+            WaveError(Errors.NAME_UNKNOWN, f"{request.path} is not served here; the Wave API is {WAVE_ROUTES_HINT}")
         )
     except web.HTTPException:
         raise
     except Exception:
         incident = uuid.uuid4().hex[:12]
         log.exception("%s %s failed (incident %s)", request.method, request.path, incident)
-        return error_response(WaveError(Errors.INTERNAL, f"internal error (incident {incident})"))
-    response.headers.update(API_VERSION_HEADER)
+        error = WaveError(Errors.INTERNAL, f"internal error (incident {incident})")
+        return error_response(error) if registry else wave_error_response(error)
+    if registry:
+        response.headers.update(API_VERSION_HEADER)
     return response

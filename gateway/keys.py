@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from gateway.resolver import TokenResolver
@@ -9,7 +11,13 @@ from wave_grpc.config import Config
 from wave_grpc.layerstore import LayerStore
 from wave_grpc.upstream import RegistryClient
 
+if TYPE_CHECKING:
+    # The async stub type exists only in the generated .pyi.
+    from wave_grpc.proto.wave.augment.v1.augment_pb2_grpc import AugmentServiceAsyncStub
+
 CONFIG = web.AppKey("config", Config)
 RESOLVER = web.AppKey("resolver", TokenResolver)
 UPSTREAM = web.AppKey("upstream", RegistryClient)
 LAYERS = web.AppKey("layers", LayerStore)
+# The AugmentService, over the gateway's one gRPC channel (the Wave REST API calls it).
+SERVICE: web.AppKey[AugmentServiceAsyncStub] = web.AppKey("service")

@@ -1,16 +1,24 @@
-"""The route table: every path the gateway serves, as data."""
+"""The route table: every path the gateway serves, as data.
+
+Two families: the OCI registry API under ``/v2/`` (what runtimes pull from) and
+Wave's REST API (what Nextflow and the ``wave`` CLI call; gateway/handlers/wave_*).
+gateway/errors.py renders each family's errors in its own body format.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from aiohttp import web
 
-from gateway.handlers import base, blobs, manifests, tags
+from gateway.handlers import base, blobs, manifests, tags, wave_containers, wave_info, wave_tokens
 
 _NAME = r"{name:[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*}"
 _TOKEN_PARAM = "{token:[a-z0-9]+}"  # noqa: S105 - a path pattern, not a secret
+# Any text up to the next "/": the service validates it and names the field when it is wrong.
+_SEGMENT = "[^/]+"
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,20 +26,36 @@ class Route:
     name: str
     path: str
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    method: Literal["GET", "POST", "DELETE"] = "GET"
 
 
 # GET routes answer HEAD too, with the same headers (aiohttp's add_get).
 ROUTES: tuple[Route, ...] = (
+    # The OCI registry API.
     Route("base", "/v2/", base.api_version),
     Route("manifest", f"/v2/wt/{_TOKEN_PARAM}/{_NAME}/manifests/{{reference}}", manifests.get_manifest),
     Route("blob", f"/v2/wt/{_TOKEN_PARAM}/{_NAME}/blobs/{{digest}}", blobs.get_blob),
     Route("tags", f"/v2/wt/{_TOKEN_PARAM}/{_NAME}/tags/list", tags.list_tags),
+    # Wave's REST API.
+    Route("wave-container", "/v1alpha2/container", wave_containers.create_container, "POST"),
+    Route("wave-container-token", "/container-token", wave_containers.create_container, "POST"),
+    Route(
+        "wave-container-status",
+        f"/v1alpha2/container/{{request_id:{_SEGMENT}}}/status",
+        wave_containers.container_status,
+    ),
+    Route("wave-token-describe", f"/container-token/{{token:{_SEGMENT}}}", wave_tokens.describe_token),
+    Route("wave-token-revoke", f"/container-token/{{token:{_SEGMENT}}}", wave_tokens.revoke_token, "DELETE"),
+    Route("wave-service-info", "/service-info", wave_info.service_info),
 )
 
 
 def add_routes(app: web.Application) -> None:
     for route in ROUTES:
-        app.router.add_get(route.path, route.handler, name=route.name)
+        if route.method == "GET":
+            app.router.add_get(route.path, route.handler, name=route.name)
+        else:
+            app.router.add_route(route.method, route.path, route.handler, name=route.name)
 
     # Writes are not part of this registry: answer them with UNSUPPORTED, not 404.
     async def read_only(request: web.Request) -> web.StreamResponse:

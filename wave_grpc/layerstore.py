@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from wave_grpc.digest import Digest
 from wave_grpc.errors import Errors, WaveError
@@ -70,28 +70,37 @@ class FileLayerStore:
         temp = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
         digester = LayerDigester()
 
-        def write(handle: object, chunk: bytes) -> None:
+        def write(handle: BinaryIO, chunk: bytes) -> None:
             digester.update(chunk)
-            handle.write(chunk)  # type: ignore[attr-defined]
+            handle.write(chunk)
+
+        def sync(handle: BinaryIO) -> None:
+            handle.flush()
+            os.fsync(handle.fileno())
 
         try:
-            with temp.open("wb") as handle:
+            # Every blocking file call runs in a worker thread: a big layer's
+            # fsync or unlink must not stall the other RPCs on this event loop.
+            with await asyncio.to_thread(temp.open, "wb") as handle:
                 async for chunk in chunks:
-                    # Hashing and inflating are CPU work: keep them off the event loop.
+                    # Hashing and inflating are CPU work: keep them off the event loop too.
                     await asyncio.to_thread(write, handle, chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
-            try:
-                digests = digester.finish()
-            except LayerFormatError as exc:
-                raise WaveError(Errors.INVALID_ARGUMENT, f"{expected.field}: {exc}") from None
-            check_layer_digests(expected.field, digests, expected.gzip_digest, expected.gzip_size, expected.tar_digest)
-            final = self._blob_path(digests.gzip_digest)
-            if final.exists():
-                return digests, False
+                try:
+                    digests = digester.finish()
+                except LayerFormatError as exc:
+                    raise WaveError(Errors.INVALID_ARGUMENT, f"{expected.field}: {exc}") from None
+                check_layer_digests(
+                    expected.field, digests, expected.gzip_digest, expected.gzip_size, expected.tar_digest
+                )
+                final = self._blob_path(digests.gzip_digest)
+                if final.exists():
+                    return digests, False
+                # Only a verified blob that is kept is worth the fsync.
+                await asyncio.to_thread(sync, handle)
             # The tar digest is written first: a blob that exists always has one.
+            # Temp names are unique, so concurrent uploads of one blob do not collide.
             meta = self._meta_path(digests.gzip_digest)
-            meta_temp = meta.with_suffix(".part")
+            meta_temp = meta.with_name(f"{meta.name}.{uuid.uuid4().hex}.part")
             meta_temp.write_text(str(digests.tar_digest))
             os.replace(meta_temp, meta)
             os.replace(temp, final)
@@ -99,8 +108,7 @@ class FileLayerStore:
         except LayerFormatError as exc:
             raise WaveError(Errors.INVALID_ARGUMENT, f"{expected.field}: {exc}") from None
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
+            await asyncio.shield(asyncio.to_thread(_unlink_if_present, temp))
 
     def _meta_path(self, digest: Digest) -> Path:
         return self.root / "tar-digests" / digest.algorithm / digest.hex
@@ -121,6 +129,11 @@ class FileLayerStore:
         path = self._blob_path(digest)
         return path if path.exists() else None
 
+    def discard(self, digest: Digest) -> None:
+        """Drop a blob (a staging store does, once the blob is safely elsewhere)."""
+        _unlink_if_present(self._blob_path(digest))
+        _unlink_if_present(self._meta_path(digest))
+
     async def open(self, digest: Digest, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
         path = self._blob_path(digest)
         if not path.exists():
@@ -128,6 +141,11 @@ class FileLayerStore:
         with path.open("rb") as handle:
             while chunk := await asyncio.to_thread(handle.read, chunk_size):
                 yield chunk
+
+
+def _unlink_if_present(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 async def iterate_bytes(data: bytes, chunk_size: int = 4 << 20) -> AsyncIterator[bytes]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import secrets
 import string
@@ -13,9 +12,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.rewrite import augment
+from wave_grpc.auth import ANONYMOUS, Authenticator, bearer_token
 from wave_grpc.config import Config
 from wave_grpc.digest import Digest
 from wave_grpc.errors import Errors, WaveError, invalid_argument
@@ -25,18 +26,19 @@ from wave_grpc.layerstore import STORE_SCHEME, ExpectedLayer, LayerStore, iterat
 from wave_grpc.platforms import Platform
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
-from wave_grpc.source import augmentation_from_record, resolve_source
+from wave_grpc.source import augmentation_from_record, fetch_pinned, resolve_source
 from wave_grpc.tokenstore import TokenStore
-from wave_grpc.upstream import RegistryClient
+from wave_grpc.upstream import RegistryClient, check_layer_location
 
 log = logging.getLogger(__name__)
 
 TOKEN_ALPHABET = string.ascii_lowercase + string.digits
 TOKEN_LENGTH = 12  # 36**12 is about 2**62
 MAX_LAYERS = 100
-ANONYMOUS = "anonymous"
+REQUEST_ID_LENGTH = 32  # uuid4().hex
 
 _S = TypeVar("_S", bound="AugmentServicer")
+_In = TypeVar("_In")  # the request, or the request stream of a client-streaming RPC
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 _P = ParamSpec("_P")
@@ -47,12 +49,12 @@ def new_token() -> str:
 
 
 def _rpc(
-    method: Callable[[_S, _Req, grpc.aio.ServicerContext[_Req, _Resp]], Awaitable[_Resp]],
-) -> Callable[[_S, _Req, grpc.aio.ServicerContext[_Req, _Resp]], Awaitable[_Resp]]:
+    method: Callable[[_S, _In, grpc.aio.ServicerContext[_Req, _Resp]], Awaitable[_Resp]],
+) -> Callable[[_S, _In, grpc.aio.ServicerContext[_Req, _Resp]], Awaitable[_Resp]]:
     """Turn expected errors into their gRPC status and bugs into INTERNAL."""
 
     @functools.wraps(method)
-    async def wrapper(self: _S, request: _Req, context: grpc.aio.ServicerContext[_Req, _Resp]) -> _Resp:
+    async def wrapper(self: _S, request: _In, context: grpc.aio.ServicerContext[_Req, _Resp]) -> _Resp:
         try:
             return await method(self, request, context)
         except WaveError as exc:
@@ -83,37 +85,36 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         layers: LayerStore,
         upstream: RegistryClient,
         clock: Callable[[], float] = time.time,
+        auth: Authenticator | None = None,
     ) -> None:
         self._config = config
         self._tokens = tokens
         self._layers = layers
         self._upstream = upstream
         self._clock = clock
-        self._static_tokens = {t.sha256: t.user for t in config.service.tokens}
+        self._auth = auth or Authenticator.from_config(config)
 
     # -- callers ------------------------------------------------------------
 
-    def authenticate(self, context: grpc.aio.ServicerContext[_Req, _Resp], tower_access_token: str = "") -> str:
-        """The caller's user id: a known static token's user, else anonymous when allowed."""
-        presented = tower_access_token
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and isinstance(value, str):
-                scheme, _, credential = value.partition(" ")
-                if scheme.lower() == "bearer" and credential.strip():
-                    presented = credential.strip()
-        if presented:
-            user = self._static_tokens.get(hashlib.sha256(presented.encode()).hexdigest())
-            if user is not None:
-                return user
-            if not self._config.service.anonymous:
-                raise WaveError(Errors.UNAUTHORIZED, "the bearer token is not valid for this service")
-        if self._config.service.anonymous:
-            return ANONYMOUS
-        raise WaveError(
-            Errors.UNAUTHORIZED,
-            "this service needs a caller token: send metadata 'authorization: Bearer <token>' "
-            "or set tower_access_token",
-        )
+    async def authenticate(
+        self,
+        context: grpc.aio.ServicerContext[_Req, _Resp],
+        tower_access_token: str = "",
+        tower_endpoint: str = "",
+    ) -> str:
+        """The caller's user id (wave_grpc/auth.py); 'authorization' metadata wins over tower_access_token."""
+        token = bearer_token(context.invocation_metadata()) or tower_access_token.strip()
+        return await self._auth.authenticate(token, tower_endpoint)
+
+    @staticmethod
+    def _check_owner(record: pb.ContainerRecord, caller: str) -> None:
+        """Only the creator may describe or revoke; a token created anonymously belongs to whoever holds it."""
+        if record.owner != ANONYMOUS and record.owner != caller:
+            raise WaveError(
+                Errors.DENIED,
+                f"container token {record.container_token} belongs to another user; "
+                "use the token of the caller that created it",
+            )
 
     # -- layers -------------------------------------------------------------
 
@@ -159,6 +160,8 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
                 location=location, gzip_digest=str(digest), gzip_size=size, tar_digest=str(tar_digest)
             )
         if location.startswith(("https://", "http://")):
+            # Runtimes are sent to this URL: only hosts the operator listed.
+            check_layer_location(self._config, location, f"{field}.location")
             Digest.parse(layer.gzip_digest, field=f"{field}.gzip_digest")
             Digest.parse(layer.tar_digest, field=f"{field}.tar_digest")
             if layer.gzip_size <= 0:
@@ -197,7 +200,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         request: pb.CreateContainerRequest,
         context: grpc.aio.ServicerContext[pb.CreateContainerRequest, pb.CreateContainerResponse],
     ) -> pb.CreateContainerResponse:
-        owner = self.authenticate(context, request.tower_access_token)
+        owner = await self.authenticate(context, request.tower_access_token, request.tower_endpoint)
         ref = ImageRef.parse(request.container_image)
         platform = Platform.parse(request.container_platform)
         self._check_config(request.container_config)
@@ -210,10 +213,11 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
                 raise invalid_argument("container_image", exc.message) from None
             raise
         layers = [await self._prepare_layer(i, layer) for i, layer in enumerate(request.container_config.layers)]
-        config = pb.ContainerConfig()
-        config.CopyFrom(request.container_config)
-        del config.layers[:]
-        config.layers.extend(layers)
+        given = request.container_config
+        # Built field by field: copying the request would copy inline layer bytes too.
+        config = pb.ContainerConfig(
+            entrypoint=given.entrypoint, cmd=given.cmd, env=given.env, working_dir=given.working_dir, layers=layers
+        )
 
         now = self._clock()
         tag = ref.tag or "latest"
@@ -231,7 +235,9 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         )
         # Compute the augmented image once now, so a broken upstream config is a
         # creation error rather than a pull-time surprise.
-        augment(resolved.image, augmentation_from_record(record))
+        augmented = augment(resolved.image, augmentation_from_record(record))
+        record.target_manifest_digest = str(augmented.manifest.digest)
+        record.target_digest = str(augmented.top_level(accepts_index=True).digest)
         for _ in range(5):
             token = new_token()
             record.container_token = token
@@ -248,6 +254,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
             container_image=str(ref),
             request_id=record.request_id,
             source_digest=record.source_digest,
+            target_digest=record.target_digest,
         )
 
     async def _live_record(self, token: str) -> pb.ContainerRecord:
@@ -273,10 +280,9 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         request: pb.RevokeContainerRequest,
         context: grpc.aio.ServicerContext[pb.RevokeContainerRequest, pb.RevokeContainerResponse],
     ) -> pb.RevokeContainerResponse:
-        caller = self.authenticate(context)
+        caller = await self.authenticate(context)
         record = await self._live_record(request.container_token)
-        if record.owner != ANONYMOUS and record.owner != caller:
-            raise WaveError(Errors.DENIED, f"container token {request.container_token} belongs to another user")
+        self._check_owner(record, caller)
         if not await self._tokens.revoke(request.container_token):
             raise WaveError(
                 Errors.NAME_UNKNOWN,
@@ -285,28 +291,87 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         log.info("revoked %s", request.container_token)
         return pb.RevokeContainerResponse(container_token=request.container_token)
 
+    @_rpc
+    async def DescribeContainer(
+        self,
+        request: pb.DescribeContainerRequest,
+        context: grpc.aio.ServicerContext[pb.DescribeContainerRequest, pb.DescribeContainerResponse],
+    ) -> pb.DescribeContainerResponse:
+        caller = await self.authenticate(context)
+        record = await self._live_record(request.container_token)
+        self._check_owner(record, caller)
+        if not record.target_digest:
+            # A record written before target digests were recorded: compute it from the pinned bytes.
+            augmented = augment(await fetch_pinned(self._upstream, record), augmentation_from_record(record))
+            record.target_digest = str(augmented.top_level(accepts_index=True).digest)
+        return pb.DescribeContainerResponse(container=record)
+
+    @_rpc
+    async def GetContainerStatus(
+        self,
+        request: pb.GetContainerStatusRequest,
+        context: grpc.aio.ServicerContext[pb.GetContainerStatusRequest, pb.GetContainerStatusResponse],
+    ) -> pb.GetContainerStatusResponse:
+        # Like Wave's status endpoint this needs no caller token: the request id is
+        # known only to the creator, and the answer carries neither token nor image.
+        request_id = request.request_id.strip()
+        if len(request_id) != REQUEST_ID_LENGTH or any(c not in "0123456789abcdef" for c in request_id):
+            raise invalid_argument("request_id", f"{request_id!r} is not a request id (32 lowercase hex characters)")
+        record = await self._tokens.get_by_request_id(request_id)
+        if record is None:
+            raise WaveError(Errors.NAME_UNKNOWN, f"container request {request_id} is unknown, expired or revoked")
+        # Augmentation is finished when CreateContainer answers: nothing is built later.
+        return pb.GetContainerStatusResponse(
+            request_id=record.request_id,
+            status=pb.CONTAINER_STATUS_DONE,
+            succeeded=True,
+            create_time=record.create_time,
+            duration=Duration(),
+            expiration=record.expiration,
+        )
+
+    @_rpc
     async def UploadLayer(
         self,
         request_iterator: AsyncIterator[pb.UploadLayerRequest],
         context: grpc.aio.ServicerContext[pb.UploadLayerRequest, pb.UploadLayerResponse],
     ) -> pb.UploadLayerResponse:
-        try:
-            self.authenticate(context)
-            first = await anext(aiter(request_iterator), None)
-            if first is None:
-                raise invalid_argument("chunk", "the upload stream is empty")
-            expected = ExpectedLayer("layer", first.gzip_digest, first.gzip_size, first.tar_digest)
+        await self.authenticate(context)
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            raise invalid_argument("chunk", "the upload stream is empty; send the tar.gz bytes in chunk")
+        limit = self._config.service.max_layer_size
+        declared = first.gzip_size
+        if declared > limit:
+            raise invalid_argument(
+                "gzip_size",
+                f"{declared} bytes is over this service's {limit} byte layer limit ([service].max_layer_size)",
+            )
+        expected = ExpectedLayer("layer", first.gzip_digest, declared, first.tar_digest)
 
-            async def chunks() -> AsyncIterator[bytes]:
-                if first.chunk:
-                    yield first.chunk
-                async for message in request_iterator:
-                    if message.chunk:
-                        yield message.chunk
+        async def chunks() -> AsyncIterator[bytes]:
+            # Sizes are enforced as bytes arrive, so an over-long stream is cut off
+            # at the limit instead of filling the disk before the final check.
+            received = 0
+            message = first
+            while True:
+                if message.chunk:
+                    received += len(message.chunk)
+                    if declared and received > declared:
+                        raise invalid_argument(
+                            "gzip_size", f"given {declared} but more bytes arrived; send the layer's exact size"
+                        )
+                    if received > limit:
+                        raise invalid_argument(
+                            "chunk", f"the layer is over this service's {limit} byte limit ([service].max_layer_size)"
+                        )
+                    yield message.chunk
+                next_message = await anext(request_iterator, None)
+                if next_message is None:
+                    return
+                message = next_message
 
-            digests, created = await self._layers.put(chunks(), expected)
-        except WaveError as exc:
-            await context.abort(exc.kind.grpc_status, exc.message)
+        digests, created = await self._layers.put(chunks(), expected)
         log.info("stored layer %s (%d bytes, new=%s)", digests.gzip_digest, digests.gzip_size, created)
         return pb.UploadLayerResponse(
             layer=pb.ContainerLayer(

@@ -1,7 +1,7 @@
 """Token records behind a small interface; SQLite is the embedded default.
 
 A record is the serialized ``ContainerRecord`` message: the store needs to
-understand only the token, the owner and the expiry.
+understand only the token, the request id, the owner and the expiry.
 """
 
 from __future__ import annotations
@@ -21,12 +21,27 @@ def expiry_seconds(record: pb.ContainerRecord) -> float:
 
 
 class TokenStore(Protocol):
+    """Where token records live. Every method is safe to call from many replicas.
+
+    A record is live from ``put`` until its ``expiration`` or ``revoke``; the
+    lookups answer live records only. Both lookups must survive a restart.
+    """
+
     async def put(self, record: pb.ContainerRecord) -> bool:
         """Store a new record; False when the token is taken (the caller picks another)."""
         ...
 
     async def get(self, token: str) -> pb.ContainerRecord | None:
         """The live record, or None when unknown, expired or revoked."""
+        ...
+
+    async def get_by_request_id(self, request_id: str) -> pb.ContainerRecord | None:
+        """The live record ``put`` with this ``request_id`` (unique per record), or None.
+
+        Wave's ``/v1alpha2/container/{requestId}/status`` is served from this.
+        A store keeps an index from request id to token that expires (or is
+        dropped) with the record.
+        """
         ...
 
     async def revoke(self, token: str) -> bool: ...
@@ -50,6 +65,26 @@ class SqliteTokenStore:
                 " revoked INTEGER NOT NULL DEFAULT 0, record BLOB NOT NULL)"
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS containers_expiry ON containers (expires_at)")
+            self._add_request_id_column()
+
+    def _add_request_id_column(self) -> None:
+        """Databases written before request ids were indexed get the column, filled from the records."""
+        # One transaction that takes the write lock first: replicas starting together on
+        # one file must not both add the column.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(containers)")}
+            if "request_id" not in columns:
+                self._db.execute("ALTER TABLE containers ADD COLUMN request_id TEXT")
+                rows = self._db.execute("SELECT token, record FROM containers").fetchall()
+                for token, blob in rows:
+                    request_id = pb.ContainerRecord.FromString(blob).request_id
+                    self._db.execute("UPDATE containers SET request_id = ? WHERE token = ?", (request_id, token))
+            self._db.execute("CREATE INDEX IF NOT EXISTS containers_request_id ON containers (request_id)")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     @classmethod
     def from_url(cls, url: str) -> SqliteTokenStore:
@@ -68,12 +103,13 @@ class SqliteTokenStore:
             )
             try:
                 self._db.execute(
-                    "INSERT INTO containers (token, owner, expires_at, record) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO containers (token, owner, expires_at, record, request_id) VALUES (?, ?, ?, ?, ?)",
                     (
                         record.container_token,
                         record.owner,
                         expiry_seconds(record),
                         record.SerializeToString(),
+                        record.request_id or None,
                     ),
                 )
             except sqlite3.IntegrityError:
@@ -85,6 +121,18 @@ class SqliteTokenStore:
             row = self._db.execute(
                 "SELECT record FROM containers WHERE token = ? AND revoked = 0 AND expires_at > ?",
                 (token, time.time()),
+            ).fetchone()
+        if row is None:
+            return None
+        return pb.ContainerRecord.FromString(row[0])
+
+    def _get_by_request_id(self, request_id: str) -> pb.ContainerRecord | None:
+        if not request_id:
+            return None
+        with self._lock:
+            row = self._db.execute(
+                "SELECT record FROM containers WHERE request_id = ? AND revoked = 0 AND expires_at > ?",
+                (request_id, time.time()),
             ).fetchone()
         if row is None:
             return None
@@ -104,6 +152,9 @@ class SqliteTokenStore:
     async def get(self, token: str) -> pb.ContainerRecord | None:
         return await asyncio.to_thread(self._get, token)
 
+    async def get_by_request_id(self, request_id: str) -> pb.ContainerRecord | None:
+        return await asyncio.to_thread(self._get_by_request_id, request_id)
+
     async def revoke(self, token: str) -> bool:
         return await asyncio.to_thread(self._revoke, token)
 
@@ -115,4 +166,8 @@ class SqliteTokenStore:
 def open_token_store(url: str) -> TokenStore:
     if url.startswith("sqlite:"):
         return SqliteTokenStore.from_url(url)
+    if url.startswith(("redis://", "rediss://")):
+        from wave_grpc.redisstore import RedisTokenStore
+
+        return RedisTokenStore.from_url(url)
     raise ValueError(f"token store {url!r}: only sqlite:/// is supported in this build")

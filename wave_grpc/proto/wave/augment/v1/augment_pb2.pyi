@@ -10,9 +10,11 @@ these messages is Wave's JSON (container_image <-> containerImage).
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -23,6 +25,29 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ContainerStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ContainerStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ContainerStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTAINER_STATUS_UNSPECIFIED: _ContainerStatus.ValueType  # 0
+    CONTAINER_STATUS_PENDING: _ContainerStatus.ValueType  # 1
+    CONTAINER_STATUS_BUILDING: _ContainerStatus.ValueType  # 2
+    CONTAINER_STATUS_DONE: _ContainerStatus.ValueType  # 3
+
+class ContainerStatus(_ContainerStatus, metaclass=_ContainerStatusEnumTypeWrapper):
+    """ContainerStatus is where a creation request stands. Augmentation finishes
+    within CreateContainer, so a live request is always DONE; the other states
+    are Wave's, for builds this service does not do.
+    """
+
+CONTAINER_STATUS_UNSPECIFIED: ContainerStatus.ValueType  # 0
+CONTAINER_STATUS_PENDING: ContainerStatus.ValueType  # 1
+CONTAINER_STATUS_BUILDING: ContainerStatus.ValueType  # 2
+CONTAINER_STATUS_DONE: ContainerStatus.ValueType  # 3
+Global___ContainerStatus: _TypeAlias = ContainerStatus  # noqa: Y015
 
 @_typing.final
 class ContainerLayer(_message.Message):
@@ -173,6 +198,7 @@ class CreateContainerResponse(_message.Message):
     CONTAINER_IMAGE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SOURCE_DIGEST_FIELD_NUMBER: _builtins.int
+    TARGET_DIGEST_FIELD_NUMBER: _builtins.int
     container_token: _builtins.str
     """12 lowercase alphanumerics."""
     target_image: _builtins.str
@@ -182,6 +208,11 @@ class CreateContainerResponse(_message.Message):
     request_id: _builtins.str
     source_digest: _builtins.str
     """The pinned source digest (the index's when the source is multi-platform)."""
+    target_digest: _builtins.str
+    """Digest the target image's tag resolves to for a client that accepts an
+    index (docker, podman, skopeo do): the augmented one-entry index for a
+    multi-platform source, else the augmented manifest.
+    """
     @_builtins.property
     def expiration(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -193,10 +224,11 @@ class CreateContainerResponse(_message.Message):
         container_image: _builtins.str = ...,
         request_id: _builtins.str = ...,
         source_digest: _builtins.str = ...,
+        target_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expiration", b"expiration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_image", b"container_image", "container_token", b"container_token", "expiration", b"expiration", "request_id", b"request_id", "source_digest", b"source_digest", "target_image", b"target_image"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_image", b"container_image", "container_token", b"container_token", "expiration", b"expiration", "request_id", b"request_id", "source_digest", b"source_digest", "target_digest", b"target_digest", "target_image", b"target_image"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -241,6 +273,8 @@ class ContainerRecord(_message.Message):
     EXPIRATION_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    TARGET_MANIFEST_DIGEST_FIELD_NUMBER: _builtins.int
+    TARGET_DIGEST_FIELD_NUMBER: _builtins.int
     container_token: _builtins.str
     request_id: _builtins.str
     container_image: _builtins.str
@@ -257,6 +291,14 @@ class ContainerRecord(_message.Message):
     owner: _builtins.str
     """The authenticated caller, or "anonymous"."""
     workflow_id: _builtins.str
+    target_manifest_digest: _builtins.str
+    """Digest of the augmented image manifest, computed at creation. Every
+    replica checks what it serves against it.
+    """
+    target_digest: _builtins.str
+    """Digest of the one-entry augmented index when the source is an index,
+    else equal to target_manifest_digest: what the tag resolves to.
+    """
     @_builtins.property
     def container_config(self) -> Global___ContainerConfig:
         """Overrides; layer locations point at the layer store for stored layers."""
@@ -280,10 +322,12 @@ class ContainerRecord(_message.Message):
         expiration: _timestamp_pb2.Timestamp | None = ...,
         owner: _builtins.str = ...,
         workflow_id: _builtins.str = ...,
+        target_manifest_digest: _builtins.str = ...,
+        target_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config", "create_time", b"create_time", "expiration", b"expiration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config", "container_image", b"container_image", "container_platform", b"container_platform", "container_token", b"container_token", "create_time", b"create_time", "expiration", b"expiration", "owner", b"owner", "request_id", b"request_id", "source_digest", b"source_digest", "source_manifest_digest", b"source_manifest_digest", "target_image", b"target_image", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config", "container_image", b"container_image", "container_platform", b"container_platform", "container_token", b"container_token", "create_time", b"create_time", "expiration", b"expiration", "owner", b"owner", "request_id", b"request_id", "source_digest", b"source_digest", "source_manifest_digest", b"source_manifest_digest", "target_digest", b"target_digest", "target_image", b"target_image", "target_manifest_digest", b"target_manifest_digest", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -414,3 +458,111 @@ class UploadLayerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UploadLayerResponse: _TypeAlias = UploadLayerResponse  # noqa: Y015
+
+@_typing.final
+class DescribeContainerRequest(_message.Message):
+    """DescribeContainerRequest names a token to describe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_TOKEN_FIELD_NUMBER: _builtins.int
+    container_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        container_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_token", b"container_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescribeContainerRequest: _TypeAlias = DescribeContainerRequest  # noqa: Y015
+
+@_typing.final
+class DescribeContainerResponse(_message.Message):
+    """DescribeContainerResponse is the token's record, target_digest filled in."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def container(self) -> Global___ContainerRecord: ...
+    def __init__(
+        self,
+        *,
+        container: Global___ContainerRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescribeContainerResponse: _TypeAlias = DescribeContainerResponse  # noqa: Y015
+
+@_typing.final
+class GetContainerStatusRequest(_message.Message):
+    """GetContainerStatusRequest names a creation request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """CreateContainerResponse.request_id."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContainerStatusRequest: _TypeAlias = GetContainerStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetContainerStatusResponse(_message.Message):
+    """GetContainerStatusResponse reports a live creation request. Unknown,
+    expired and revoked requests are NOT_FOUND.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    SUCCEEDED_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    EXPIRATION_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    status: Global___ContainerStatus.ValueType
+    succeeded: _builtins.bool
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """Time from the request to a usable image (zero: nothing is built)."""
+
+    @_builtins.property
+    def expiration(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        status: Global___ContainerStatus.ValueType = ...,
+        succeeded: _builtins.bool = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        expiration: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "duration", b"duration", "expiration", b"expiration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "duration", b"duration", "expiration", b"expiration", "request_id", b"request_id", "status", b"status", "succeeded", b"succeeded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContainerStatusResponse: _TypeAlias = GetContainerStatusResponse  # noqa: Y015

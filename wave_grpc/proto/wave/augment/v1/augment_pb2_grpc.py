@@ -55,6 +55,16 @@ class AugmentServiceStub:
                 request_serializer=wave_dot_augment_dot_v1_dot_augment__pb2.UploadLayerRequest.SerializeToString,
                 response_deserializer=wave_dot_augment_dot_v1_dot_augment__pb2.UploadLayerResponse.FromString,
                 _registered_method=True)
+        self.DescribeContainer = channel.unary_unary(
+                '/wave.augment.v1.AugmentService/DescribeContainer',
+                request_serializer=wave_dot_augment_dot_v1_dot_augment__pb2.DescribeContainerRequest.SerializeToString,
+                response_deserializer=wave_dot_augment_dot_v1_dot_augment__pb2.DescribeContainerResponse.FromString,
+                _registered_method=True)
+        self.GetContainerStatus = channel.unary_unary(
+                '/wave.augment.v1.AugmentService/GetContainerStatus',
+                request_serializer=wave_dot_augment_dot_v1_dot_augment__pb2.GetContainerStatusRequest.SerializeToString,
+                response_deserializer=wave_dot_augment_dot_v1_dot_augment__pb2.GetContainerStatusResponse.FromString,
+                _registered_method=True)
 
 
 class AugmentServiceServicer:
@@ -70,8 +80,9 @@ class AugmentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetContainer(self, request, context):
-        """GetContainer describes a live token. Unknown, expired and revoked tokens
-        are NOT_FOUND.
+        """GetContainer answers a live token's record: the lookup behind a pull (the
+        token is the pull capability; the gateway calls it). Unknown, expired and
+        revoked tokens are NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,6 +98,23 @@ class AugmentServiceServicer:
     def UploadLayer(self, request_iterator, context):
         """UploadLayer streams a tar.gz layer in chunks; the answer is a layer to put
         in CreateContainerRequest.container_config.layers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeContainer(self, request, context):
+        """DescribeContainer describes a live token to its owner (the caller that
+        created it; anyone for tokens created anonymously). Another caller gets
+        PERMISSION_DENIED; unknown, expired and revoked tokens are NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetContainerStatus(self, request, context):
+        """GetContainerStatus reports a creation request by its request_id (Wave's
+        /v1alpha2/container/{requestId}/status). It never reveals the token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +142,16 @@ def add_AugmentServiceServicer_to_server(servicer, server):
                     servicer.UploadLayer,
                     request_deserializer=wave_dot_augment_dot_v1_dot_augment__pb2.UploadLayerRequest.FromString,
                     response_serializer=wave_dot_augment_dot_v1_dot_augment__pb2.UploadLayerResponse.SerializeToString,
+            ),
+            'DescribeContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeContainer,
+                    request_deserializer=wave_dot_augment_dot_v1_dot_augment__pb2.DescribeContainerRequest.FromString,
+                    response_serializer=wave_dot_augment_dot_v1_dot_augment__pb2.DescribeContainerResponse.SerializeToString,
+            ),
+            'GetContainerStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetContainerStatus,
+                    request_deserializer=wave_dot_augment_dot_v1_dot_augment__pb2.GetContainerStatusRequest.FromString,
+                    response_serializer=wave_dot_augment_dot_v1_dot_augment__pb2.GetContainerStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +263,60 @@ class AugmentService:
             '/wave.augment.v1.AugmentService/UploadLayer',
             wave_dot_augment_dot_v1_dot_augment__pb2.UploadLayerRequest.SerializeToString,
             wave_dot_augment_dot_v1_dot_augment__pb2.UploadLayerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wave.augment.v1.AugmentService/DescribeContainer',
+            wave_dot_augment_dot_v1_dot_augment__pb2.DescribeContainerRequest.SerializeToString,
+            wave_dot_augment_dot_v1_dot_augment__pb2.DescribeContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetContainerStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wave.augment.v1.AugmentService/GetContainerStatus',
+            wave_dot_augment_dot_v1_dot_augment__pb2.GetContainerStatusRequest.SerializeToString,
+            wave_dot_augment_dot_v1_dot_augment__pb2.GetContainerStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

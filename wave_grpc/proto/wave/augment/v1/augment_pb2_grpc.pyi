@@ -43,14 +43,24 @@ class AugmentServiceStub:
     see and answers an ephemeral image name served by the gateway.
     """
     GetContainer: _grpc.UnaryUnaryMultiCallable[_augment_pb2.GetContainerRequest, _augment_pb2.GetContainerResponse]
-    """GetContainer describes a live token. Unknown, expired and revoked tokens
-    are NOT_FOUND.
+    """GetContainer answers a live token's record: the lookup behind a pull (the
+    token is the pull capability; the gateway calls it). Unknown, expired and
+    revoked tokens are NOT_FOUND.
     """
     RevokeContainer: _grpc.UnaryUnaryMultiCallable[_augment_pb2.RevokeContainerRequest, _augment_pb2.RevokeContainerResponse]
     """RevokeContainer ends a token before its expiration."""
     UploadLayer: _grpc.StreamUnaryMultiCallable[_augment_pb2.UploadLayerRequest, _augment_pb2.UploadLayerResponse]
     """UploadLayer streams a tar.gz layer in chunks; the answer is a layer to put
     in CreateContainerRequest.container_config.layers.
+    """
+    DescribeContainer: _grpc.UnaryUnaryMultiCallable[_augment_pb2.DescribeContainerRequest, _augment_pb2.DescribeContainerResponse]
+    """DescribeContainer describes a live token to its owner (the caller that
+    created it; anyone for tokens created anonymously). Another caller gets
+    PERMISSION_DENIED; unknown, expired and revoked tokens are NOT_FOUND.
+    """
+    GetContainerStatus: _grpc.UnaryUnaryMultiCallable[_augment_pb2.GetContainerStatusRequest, _augment_pb2.GetContainerStatusResponse]
+    """GetContainerStatus reports a creation request by its request_id (Wave's
+    /v1alpha2/container/{requestId}/status). It never reveals the token.
     """
 
 @_typing.type_check_only
@@ -63,14 +73,24 @@ class AugmentServiceAsyncStub(AugmentServiceStub):
     see and answers an ephemeral image name served by the gateway.
     """
     GetContainer: _aio.UnaryUnaryMultiCallable[_augment_pb2.GetContainerRequest, _augment_pb2.GetContainerResponse]  # type: ignore[assignment]
-    """GetContainer describes a live token. Unknown, expired and revoked tokens
-    are NOT_FOUND.
+    """GetContainer answers a live token's record: the lookup behind a pull (the
+    token is the pull capability; the gateway calls it). Unknown, expired and
+    revoked tokens are NOT_FOUND.
     """
     RevokeContainer: _aio.UnaryUnaryMultiCallable[_augment_pb2.RevokeContainerRequest, _augment_pb2.RevokeContainerResponse]  # type: ignore[assignment]
     """RevokeContainer ends a token before its expiration."""
     UploadLayer: _aio.StreamUnaryMultiCallable[_augment_pb2.UploadLayerRequest, _augment_pb2.UploadLayerResponse]  # type: ignore[assignment]
     """UploadLayer streams a tar.gz layer in chunks; the answer is a layer to put
     in CreateContainerRequest.container_config.layers.
+    """
+    DescribeContainer: _aio.UnaryUnaryMultiCallable[_augment_pb2.DescribeContainerRequest, _augment_pb2.DescribeContainerResponse]  # type: ignore[assignment]
+    """DescribeContainer describes a live token to its owner (the caller that
+    created it; anyone for tokens created anonymously). Another caller gets
+    PERMISSION_DENIED; unknown, expired and revoked tokens are NOT_FOUND.
+    """
+    GetContainerStatus: _aio.UnaryUnaryMultiCallable[_augment_pb2.GetContainerStatusRequest, _augment_pb2.GetContainerStatusResponse]  # type: ignore[assignment]
+    """GetContainerStatus reports a creation request by its request_id (Wave's
+    /v1alpha2/container/{requestId}/status). It never reveals the token.
     """
 
 class AugmentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -92,8 +112,9 @@ class AugmentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _augment_pb2.GetContainerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_augment_pb2.GetContainerResponse, _abc.Awaitable[_augment_pb2.GetContainerResponse]]:
-        """GetContainer describes a live token. Unknown, expired and revoked tokens
-        are NOT_FOUND.
+        """GetContainer answers a live token's record: the lookup behind a pull (the
+        token is the pull capability; the gateway calls it). Unknown, expired and
+        revoked tokens are NOT_FOUND.
         """
 
     @_abc_1.abstractmethod
@@ -112,6 +133,27 @@ class AugmentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_augment_pb2.UploadLayerResponse, _abc.Awaitable[_augment_pb2.UploadLayerResponse]]:
         """UploadLayer streams a tar.gz layer in chunks; the answer is a layer to put
         in CreateContainerRequest.container_config.layers.
+        """
+
+    @_abc_1.abstractmethod
+    def DescribeContainer(
+        self,
+        request: _augment_pb2.DescribeContainerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_augment_pb2.DescribeContainerResponse, _abc.Awaitable[_augment_pb2.DescribeContainerResponse]]:
+        """DescribeContainer describes a live token to its owner (the caller that
+        created it; anyone for tokens created anonymously). Another caller gets
+        PERMISSION_DENIED; unknown, expired and revoked tokens are NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def GetContainerStatus(
+        self,
+        request: _augment_pb2.GetContainerStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_augment_pb2.GetContainerStatusResponse, _abc.Awaitable[_augment_pb2.GetContainerStatusResponse]]:
+        """GetContainerStatus reports a creation request by its request_id (Wave's
+        /v1alpha2/container/{requestId}/status). It never reveals the token.
         """
 
 def add_AugmentServiceServicer_to_server(servicer: AugmentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
