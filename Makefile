@@ -33,7 +33,7 @@ buf: deps
 lint: install check-protos buf
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy wave_grpc gateway scripts tests
+	$(BIN)/mypy wave_grpc gateway scripts tests bench
 
 pytest: install
 	$(BIN)/python -m pytest -q -ra

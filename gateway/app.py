@@ -7,30 +7,46 @@ from collections.abc import AsyncIterator
 import grpc
 from aiohttp import web
 
-from gateway.errors import oci_errors
-from gateway.keys import CONFIG, LAYERS, RESOLVER, UPSTREAM
+from gateway.caches import LocalContentCache, RedisContentCache, TieredContentCache
+from gateway.errors import render_errors
+from gateway.keys import CONFIG, LAYERS, RESOLVER, SERVICE, UPSTREAM
 from gateway.resolver import TokenResolver
 from gateway.routes import add_routes
 from wave_grpc.config import Config
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
+from wave_grpc.redisstore import redis_client
 from wave_grpc.server import open_layer_store
 from wave_grpc.upstream import RegistryClient
 
 
 def create_app(config: Config, *, service_address: str | None = None) -> web.Application:
     """The gateway app. ``service_address`` overrides ``[gateway].service`` (tests use port 0 servers)."""
-    app = web.Application(middlewares=[oci_errors])
+    # Wave REST bodies carry data: layers inline; take what the AugmentService takes.
+    app = web.Application(middlewares=[render_errors], client_max_size=config.service.max_message_size)
     app[CONFIG] = config
-    app[LAYERS] = open_layer_store(config)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         upstream = RegistryClient(config)
         await upstream.start()
-        channel = grpc.aio.insecure_channel(service_address or config.gateway.service)
+        size = config.service.max_message_size
+        channel = grpc.aio.insecure_channel(
+            service_address or config.gateway.service,
+            options=[("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)],
+        )
+        stub = pb_grpc.AugmentServiceStub(channel)
+        app[SERVICE] = stub
         app[UPSTREAM] = upstream
+        app[LAYERS] = open_layer_store(config, upstream)
+        shared = None
+        redis = None
+        if config.gateway.shared_cache:
+            redis, prefix = redis_client(config.gateway.shared_cache)
+            shared = RedisContentCache(redis, prefix + "cache:")
+        content = TieredContentCache(LocalContentCache(config.gateway.content_cache_bytes), shared)
         app[RESOLVER] = TokenResolver(
-            pb_grpc.AugmentServiceStub(channel),
+            stub,
             upstream,
+            content,
             record_ttl=config.gateway.record_cache_ttl.total_seconds(),
             max_entries=config.gateway.rewrite_cache_size,
         )
@@ -39,6 +55,8 @@ def create_app(config: Config, *, service_address: str | None = None) -> web.App
         finally:
             await channel.close(grace=None)
             await upstream.close()
+            if redis is not None:
+                await redis.aclose()
 
     app.cleanup_ctx.append(resources)
     add_routes(app)

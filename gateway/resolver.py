@@ -1,21 +1,26 @@
 """Token -> augmented image, with the caches a pull needs.
 
 A token record never changes after creation (only revocation or expiry ends
-it), so the augmented image computed from it is cached by token in a bounded
-LRU. The record itself is re-checked over gRPC once its short cache entry ages
-out, which bounds how long a revoked token keeps working on this replica.
-Concurrent first pulls of one token share a single computation.
+it), so the augmented image computed from it is cached by token: in a bounded
+in-process LRU, and in the shared content cache (Redis) when there is one, so
+a replica that never saw the token serves it without asking the upstream. The
+record itself is re-checked over gRPC once its short cache entry ages out,
+which bounds how long a revoked token keeps working on this replica.
+Concurrent first pulls of one token share a single computation, and whatever
+is served is checked against the digests the service recorded at creation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import grpc
 
+from gateway.caches import ContentCache, decode_augmented, encode_augmented
 from gateway.rewrite import AugmentedImage, augment
 from wave_grpc.digest import Digest
 from wave_grpc.errors import Errors, WaveError
@@ -25,6 +30,8 @@ from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
 from wave_grpc.source import augmentation_from_record, fetch_pinned
 from wave_grpc.tokenstore import expiry_seconds
 from wave_grpc.upstream import RegistryClient
+
+log = logging.getLogger("gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,17 +48,28 @@ class TokenImage:
         return expiry_seconds(self.record)
 
 
+def matches_record(image: AugmentedImage, record: pb.ContainerRecord) -> bool:
+    """Does this augmented image have the digests recorded at creation?"""
+    if not record.target_manifest_digest:
+        return True  # a record from before digests were recorded
+    return str(image.manifest.digest) == record.target_manifest_digest and (
+        str(image.top_level(accepts_index=True).digest) == (record.target_digest or record.target_manifest_digest)
+    )
+
+
 class TokenResolver:
     def __init__(
         self,
         stub: pb_grpc.AugmentServiceAsyncStub,
         upstream: RegistryClient,
+        content: ContentCache,
         *,
         record_ttl: float,
         max_entries: int,
     ) -> None:
         self._stub = stub
         self._upstream = upstream
+        self._content = content
         self._record_ttl = record_ttl
         self._max_entries = max_entries
         self._images: OrderedDict[str, tuple[TokenImage, float]] = OrderedDict()
@@ -67,18 +85,44 @@ class TokenResolver:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 raise self._unknown(token) from None
             raise WaveError(
-                Errors.SERVICE_UNAVAILABLE,
-                f"the AugmentService did not answer for token {token}: {exc.code().name}",
+                Errors.SERVICE_UNAVAILABLE, f"the AugmentService did not answer for token {token}: {exc.code().name}"
             ) from None
         return response.container
+
+    async def _augmented(self, token: str, record: pb.ContainerRecord) -> AugmentedImage:
+        augmentation = augmentation_from_record(record)
+        ttl = max(1.0, expiry_seconds(record) - time.time())
+        key = f"augmented:{token}"
+        cached = await self._content.get(key)
+        if cached is not None:
+            try:
+                image = decode_augmented(cached, augmentation.layers)
+            except (ValueError, KeyError, TypeError, IndexError):
+                log.warning("cached augmented image for %s is unreadable; recomputing", token)
+            else:
+                if matches_record(image, record):
+                    return image
+                log.warning("cached augmented image for %s does not match its record; recomputing", token)
+        upstream = await fetch_pinned(self._upstream, record, self._content, ttl)
+        image = augment(upstream, augmentation)
+        if not matches_record(image, record):
+            # Same pinned bytes, different result: this replica's rewrite differs
+            # from the one that created the token. Refuse rather than serve bytes
+            # another replica would not.
+            raise WaveError(
+                Errors.MANIFEST_INVALID,
+                f"token {token}: the augmented manifest computed here ({image.manifest.digest}) differs from the "
+                f"one recorded at creation ({record.target_manifest_digest}); check that all replicas run one version",
+            )
+        await self._content.put(key, encode_augmented(image), ttl)
+        return image
 
     async def _build(self, token: str) -> TokenImage:
         record = await self._fetch_record(token)
         cached = self._images.get(token)
         if cached is not None and cached[0].record == record:
             return cached[0]
-        upstream = await fetch_pinned(self._upstream, record)
-        image = augment(upstream, augmentation_from_record(record))
+        image = await self._augmented(token, record)
         source = ImageRef.parse(record.container_image)
         injected = {Digest.parse(layer.gzip_digest): layer for layer in record.container_config.layers}
         return TokenImage(token, record, source, source.tag or "latest", image, injected)

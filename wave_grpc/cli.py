@@ -9,22 +9,21 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import grpc
-from aiohttp import web
 from google.protobuf.json_format import MessageToDict
 
 from wave_grpc import __version__
-from wave_grpc.config import Config, ConfigError, default_config_path, load_config
+from wave_grpc.config import ConfigError, default_config_path, load_config
 from wave_grpc.layers import LayerDigester, LayerDigests, LayerFormatError, pack_directory
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
+from wave_grpc.serving import run_gateway_worker, run_servers
 
 log = logging.getLogger("wave_grpc")
 
@@ -40,39 +39,6 @@ class CliError(Exception):
 # -- serve ---------------------------------------------------------------------
 
 
-async def run_servers(config: Config, only: str | None, ready: Callable[[str], None] = print) -> None:
-    from gateway.app import create_app
-    from wave_grpc.server import serve
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    service = None
-    runner: web.AppRunner | None = None
-    try:
-        if only in (None, "service"):
-            service = await serve(config)
-            ready(f"AugmentService listening on {config.service.listen.rsplit(':', 1)[0]}:{service.port}")
-        if only in (None, "gateway"):
-            runner = web.AppRunner(create_app(config), access_log=logging.getLogger("gateway.access"))
-            await runner.setup()
-            host, port = config.gateway.listen.rsplit(":", 1)
-            site = web.TCPSite(runner, host, int(port), reuse_port=False)
-            try:
-                await site.start()
-            except OSError as exc:
-                raise CliError(f"cannot listen on {config.gateway.listen} for the gateway: {exc.strerror}") from None
-            ready(f"gateway listening on {config.gateway.listen} (images named {config.gateway.public_host}/wt/...)")
-        await stop.wait()
-        log.info("shutting down")
-    finally:
-        if runner is not None:
-            await runner.cleanup()
-        if service is not None:
-            await service.stop()
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     path = Path(args.config) if args.config else default_config_path()
     config = load_config(path)
@@ -81,6 +47,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(run_servers(config, args.only, ready=lambda line: print(line, flush=True)))
     except OSError as exc:
         raise CliError(str(exc)) from None
+    return 0
+
+
+def cmd_gateway_worker(args: argparse.Namespace) -> int:
+    asyncio.run(run_gateway_worker(load_config(Path(args.config)), args.fd))
     return 0
 
 
@@ -107,9 +78,11 @@ async def _stub(args: argparse.Namespace) -> AsyncIterator[pb_grpc.AugmentServic
 class Progress:
     """A one-line progress bar on stderr, drawn only on a terminal."""
 
-    def __init__(self, label: str, total: int, stream: IO[str] = sys.stderr) -> None:
-        self.label, self.total, self.done, self.stream = label, max(total, 1), 0, stream
-        self.enabled = stream.isatty()
+    def __init__(self, label: str, total: int, stream: IO[str] | None = None) -> None:
+        # sys.stderr is looked up per bar, not at import: it may be replaced after import.
+        self.label, self.total, self.done = label, max(total, 1), 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = self.stream.isatty()
         self._last = -1
 
     def advance(self, count: int) -> None:
@@ -172,8 +145,10 @@ async def _upload(
                 yield pb.UploadLayerRequest(chunk=chunk)
                 progress.advance(len(chunk))
 
-    response = await stub.UploadLayer(messages(), metadata=metadata)
-    progress.close()
+    try:
+        response = await stub.UploadLayer(messages(), metadata=metadata)
+    finally:
+        progress.close()
     return response.layer
 
 
@@ -224,8 +199,9 @@ async def _augment(args: argparse.Namespace) -> int:
 
 async def _inspect(args: argparse.Namespace) -> int:
     async with _stub(args) as stub:
-        response = await stub.GetContainer(
-            pb.GetContainerRequest(container_token=args.token_id), metadata=_metadata(args)
+        # DescribeContainer, not GetContainer: a description is the token owner's.
+        response = await stub.DescribeContainer(
+            pb.DescribeContainerRequest(container_token=args.token_id), metadata=_metadata(args)
         )
     print(json.dumps(MessageToDict(response.container), indent=2))
     return 0
@@ -263,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML config (default: the embedded configs/local.toml)")
     serve.add_argument("--only", choices=("service", "gateway"), help="run just one of them")
     serve.set_defaults(func=cmd_serve)
+
+    # Internal: one process of the gateway worker pool (see wave_grpc/serving.py).
+    worker = sub.add_parser("gateway-worker")
+    worker.add_argument("--config", required=True)
+    worker.add_argument("--fd", type=int, required=True)
+    worker.set_defaults(func=cmd_gateway_worker)
 
     def client(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,7 +24,13 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AugmentService"].full_name
 
 
-def open_layer_store(config: Config) -> LayerStore:
+def open_layer_store(config: Config, upstream: RegistryClient) -> LayerStore:
+    """The configured layer store; an oci:// store talks through ``upstream`` (its route holds any credentials)."""
+    if config.layers.store.startswith("oci://"):
+        from wave_grpc.registrylayers import RegistryLayerStore, parse_store_url
+
+        registry, repository = parse_store_url(config.layers.store)
+        return RegistryLayerStore(upstream, registry, repository, Path(config.layers.staging))
     return FileLayerStore(config.layers.file_root)
 
 
@@ -48,7 +55,7 @@ async def serve(config: Config, *, listen: str | None = None) -> RunningService:
     upstream = RegistryClient(config)
     await upstream.start()
     tokens = open_token_store(config.service.store)
-    servicer = AugmentServicer(config, tokens, open_layer_store(config), upstream)
+    servicer = AugmentServicer(config, tokens, open_layer_store(config, upstream), upstream)
     size = config.service.max_message_size
     server = grpc.aio.server(
         options=[

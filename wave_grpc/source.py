@@ -8,12 +8,13 @@ life sees the same upstream bytes and computes the same augmented image.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.rewrite import Augmentation, Blob, InjectedLayer, UpstreamImage
 from wave_grpc.digest import Digest
 from wave_grpc.errors import Errors, WaveError, invalid_argument
 from wave_grpc.imageref import ImageRef
-from wave_grpc.manifests import descriptor_digest, parse_json_object, select_platform
+from wave_grpc.manifests import MediaType, descriptor_digest, parse_json_object, select_platform
 from wave_grpc.platforms import Platform
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.upstream import ManifestBlob, RegistryClient
@@ -80,14 +81,47 @@ async def resolve_source(
     return ResolvedSource(top, UpstreamImage(_to_blob(manifest), config, index), actual)
 
 
-async def fetch_pinned(client: RegistryClient, record: pb.ContainerRecord) -> UpstreamImage:
-    """The exact upstream bytes a record pinned."""
+class PinnedCache(Protocol):
+    """Where pinned upstream bytes may be cached (content by digest never changes)."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def put(self, key: str, value: bytes, ttl_seconds: float) -> None: ...
+
+
+async def _cached_manifest(
+    client: RegistryClient, ref: ImageRef, digest: str, cache: PinnedCache | None, ttl: float
+) -> ManifestBlob:
+    key = f"upstream:{ref.registry}/{ref.repository}@{digest}"
+    if cache is not None:
+        hit = await cache.get(key)
+        if hit is not None:
+            media_type, _, data = hit.partition(b"\n")
+            if str(Digest.of(data)) == digest:
+                return ManifestBlob(data, MediaType(media_type.decode()), Digest.parse(digest))
+    manifest = await client.get_manifest(ref.registry, ref.repository, digest)
+    if cache is not None:
+        await cache.put(key, str(manifest.media_type).encode() + b"\n" + manifest.data, ttl)
+    return manifest
+
+
+async def fetch_pinned(
+    client: RegistryClient, record: pb.ContainerRecord, cache: PinnedCache | None = None, ttl: float = 3600
+) -> UpstreamImage:
+    """The exact upstream bytes a record pinned (every digest verified)."""
     ref = ImageRef.parse(record.container_image)
-    manifest = await client.get_manifest(ref.registry, ref.repository, record.source_manifest_digest)
+    manifest = await _cached_manifest(client, ref, record.source_manifest_digest, cache, ttl)
     index: Blob | None = None
     if record.source_digest != record.source_manifest_digest:
-        index = _to_blob(await client.get_manifest(ref.registry, ref.repository, record.source_digest))
-    config = await _fetch_config(client, ref, manifest)
+        index = _to_blob(await _cached_manifest(client, ref, record.source_digest, cache, ttl))
+    document = parse_json_object(manifest.data, f"manifest of {ref}")
+    config_digest = descriptor_digest(document.get("config") or {}, "config digest")
+    key = f"upstream:{ref.registry}/{ref.repository}@{config_digest}"
+    config = await cache.get(key) if cache is not None else None
+    if config is None or Digest.of(config) != config_digest:
+        config = await _fetch_config(client, ref, manifest)
+        if cache is not None:
+            await cache.put(key, config, ttl)
     return UpstreamImage(_to_blob(manifest), config, index)
 
 

@@ -1,0 +1,612 @@
+"""wave-grpc benchmarks against peers measured in the same run.
+
+    python -m bench.run [--quick] [--out bench/results.md]
+
+Starts its own components on loopback (docker-registry direct and as a
+pull-through cache, wave-grpc, redis-server, a bare aiohttp ceiling), drives
+them with wrk, skopeo and Python clients, and writes a table: for each figure
+the gateway, the peer, and gateway/peer. Nothing here asserts a timing; the
+test suite runs ``--quick`` and checks only that every figure was produced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import hashlib
+import http.client
+import io
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tests import realcomp
+from tests.stack import WaveStack, registry_route
+from wave_grpc.layers import LayerDigester
+from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
+from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
+
+ACCEPT = [("Accept", t) for t in realcomp.ALL_MANIFEST_TYPES]
+
+
+@dataclass(frozen=True)
+class Row:
+    figure: str
+    metric: str
+    ours: float
+    peer_name: str
+    peer: float | None
+    higher_is_better: bool = True
+
+    @property
+    def ratio(self) -> float | None:
+        if self.peer is None or self.peer == 0:
+            return None
+        return self.ours / self.peer
+
+
+@dataclass
+class Settings:
+    quick: bool
+    wrk_seconds: int
+    tokens: int
+    big_blob: int
+    lookups: int
+    repeats: int
+
+
+def settings(quick: bool) -> Settings:
+    if quick:
+        return Settings(quick, wrk_seconds=2, tokens=10_000, big_blob=32 << 20, lookups=2_000, repeats=1)
+    return Settings(quick, wrk_seconds=10, tokens=1_000_000, big_blob=1 << 30, lookups=20_000, repeats=3)
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+
+
+def _ms(text: str) -> float:
+    match = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not match:
+        raise ValueError(f"cannot read wrk latency {text!r}")
+    value, unit = float(match.group(1)), match.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def wrk(url: str, seconds: int, headers: list[tuple[str, str]] = (), connections: int = 64) -> WrkResult:  # type: ignore[assignment]
+    argv = [realcomp.require_tool("wrk"), "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    # wrk keeps one value per header name, so several Accept types go comma-joined.
+    merged: dict[str, list[str]] = {}
+    for name, value in headers:
+        merged.setdefault(name, []).append(value)
+    for name, values in merged.items():
+        argv += ["-H", f"{name}: {', '.join(values)}"]
+    out = subprocess.run([*argv, url], capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return WrkResult(rps, p50, p99, int(bad.group(1)) if bad else 0)
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss(pid: int) -> None:
+    # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0).
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def stream_get(url: str, chunk: int = 1 << 20) -> tuple[int, str]:
+    """GET url, following one redirect; answer (bytes read, sha256) without keeping the body."""
+    for _ in range(3):
+        parts = url.split("/", 3)
+        conn = http.client.HTTPConnection(parts[2], timeout=120)
+        conn.request("GET", "/" + parts[3])
+        resp = conn.getresponse()
+        if resp.status in (301, 302, 307):
+            url = resp.getheader("Location") or ""
+            conn.close()
+            continue
+        if resp.status != 200:
+            raise RuntimeError(f"GET {url}: {resp.status}")
+        hasher, total = hashlib.sha256(), 0
+        while data := resp.read(chunk):
+            hasher.update(data)
+            total += len(data)
+        conn.close()
+        return total, "sha256:" + hasher.hexdigest()
+    raise RuntimeError(f"too many redirects for {url}")
+
+
+def push_big_blob(registry: realcomp.Registry, repo: str, path: Path) -> str:
+    """Monolithic upload of a file, streamed from disk."""
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            hasher.update(chunk)
+    digest = "sha256:" + hasher.hexdigest()
+    conn = http.client.HTTPConnection(registry.host, timeout=600)
+    conn.request("POST", f"/v2/{repo}/blobs/uploads/")
+    resp = conn.getresponse()
+    resp.read()
+    location = resp.getheader("Location") or ""
+    location = location.split(registry.host, 1)[-1]
+    sep = "&" if "?" in location else "?"
+    with path.open("rb") as handle:
+        conn.request(
+            "PUT",
+            f"{location}{sep}digest={digest}",
+            body=handle,
+            headers={"Content-Length": str(path.stat().st_size), "Content-Type": "application/octet-stream"},
+        )
+        done = conn.getresponse()
+        done.read()
+    conn.close()
+    if done.status != 201:
+        raise RuntimeError(f"big blob upload: {done.status}")
+    return digest
+
+
+def make_big_image(registry: realcomp.Registry, workdir: Path, size: int) -> str:
+    """An image whose single base layer is ``size`` bytes (not a real tar: only streamed)."""
+    blob = workdir / "big.bin"
+    with blob.open("wb") as handle:
+        rng = random.Random(7)  # noqa: S311 - filler bytes, not crypto
+        chunk = rng.randbytes(1 << 20)
+        for i in range(size >> 20):
+            handle.write(chunk[i % 7 :] + chunk[: i % 7])
+    repo = "bench/big"
+    layer = push_big_blob(registry, repo, blob)
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": [layer]}}
+    ).encode()
+    config_digest = realcomp.push_blob(registry.url, repo, config)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": realcomp.OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": len(config),
+        },
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": size}],
+    }
+    realcomp.put_manifest(registry.url, repo, "v1", json.dumps(manifest).encode(), realcomp.OCI_MANIFEST)
+    blob.unlink()
+    return layer
+
+
+def layer_file(path: Path, size: int) -> Path:
+    """A gzip layer of about ``size`` compressed bytes (incompressible content)."""
+    raw = io.BytesIO()
+    import tarfile
+
+    payload = random.Random(size).randbytes(size - (size >> 6))  # noqa: S311 - leaves room for tar+gzip overhead
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo("payload.bin")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    path.write_bytes(gzip.compress(raw.getvalue(), compresslevel=1, mtime=0))
+    return path
+
+
+# -- the figures ---------------------------------------------------------------
+
+
+@contextmanager
+def components(work: Path, cfg: Settings) -> Iterator[dict[str, Any]]:
+    with ExitStack() as stack:
+        registry = realcomp.start_registry(work / "registry")
+        stack.callback(registry.stop)
+        images = realcomp.push_busybox_images(work / "images", registry)
+        pull_through = realcomp.start_registry(work / "pull-through", proxy_remote_url=registry.url)
+        stack.callback(pull_through.stop)
+        redis_port = realcomp.free_port()
+        redis = realcomp.ManagedProcess(
+            [
+                realcomp.require_tool("redis-server"),
+                "--port",
+                str(redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(work),
+            ],
+            log_path=work / "redis.log",
+        )
+        stack.callback(redis.stop)
+        redis.wait_tcp("127.0.0.1", redis_port)
+        wave = WaveStack(work / "wave", registries=[registry_route(registry)], gateway={"access_log": False})
+        wave.start()
+        stack.callback(wave.stop)
+        yield {
+            "registry": registry,
+            "images": images,
+            "pull_through": pull_through,
+            "wave": wave,
+            "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+        }
+
+
+def fig_warm_manifest(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
+    wave: WaveStack = c["wave"]
+    images: realcomp.BaseImages = c["images"]
+    registry: realcomp.Registry = c["registry"]
+    created = wave.create(images.ref("latest"), container_config=pb.ContainerConfig(env=["FOO=bar"]))
+    name, tag = created.target_image.split("/", 1)[1].rsplit(":", 1)
+    gateway_url = f"{wave.gateway_url}/v2/{name}/manifests/{tag}"
+    body = realcomp.http_request("GET", gateway_url, headers=ACCEPT).body
+    manifest_file = work / "manifest.json"
+    manifest_file.write_bytes(body)
+
+    ceiling_port = realcomp.free_port()
+    ceiling = realcomp.ManagedProcess(
+        [sys.executable, "-m", "bench.ceiling", str(ceiling_port), str(manifest_file), realcomp.OCI_MANIFEST],
+        log_path=work / "ceiling.log",
+    )
+    try:
+        ceiling.wait_http(f"http://127.0.0.1:{ceiling_port}/v2/", 15)
+        # Pull-through caches fill on first request; warm every peer before measuring.
+        pt: realcomp.Registry = c["pull_through"]
+        for url in (f"{pt.url}/v2/library/busybox/manifests/latest", gateway_url):
+            realcomp.http_request("GET", url, headers=ACCEPT)
+        results = {
+            "gateway": wrk(gateway_url, cfg.wrk_seconds, ACCEPT),
+            "bare aiohttp (ceiling)": wrk(f"http://127.0.0.1:{ceiling_port}/x", cfg.wrk_seconds, ACCEPT),
+            "docker-registry direct": wrk(
+                f"{registry.url}/v2/library/busybox/manifests/latest", cfg.wrk_seconds, ACCEPT
+            ),
+            "docker-registry pull-through": wrk(
+                f"{pt.url}/v2/library/busybox/manifests/latest", cfg.wrk_seconds, ACCEPT
+            ),
+        }
+    finally:
+        ceiling.stop()
+    ours = results.pop("gateway")
+    rows = []
+    for peer, result in results.items():
+        rows.append(Row("warm manifest GET, 64 conn", "req/s", ours.rps, peer, result.rps))
+    for peer, result in results.items():
+        rows.append(Row("warm manifest GET, 64 conn", "p50 ms", ours.p50_ms, peer, result.p50_ms, False))
+        rows.append(Row("warm manifest GET, 64 conn", "p99 ms", ours.p99_ms, peer, result.p99_ms, False))
+    if ours.non_2xx:
+        raise RuntimeError(f"gateway answered {ours.non_2xx} non-2xx responses under load")
+    return rows
+
+
+def fig_first_pull(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
+    wave: WaveStack = c["wave"]
+    images: realcomp.BaseImages = c["images"]
+    registry: realcomp.Registry = c["registry"]
+    count = 5 if cfg.quick else 30
+    tokens = [wave.create(images.ref("multi"), container_platform="linux/arm64").target_image for _ in range(count)]
+    ours, direct = [], []
+    for target in tokens:
+        name, tag = target.split("/", 1)[1].rsplit(":", 1)
+
+        def through_gateway(name: str = name, tag: str = tag) -> None:
+            index = json.loads(
+                realcomp.http_request("GET", f"{wave.gateway_url}/v2/{name}/manifests/{tag}", headers=ACCEPT).body
+            )
+            digest = index["manifests"][0]["digest"]
+            manifest = json.loads(
+                realcomp.http_request("GET", f"{wave.gateway_url}/v2/{name}/manifests/{digest}", headers=ACCEPT).body
+            )
+            realcomp.http_request("GET", f"{wave.gateway_url}/v2/{name}/blobs/{manifest['config']['digest']}")
+
+        def from_upstream() -> None:
+            index = json.loads(
+                realcomp.http_request("GET", f"{registry.url}/v2/library/busybox/manifests/multi", headers=ACCEPT).body
+            )
+            digest = next(m for m in index["manifests"] if m["platform"]["architecture"] == "arm64")["digest"]
+            manifest = json.loads(
+                realcomp.http_request(
+                    "GET", f"{registry.url}/v2/library/busybox/manifests/{digest}", headers=ACCEPT
+                ).body
+            )
+            realcomp.http_request("GET", f"{registry.url}/v2/library/busybox/blobs/{manifest['config']['digest']}")
+
+        ours.append(timed(through_gateway) * 1000)
+        direct.append(timed(from_upstream) * 1000)
+    return [
+        Row(
+            "first pull of a fresh token (index+manifest+config)",
+            "median ms",
+            statistics.median(ours),
+            "upstream index+manifest+config direct",
+            statistics.median(direct),
+            False,
+        )
+    ]
+
+
+def fig_redirect(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
+    wave: WaveStack = c["wave"]
+    images: realcomp.BaseImages = c["images"]
+    created = wave.create(images.ref("latest"))
+    name = created.target_image.split("/", 1)[1].rsplit(":", 1)[0]
+    layer = images.latest.platform("linux/amd64").layer_digests[0]
+    result = wrk(f"{wave.gateway_url}/v2/{name}/blobs/{layer}", cfg.wrk_seconds)
+    registry: realcomp.Registry = c["registry"]
+    head = wrk(f"{registry.url}/v2/library/busybox/manifests/latest", cfg.wrk_seconds, ACCEPT)
+    return [
+        Row(
+            "base blob GET answered with 307, 64 conn",
+            "req/s",
+            result.rps,
+            "docker-registry manifest GET direct",
+            head.rps,
+        ),
+        Row(
+            "base blob GET answered with 307, 64 conn",
+            "p99 ms",
+            result.p99_ms,
+            "docker-registry manifest GET direct",
+            head.p99_ms,
+            False,
+        ),
+    ]
+
+
+def fig_skopeo(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
+    wave: WaveStack = c["wave"]
+    images: realcomp.BaseImages = c["images"]
+    ours, direct = [], []
+    for i in range(cfg.repeats):
+        target = wave.create(images.ref("latest"), container_config=pb.ContainerConfig(env=["A=1"])).target_image
+        start = time.perf_counter()
+        realcomp.skopeo_copy_to_oci(target, work / f"sk-a{i}", "x")
+        ours.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        realcomp.skopeo_copy_to_oci(images.ref("latest"), work / f"sk-d{i}", "x")
+        direct.append(time.perf_counter() - start)
+    return [
+        Row(
+            "full skopeo copy (fresh token)",
+            "median s",
+            statistics.median(ours),
+            "skopeo copy of the base image direct",
+            statistics.median(direct),
+            False,
+        )
+    ]
+
+
+def fig_proxy_stream(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
+    registry: realcomp.Registry = c["registry"]
+    layer = make_big_image(registry, work, cfg.big_blob)
+    wave = WaveStack(
+        work / "proxy", registries=[registry_route(registry, blobs="proxy")], gateway={"access_log": False}
+    )
+    wave.start()
+    try:
+        created = wave.create(f"{registry.host}/bench/big:v1")
+        name = created.target_image.split("/", 1)[1].rsplit(":", 1)[0]
+        assert wave.process is not None
+        reset_peak_rss(wave.process.pid)
+        base_rss = peak_rss_mb(wave.process.pid)
+        ours = timed(lambda: stream_get(f"{wave.gateway_url}/v2/{name}/blobs/{layer}"))
+        rss = peak_rss_mb(wave.process.pid)
+        direct = timed(lambda: stream_get(f"{registry.url}/v2/bench/big/blobs/{layer}"))
+    finally:
+        wave.stop()
+    mb = cfg.big_blob / 1e6
+    return [
+        Row(
+            f"proxy-mode stream of a {cfg.big_blob >> 20} MiB blob",
+            "MB/s",
+            mb / ours,
+            "docker-registry blob GET direct",
+            mb / direct,
+        ),
+        Row(
+            f"proxy-mode stream of a {cfg.big_blob >> 20} MiB blob",
+            "gateway peak RSS MB",
+            rss,
+            "gateway RSS before the transfer",
+            base_rss,
+            False,
+        ),
+    ]
+
+
+def fig_create(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
+    wave: WaveStack = c["wave"]
+    images: realcomp.BaseImages = c["images"]
+    rows = []
+    for size in (1 << 20, 64 << 20):
+        path = layer_file(work / f"layer-{size}.tar.gz", size)
+        data = path.read_bytes()
+        location = "data:" + base64.b64encode(data).decode()
+        count = 3 if cfg.quick else (20 if size == 1 << 20 else 5)
+        with grpc.insecure_channel(wave.grpc_address, options=[("grpc.max_send_message_length", 256 << 20)]) as ch:
+            stub = pb_grpc.AugmentServiceStub(ch)
+            request = pb.CreateContainerRequest(
+                container_image=images.ref("latest"),
+                container_config=pb.ContainerConfig(layers=[pb.ContainerLayer(location=location)]),
+            )
+            start = time.perf_counter()
+            for _ in range(count):
+                stub.CreateContainer(request, timeout=300)
+            elapsed = time.perf_counter() - start
+        plain = pb.CreateContainerRequest(container_image=images.ref("latest"))
+        with grpc.insecure_channel(wave.grpc_address) as ch:
+            stub = pb_grpc.AugmentServiceStub(ch)
+            start = time.perf_counter()
+            for _ in range(count):
+                stub.CreateContainer(plain, timeout=60)
+            plain_elapsed = time.perf_counter() - start
+        label = f"CreateContainer with a {size >> 20} MiB inline layer"
+        rows.append(Row(label, "req/s", count / elapsed, "CreateContainer with no layer", count / plain_elapsed))
+
+        def verify(data: bytes = data) -> None:
+            digester = LayerDigester()
+            for start in range(0, len(data), 1 << 20):
+                digester.update(data[start : start + (1 << 20)])
+            digester.finish()
+
+        ours = min(timed(verify) for _ in range(cfg.repeats))
+
+        def gunzip_sha256(path: Path = path) -> None:
+            subprocess.run(f"gzip -dc {path} | sha256sum >/dev/null", shell=True, check=True)  # noqa: S602
+
+        shell = min(timed(gunzip_sha256) for _ in range(cfg.repeats))
+        mb = len(data) / 1e6
+        rows.append(Row(f"layer verification, {size >> 20} MiB", "MB/s", mb / ours, "gzip -dc | sha256sum", mb / shell))
+    return rows
+
+
+def fig_token_store(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
+    import asyncio
+
+    from wave_grpc.redisstore import RedisTokenStore
+    from wave_grpc.tokenstore import SqliteTokenStore
+
+    record = pb.ContainerRecord(container_image="docker.io/library/busybox:latest", owner="bench")
+    record.expiration.FromSeconds(int(time.time()) + 36 * 3600)
+    tokens = [f"{i:012d}" for i in range(cfg.tokens)]
+
+    def fill_sqlite(path: Path) -> None:
+        db = sqlite3.connect(path)
+        SqliteTokenStore(path)  # creates the schema
+        rows = []
+        for token in tokens:
+            record.container_token = token
+            rows.append((token, "bench", record.expiration.seconds, record.SerializeToString()))
+            if len(rows) == 50_000:
+                db.executemany("INSERT INTO containers (token, owner, expires_at, record) VALUES (?,?,?,?)", rows)
+                rows.clear()
+        db.executemany("INSERT INTO containers (token, owner, expires_at, record) VALUES (?,?,?,?)", rows)
+        db.commit()
+        db.close()
+
+    async def fill_redis(store: RedisTokenStore) -> None:
+        redis = store._redis  # bulk load through the same keys the store uses
+        for start in range(0, len(tokens), 10_000):
+            async with redis.pipeline(transaction=False) as pipe:
+                for token in tokens[start : start + 10_000]:
+                    record.container_token = token
+                    pipe.set(store._key(token), record.SerializeToString(), ex=36 * 3600)
+                await pipe.execute()
+
+    async def lookups(store: Any) -> float:
+        sample = random.Random(1).sample(tokens, min(cfg.lookups, len(tokens)))  # noqa: S311
+        times = []
+        for token in sample:
+            start = time.perf_counter()
+            found = await store.get(token)
+            times.append((time.perf_counter() - start) * 1000)
+            assert found is not None
+        await store.close()
+        return statistics.quantiles(times, n=100)[98]
+
+    sqlite_path = work / "tokens.db"
+    fill_sqlite(sqlite_path)
+    sqlite_p99 = asyncio.run(lookups(SqliteTokenStore(sqlite_path)))
+
+    async def redis_run() -> float:
+        store = RedisTokenStore.from_url(c["redis_url"])
+        await fill_redis(store)
+        return await lookups(store)
+
+    redis_p99 = asyncio.run(redis_run())
+    label = f"token lookup p99 with {cfg.tokens:,} live tokens"
+    return [Row(label, "SQLite p99 ms", sqlite_p99, "Redis p99 ms", redis_p99, False)]
+
+
+FIGURES = [fig_warm_manifest, fig_first_pull, fig_redirect, fig_skopeo, fig_proxy_stream, fig_create, fig_token_store]
+
+
+def render(rows: list[Row], command: str, cfg: Settings, seconds: float) -> str:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    lines = [
+        f"Command: `{command}`  ",
+        f"Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}; run took {seconds:.0f} s  ",
+        f"Mode: {'quick' if cfg.quick else 'full'}; wrk -t1 -c64 -d{cfg.wrk_seconds}s",
+        "",
+        "| figure | metric | wave-grpc | peer | peer value | wave-grpc / peer |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    for row in rows:
+        ratio = "n/a" if row.ratio is None else f"{row.ratio:.2f}"
+        peer = "n/a" if row.peer is None else f"{row.peer:,.2f}"
+        lines.append(f"| {row.figure} | {row.metric} | {row.ours:,.2f} | {row.peer_name} | {peer} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes and short runs (CI)")
+    parser.add_argument("--out", type=Path, help="write the table here as well")
+    parser.add_argument("--only", help="comma-separated figure function names")
+    args = parser.parse_args(argv)
+    cfg = settings(args.quick)
+    command = "python -m bench.run" + (" --quick" if args.quick else "")
+    started = time.perf_counter()
+    rows: list[Row] = []
+    work = Path(tempfile.mkdtemp(prefix="wave-bench-"))
+    try:
+        with components(work, cfg) as c:
+            for figure in FIGURES:
+                if args.only and figure.__name__ not in args.only.split(","):
+                    continue
+                print(f"running {figure.__name__} ...", file=sys.stderr, flush=True)
+                produced = figure(c, cfg, work)
+                for row in produced:
+                    print(f"  {row}", file=sys.stderr, flush=True)
+                rows.extend(produced)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    table = render(rows, command, cfg, time.perf_counter() - started)
+    print(table)
+    if args.out:
+        args.out.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Running the service and the gateway: one process, or a gateway worker pool.
+
+With ``[gateway] workers`` above 1 the parent binds the gateway's listening
+socket itself and hands it to worker processes, which all accept on it. This
+is the classic pre-fork model: one bind (so a busy port is an error, not a
+silently shared port as with SO_REUSEPORT), and every core serves requests.
+Workers share nothing in process; Redis (``shared_cache``) shares the caches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+
+from aiohttp import web
+
+from wave_grpc.config import Config
+
+log = logging.getLogger("wave_grpc")
+
+
+class ServeError(OSError):
+    """A listening address could not be taken."""
+
+
+def _bind(listen: str) -> socket.socket:
+    host, port = listen.rsplit(":", 1)
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), int(port)))
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"cannot listen on {listen} for the gateway: {exc.strerror}") from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _gateway_on_socket(config: Config, sock: socket.socket) -> web.AppRunner:
+    from gateway.app import create_app
+
+    access_log = logging.getLogger("gateway.access") if config.gateway.access_log else None
+    runner = web.AppRunner(create_app(config), access_log=access_log)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    return runner
+
+
+class WorkerPool:
+    """Gateway worker processes accepting on one inherited socket; restarted if they die."""
+
+    def __init__(self, config: Config, sock: socket.socket, count: int) -> None:
+        self._config = config
+        self._sock = sock
+        self._count = count
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._stopping = False
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        fd = self._sock.fileno()
+        argv = [sys.executable, "-m", "wave_grpc.cli", "gateway-worker"]
+        argv += ["--config", self._config.source, "--fd", str(fd)]
+        return subprocess.Popen(argv, pass_fds=(fd,), stdin=subprocess.DEVNULL)
+
+    def start(self) -> None:
+        self._procs = [self._spawn() for _ in range(self._count)]
+        log.info("gateway workers: %s", ", ".join(str(p.pid) for p in self._procs))
+
+    async def watch(self) -> None:
+        """Restart a worker that exits on its own (at most once a second)."""
+        while not self._stopping:
+            await asyncio.sleep(1)
+            for i, proc in enumerate(self._procs):
+                if proc.poll() is not None and not self._stopping:
+                    log.error("gateway worker %d exited with %s; restarting it", proc.pid, proc.returncode)
+                    self._procs[i] = self._spawn()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        self._stopping = True
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self._procs:
+            try:
+                await asyncio.to_thread(proc.wait, grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+
+
+async def run_servers(config: Config, only: str | None, ready: Callable[[str], None] = print) -> None:
+    """Run what ``serve`` asks for until SIGTERM or SIGINT, then shut down gracefully."""
+    from wave_grpc.server import serve
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    service = None
+    runner: web.AppRunner | None = None
+    pool: WorkerPool | None = None
+    watcher: asyncio.Task[None] | None = None
+    sock: socket.socket | None = None
+    try:
+        if only in (None, "service"):
+            service = await serve(config)
+            ready(f"AugmentService listening on {config.service.listen.rsplit(':', 1)[0]}:{service.port}")
+        if only in (None, "gateway"):
+            sock = _bind(config.gateway.listen)
+            workers = config.gateway.workers or os.cpu_count() or 1
+            if workers == 1:
+                runner = await _gateway_on_socket(config, sock)
+            else:
+                if config.source.startswith("<"):
+                    raise ServeError("gateway workers need a config file: pass --config")
+                pool = WorkerPool(config, sock, workers)
+                pool.start()
+                watcher = asyncio.create_task(pool.watch())
+            ready(
+                f"gateway listening on {config.gateway.listen} with {workers} worker(s) "
+                f"(images named {config.gateway.public_host}/wt/...)"
+            )
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        if pool is not None:
+            await pool.stop()
+        if runner is not None:
+            await runner.cleanup()
+        if sock is not None:
+            sock.close()
+        if service is not None:
+            await service.stop()
+
+
+async def run_gateway_worker(config: Config, fd: int) -> None:
+    """One worker of the pool: serve the inherited socket until SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sock = socket.socket(fileno=fd)
+    runner = await _gateway_on_socket(config, sock)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        sock.close()
