@@ -236,25 +236,8 @@ def components(work: Path, cfg: Settings) -> Iterator[dict[str, Any]]:
         images = realcomp.push_busybox_images(work / "images", registry)
         pull_through = realcomp.start_registry(work / "pull-through", proxy_remote_url=registry.url)
         stack.callback(pull_through.stop)
-        redis_port = realcomp.free_port()
-        redis = realcomp.ManagedProcess(
-            [
-                realcomp.require_tool("redis-server"),
-                "--port",
-                str(redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(work),
-            ],
-            log_path=work / "redis.log",
-        )
+        redis = realcomp.start_redis(work / "redis")
         stack.callback(redis.stop)
-        redis.wait_tcp("127.0.0.1", redis_port)
         wave = WaveStack(work / "wave", registries=[registry_route(registry)], gateway={"access_log": False})
         wave.start()
         stack.callback(wave.stop)
@@ -263,7 +246,7 @@ def components(work: Path, cfg: Settings) -> Iterator[dict[str, Any]]:
             "images": images,
             "pull_through": pull_through,
             "wave": wave,
-            "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+            "redis_url": redis.url,
         }
 
 

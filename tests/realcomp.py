@@ -1222,3 +1222,37 @@ def iter_tar_names(data: bytes) -> Iterator[str]:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         for member in tar:
             yield member.name
+
+
+# --------------------------------------------------------------------------- redis
+
+
+@dataclass
+class RedisServer:
+    """A throwaway redis-server on a loopback port: no persistence, stopped by PID."""
+
+    url: str
+    process: ManagedProcess
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def __enter__(self) -> RedisServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_redis(workdir: Path) -> RedisServer:
+    server = require_tool("redis-server")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = ManagedProcess([*argv, "--dir", workdir], log_path=workdir / "redis.log", name="redis-server")
+    try:
+        process.wait_tcp("127.0.0.1", port)
+    except BaseException:
+        process.stop()
+        raise
+    return RedisServer(f"redis://127.0.0.1:{port}/0", process)

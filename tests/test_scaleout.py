@@ -26,25 +26,8 @@ ACCEPT = [("Accept", t) for t in realcomp.ALL_MANIFEST_TYPES]
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = realcomp.require_tool("redis-server")
-    workdir = tmp_path_factory.mktemp("redis")
-    port = realcomp.free_port()
-    argv = [
-        server,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(workdir),
-    ]
-    with realcomp.ManagedProcess(argv, log_path=workdir / "redis.log") as proc:
-        proc.wait_tcp("127.0.0.1", port)
-        yield f"redis://127.0.0.1:{port}/0"
+    with realcomp.start_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
 
 
 def _layer() -> pb.ContainerLayer:

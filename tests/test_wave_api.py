@@ -273,30 +273,9 @@ def test_status_service_info_and_request_ids_survive_a_restart(
 def test_request_ids_survive_a_restart_on_redis(
     tmp_path: Path, registry: realcomp.Registry, base_images: realcomp.BaseImages
 ) -> None:
-    server = realcomp.require_tool("redis-server")
-    port = realcomp.free_port()
-    redis = realcomp.ManagedProcess(
-        [
-            server,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        log_path=tmp_path / "redis.log",
-        name="redis-server",
-    )
+    redis = realcomp.start_redis(tmp_path / "redis")
     try:
-        redis.wait_tcp("127.0.0.1", port)
-        wave = _start(
-            tmp_path / "wave", registry, service={"store": f"redis://127.0.0.1:{port}/0", "tokens": STATIC_TOKENS}
-        )
+        wave = _start(tmp_path / "wave", registry, service={"store": redis.url, "tokens": STATIC_TOKENS})
         try:
             answer = create(wave, {"containerImage": base_images.ref("latest")}, token=ALICE)
             status = f"/v1alpha2/container/{answer['requestId']}/status"
