@@ -19,6 +19,7 @@ pytestmark = pytest.mark.realcomp
 
 EXPECTED_FIGURES = {
     "warm manifest GET, 64 conn",
+    "warm manifest GET, 64 conn, one worker per core",
     "first pull of a fresh token (index+manifest+config)",
     "base blob GET answered with 307, 64 conn",
     "full skopeo copy (fresh token)",

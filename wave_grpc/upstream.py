@@ -223,6 +223,8 @@ class RegistryClient:
                 connector=connector,
                 auto_decompress=False,
                 headers={"User-Agent": USER_AGENT},
+                # Blobs stream through: a larger read buffer means fewer, bigger socket reads.
+                read_bufsize=1 << 20,
             )
 
     async def close(self) -> None:
