@@ -26,6 +26,8 @@ EXPECTED_FIGURES = {
     "proxy-mode stream of a 32 MiB blob",
     "CreateContainer with a 1 MiB inline layer",
     "CreateContainer with a 64 MiB inline layer",
+    "UploadLayer + CreateContainer, 1 MiB layer",
+    "UploadLayer + CreateContainer, 64 MiB layer",
     "layer verification, 1 MiB",
     "layer verification, 64 MiB",
     "token lookup p99 with 10,000 live tokens",
