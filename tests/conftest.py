@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests import realcomp
+from tests.fakeplatform import FakePlatform
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -45,3 +46,13 @@ def containerd(workdir_root: Path) -> Iterator[realcomp.Containerd]:
         yield ctrd
     finally:
         ctrd.stop()
+
+
+@pytest.fixture(scope="module")
+def platform() -> Iterator[FakePlatform]:
+    """A fake Seqera Platform ``/user-info`` endpoint (tests/fakeplatform.py)."""
+    fake = FakePlatform()
+    try:
+        yield fake
+    finally:
+        fake.close()

@@ -20,6 +20,7 @@ base64) and every token the token server issued: zero hits.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import subprocess
 import sys
@@ -33,11 +34,9 @@ from tests import realcomp
 from tests.stack import WaveStack, registry_route
 from tests.upstreams import (
     FaultProxy,
-    StaticServer,
-    TokenServer,
     copy_image,
     hello_layer,
-    start_shared_registry,
+    start_auth_upstreams,
     storage_root,
 )
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
@@ -75,18 +74,9 @@ def test_no_secret_in_any_response_log_or_error(
     copy_image(registry, "library/busybox:latest", "private/busybox:latest")
     _, layer = hello_layer(tmp_path)
     haystacks: dict[str, bytes] = {}
-    stops: list[Any] = []
-    try:
-        tokens = TokenServer(tmp_path / "tokens", users=dict([ALICE]), public=("library/",))
-        stops.append(tokens.stop)
-        cdn = StaticServer(root, tmp_path)
-        stops.append(cdn.stop)
-        basic = start_shared_registry(tmp_path / "basic", root, htpasswd=BOB)
-        stops.append(basic.stop)
-        bearer = start_shared_registry(tmp_path / "bearer", root, token_server=tokens)
-        stops.append(bearer.stop)
-        cdn_bearer = start_shared_registry(tmp_path / "cdn", root, token_server=tokens, cdn=cdn)
-        stops.append(cdn_bearer.stop)
+    with contextlib.ExitStack() as started:
+        up = start_auth_upstreams(tmp_path, root, started, token_user=ALICE, basic_user=BOB)
+        tokens, cdn, basic, bearer, cdn_bearer = up.tokens, up.cdn, up.basic, up.bearer, up.cdn_bearer
 
         good = WaveStack(
             tmp_path / "good",
@@ -95,7 +85,7 @@ def test_no_secret_in_any_response_log_or_error(
             verbose=True,
         )
         good.start()
-        stops.append(good.stop)
+        started.callback(good.stop)
         bad = WaveStack(
             tmp_path / "bad",
             registries=_routes(tmp_path / "bad", basic, bearer, cdn_bearer, WRONG),
@@ -104,11 +94,11 @@ def test_no_secret_in_any_response_log_or_error(
             verbose=True,
         )
         bad.start()
-        stops.append(bad.stop)
+        started.callback(bad.stop)
         good_front = FaultProxy(good.gateway_url, tmp_path, record=tmp_path / "good-responses.txt")
-        stops.append(good_front.stop)
+        started.callback(good_front.stop)
         bad_front = FaultProxy(bad.gateway_url, tmp_path, record=tmp_path / "bad-responses.txt")
-        stops.append(bad_front.stop)
+        started.callback(bad_front.stop)
 
         images = [
             f"{basic.host}/library/busybox:latest",
@@ -153,9 +143,6 @@ def test_no_secret_in_any_response_log_or_error(
             error: Any = caught.value
             assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
             haystacks[f"grpc error {image}"] = error.details().encode()
-    finally:
-        for stop in reversed(stops):
-            stop()
 
     haystacks["good log"] = good.log_text().encode()
     haystacks["bad log"] = bad.log_text().encode()

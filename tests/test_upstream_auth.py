@@ -33,12 +33,11 @@ import pytest
 from tests import realcomp
 from tests.stack import WaveStack, registry_route
 from tests.upstreams import (
-    StaticServer,
-    TokenServer,
+    AuthUpstreams,
     copy_image,
     hello_layer,
     pull_and_check,
-    start_shared_registry,
+    start_auth_upstreams,
     storage_root,
 )
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
@@ -51,13 +50,7 @@ ACCEPT = [("Accept", t) for t in realcomp.ALL_MANIFEST_TYPES]
 
 
 @dataclass
-class Upstreams:
-    tokens: TokenServer
-    cdn: StaticServer
-    basic: realcomp.Registry
-    bearer: realcomp.Registry
-    cdn_bearer: realcomp.Registry
-    open_cdn: realcomp.Registry
+class Upstreams(AuthUpstreams):
     layer: pb.ContainerLayer  # inline data:
     http_layer: pb.ContainerLayer  # the same bytes at an http location on the file server
 
@@ -74,22 +67,11 @@ def up(
     (root / "wave-test").mkdir(exist_ok=True)
     (root / "wave-test" / "hello.tar.gz").write_bytes(data)
     with contextlib.ExitStack() as started:
-        tokens = TokenServer(workdir / "tokens", users=dict([ALICE]), public=("library/",))
-        started.callback(tokens.stop)
-        cdn = StaticServer(root, workdir)
-        started.callback(cdn.stop)
-        basic = start_shared_registry(workdir / "basic", root, htpasswd=BOB)
-        started.callback(basic.stop)
-        bearer = start_shared_registry(workdir / "bearer", root, token_server=tokens)
-        started.callback(bearer.stop)
-        cdn_bearer = start_shared_registry(workdir / "cdn_bearer", root, token_server=tokens, cdn=cdn)
-        started.callback(cdn_bearer.stop)
-        open_cdn = start_shared_registry(workdir / "open_cdn", root, cdn=cdn)
-        started.callback(open_cdn.stop)
+        servers = start_auth_upstreams(workdir, root, started, token_user=ALICE, basic_user=BOB)
         http_layer = pb.ContainerLayer()
         http_layer.CopyFrom(layer)
-        http_layer.location = f"{cdn.url}/wave-test/hello.tar.gz"
-        yield Upstreams(tokens, cdn, basic, bearer, cdn_bearer, open_cdn, layer, http_layer)
+        http_layer.location = f"{servers.cdn.url}/wave-test/hello.tar.gz"
+        yield Upstreams(**vars(servers), layer=layer, http_layer=http_layer)
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from tests import realcomp
+from tests.fakeplatform import BUSY, CAROL, WRONG, FakePlatform
 from tests.stack import WaveStack, registry_route, toml_value
-from tests.test_auth import BUSY, CAROL, WRONG, FakePlatform
 from wave_grpc.layers import pack_directory
 
 pytestmark = pytest.mark.realcomp
@@ -66,15 +66,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, registry: realcomp.Registry)
         yield wave
     finally:
         wave.stop()
-
-
-@pytest.fixture(scope="module")
-def platform() -> Iterator[FakePlatform]:
-    fake = FakePlatform()
-    try:
-        yield fake
-    finally:
-        fake.close()
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ Every process is a ``realcomp.ManagedProcess``, stopped by PID.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -270,3 +271,41 @@ def pull_and_check(target: str, workdir: Path, *, podman: bool = True) -> Path:
         finally:
             realcomp.podman_cleanup(root)
     return rootfs
+
+
+@dataclass
+class AuthUpstreams:
+    """Registries over one storage, each guarded differently, plus their token server and CDN."""
+
+    tokens: TokenServer
+    cdn: StaticServer
+    basic: realcomp.Registry  # htpasswd
+    bearer: realcomp.Registry  # token auth; library/ is public
+    cdn_bearer: realcomp.Registry  # token auth, blobs redirected to the CDN
+    open_cdn: realcomp.Registry  # no auth, blobs redirected to the CDN
+
+
+def start_auth_upstreams(
+    workdir: Path,
+    root: Path,
+    started: contextlib.ExitStack,
+    *,
+    token_user: tuple[str, str],
+    basic_user: tuple[str, str],
+) -> AuthUpstreams:
+    """Start them all; ``started`` stops them (in reverse order)."""
+    tokens = TokenServer(workdir / "tokens", users=dict([token_user]), public=("library/",))
+    started.callback(tokens.stop)
+    cdn = StaticServer(root, workdir)
+    started.callback(cdn.stop)
+    registries = []
+    for name, options in (
+        ("basic", {"htpasswd": basic_user}),
+        ("bearer", {"token_server": tokens}),
+        ("cdn_bearer", {"token_server": tokens, "cdn": cdn}),
+        ("open_cdn", {"cdn": cdn}),
+    ):
+        registry = start_shared_registry(workdir / name, root, **options)
+        started.callback(registry.stop)
+        registries.append(registry)
+    return AuthUpstreams(tokens, cdn, *registries)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from aiohttp import web
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 CREATE_TIMEOUT = 120.0  # creation resolves the source image upstream, with retries
 CALL_TIMEOUT = 30.0
+
+_Response = TypeVar("_Response")
 
 # How a gRPC status reads over Wave's REST API: the statuses Wave's clients handle.
 _KINDS: Mapping[grpc.StatusCode, ErrorKind] = {
@@ -86,6 +88,20 @@ def from_grpc(exc: grpc.aio.AioRpcError) -> WaveError:
     if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details.lower():
         details = "the gateway cannot reach the AugmentService; retry later"
     return WaveError(kind, json_field_path(details))
+
+
+async def call_service(
+    request: web.Request,
+    rpc: Callable[..., Awaitable[_Response]],
+    message: Message,
+    deadline: float = CALL_TIMEOUT,
+) -> _Response:
+    """One AugmentService call for a REST request: the caller's credentials go
+    along as metadata, and a gRPC failure becomes the matching Wave error."""
+    try:
+        return await rpc(message, metadata=metadata(request), timeout=deadline)
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc) from None
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:

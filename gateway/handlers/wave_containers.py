@@ -15,16 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import grpc
 from aiohttp import web
 from google.protobuf.duration_pb2 import Duration
 
 from gateway.handlers.wave_api import (
-    CALL_TIMEOUT,
     CREATE_TIMEOUT,
-    from_grpc,
+    call_service,
     json_response,
-    metadata,
     parse_message,
     read_json_object,
     rfc3339,
@@ -78,10 +75,7 @@ async def create_container(request: web.Request) -> web.Response:
     check_supported(body)
     message = pb.CreateContainerRequest()
     parse_message(body, message)
-    try:
-        response = await service(request).CreateContainer(message, metadata=metadata(request), timeout=CREATE_TIMEOUT)
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc) from None
+    response = await call_service(request, service(request).CreateContainer, message, CREATE_TIMEOUT)
     return json_response(
         {
             "requestId": response.request_id,
@@ -104,12 +98,9 @@ def _seconds(duration: Duration) -> str:
 
 async def container_status(request: web.Request) -> web.Response:
     request_id = request.match_info["request_id"]
-    try:
-        response = await service(request).GetContainerStatus(
-            pb.GetContainerStatusRequest(request_id=request_id), metadata=metadata(request), timeout=CALL_TIMEOUT
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc) from None
+    response = await call_service(
+        request, service(request).GetContainerStatus, pb.GetContainerStatusRequest(request_id=request_id)
+    )
     return json_response(
         {
             "id": response.request_id,

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 from aiohttp import web
 
-from gateway.handlers.wave_api import CALL_TIMEOUT, from_grpc, json_response, metadata, rfc3339, service
+from gateway.handlers.wave_api import call_service, json_response, rfc3339, service
 from wave_grpc.auth import ANONYMOUS
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 
@@ -61,22 +60,14 @@ def describe_body(record: pb.ContainerRecord) -> dict[str, Any]:
 
 async def describe_token(request: web.Request) -> web.Response:
     token = request.match_info["token"]
-    try:
-        response = await service(request).DescribeContainer(
-            pb.DescribeContainerRequest(container_token=token), metadata=metadata(request), timeout=CALL_TIMEOUT
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc) from None
+    response = await call_service(
+        request, service(request).DescribeContainer, pb.DescribeContainerRequest(container_token=token)
+    )
     return json_response(describe_body(response.container))
 
 
 async def revoke_token(request: web.Request) -> web.Response:
     token = request.match_info["token"]
-    try:
-        await service(request).RevokeContainer(
-            pb.RevokeContainerRequest(container_token=token), metadata=metadata(request), timeout=CALL_TIMEOUT
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc) from None
+    await call_service(request, service(request).RevokeContainer, pb.RevokeContainerRequest(container_token=token))
     # Wave answers a bare 200.
     return web.Response(status=200)
