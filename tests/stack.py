@@ -113,6 +113,19 @@ class WaveStack:
         )
 
     def start(self, only: str | None = None) -> WaveStack:
+        """Start ``serve``; on a first start, a port taken meanwhile by someone else means new ports."""
+        for attempt in range(3):
+            try:
+                return self._start_once(only)
+            except (RuntimeError, TimeoutError):
+                taken = "cannot listen on" in self.log_text()
+                if self._starts > 1 or not taken or attempt == 2:
+                    raise
+                self.grpc_port, self.http_port = realcomp.free_port(), realcomp.free_port()
+                self._starts = 0
+        raise AssertionError("unreachable")
+
+    def _start_once(self, only: str | None) -> WaveStack:
         self.write_config()
         self._starts += 1
         argv = [sys.executable, "-m", "wave_grpc.cli", *(["-v"] if self.verbose else []), "serve"]
@@ -123,11 +136,21 @@ class WaveStack:
         self.process = realcomp.ManagedProcess(
             argv, log_path=self.workdir / f"serve-{self._starts}.log", env=env, name="wave-grpc"
         )
-        if only in (None, "service"):
-            self.process.wait_tcp("127.0.0.1", self.grpc_port, timeout=30)
-        if only in (None, "gateway"):
-            self.process.wait_http(f"{self.gateway_url}/v2/", timeout=30)
+        try:
+            if only in (None, "service"):
+                self.process.wait_tcp("127.0.0.1", self.grpc_port, timeout=30)
+            if only in (None, "gateway"):
+                self.process.wait_http(f"{self.gateway_url}/v2/", timeout=30)
+        except BaseException:
+            self.stop()  # a server that never came up is not left behind
+            raise
         return self
+
+    def __enter__(self) -> WaveStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         if self.process is not None:

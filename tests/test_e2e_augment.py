@@ -26,12 +26,8 @@ MANIFEST_ACCEPT = [("Accept", t) for t in realcomp.ALL_MANIFEST_TYPES]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, registry: realcomp.Registry) -> Iterator[WaveStack]:
-    wave = WaveStack(tmp_path_factory.mktemp("stack"), registries=[registry_route(registry)])
-    wave.start()
-    try:
+    with WaveStack(tmp_path_factory.mktemp("stack"), registries=[registry_route(registry)]).start() as wave:
         yield wave
-    finally:
-        wave.stop()
 
 
 @pytest.fixture(scope="module")

@@ -36,12 +36,8 @@ def _missing(message: str) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, registry: realcomp.Registry) -> Iterator[WaveStack]:
-    wave = WaveStack(tmp_path_factory.mktemp("polyglot"), registries=[registry_route(registry)])
-    wave.start()
-    try:
+    with WaveStack(tmp_path_factory.mktemp("polyglot"), registries=[registry_route(registry)]).start() as wave:
         yield wave
-    finally:
-        wave.stop()
 
 
 def run(argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:

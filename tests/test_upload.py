@@ -115,12 +115,8 @@ def vm_hwm_kib(pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, registry: realcomp.Registry) -> Iterator[WaveStack]:
-    wave = WaveStack(tmp_path_factory.mktemp("upload"), registries=[registry_route(registry)])
-    wave.start()
-    try:
+    with WaveStack(tmp_path_factory.mktemp("upload"), registries=[registry_route(registry)]).start() as wave:
         yield wave
-    finally:
-        wave.stop()
 
 
 def layer_store(stack: WaveStack) -> Path:

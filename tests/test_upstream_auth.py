@@ -78,14 +78,10 @@ def up(
 def anon(tmp_path_factory: pytest.TempPathFactory, up: Upstreams) -> Iterator[WaveStack]:
     routes = [registry_route(r) for r in (up.basic, up.bearer, up.cdn_bearer, up.open_cdn)]
     routes.append({"name": "docker.io", "endpoint": up.cdn_bearer.url})  # Docker Hub, offline
-    stack = WaveStack(
+    with WaveStack(
         tmp_path_factory.mktemp("anon"), registries=routes, upstream={"layer_hosts": [f"127.0.0.1:{up.cdn.port}"]}
-    )
-    stack.start()
-    try:
+    ).start() as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +103,10 @@ def creds(tmp_path_factory: pytest.TempPathFactory, up: Upstreams) -> Iterator[W
             "password_env": "HUB_MIRROR_PASSWORD",
         },
     ]
-    stack = WaveStack(
+    with WaveStack(
         workdir, registries=routes, env={"BASIC_REGISTRY_PASSWORD": BOB[1], "HUB_MIRROR_PASSWORD": ALICE[1]}
-    )
-    stack.start()
-    try:
+    ).start() as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def create(stack: WaveStack, image: str, layer: pb.ContainerLayer) -> pb.CreateContainerResponse:
