@@ -9,7 +9,7 @@ import string
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from typing import TypeVar
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -41,7 +41,6 @@ _S = TypeVar("_S", bound="AugmentServicer")
 _In = TypeVar("_In")  # the request, or the request stream of a client-streaming RPC
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
-_P = ParamSpec("_P")
 
 
 def new_token() -> str:
