@@ -142,10 +142,23 @@ def test_pack_directory_is_reproducible(tmp_path: Path) -> None:
     assert digest_layer(first.getvalue()) == d1
     with tarfile.open(fileobj=io.BytesIO(first.getvalue())) as tar:
         members = {m.name: m for m in tar.getmembers()}
-    assert set(members) == {"bin", "bin/run", "link"}
+    assert list(members) == ["bin", "bin/run", "link"]  # one global order by path
     assert members["bin/run"].mode & 0o111
     assert all(m.uid == 0 and m.gid == 0 and m.mtime == 0 and not m.uname for m in members.values())
     assert members["link"].issym()
+
+
+def test_pack_directory_orders_entries_by_path(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    for name in ("b/z", "a-b/f", "a/x/deep", "c"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(name)
+    out = io.BytesIO()
+    pack_directory(root, out)
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
+        names = tar.getnames()
+    assert names == sorted(names)
+    assert names == ["a", "a-b", "a-b/f", "a/x", "a/x/deep", "b", "b/z", "c"]
 
 
 def test_config_rejects_unknown_keys_naming_file_and_key(tmp_path: Path) -> None:

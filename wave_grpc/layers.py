@@ -190,19 +190,21 @@ def pack_directory(root: Path, out: IO[bytes], on_bytes: Callable[[int], None] |
     """
     if not root.is_dir():
         raise invalid_argument("--layer", f"{root} is not a directory")
+    # One global order by archive path (a parent always sorts before its children),
+    # so the bytes do not depend on how the file system lists a directory.
+    entries = sorted(
+        (Path(dirpath) / name).relative_to(root).as_posix()
+        for dirpath, dirnames, filenames in os.walk(root)  # symlinked directories are not followed
+        for name in (*dirnames, *filenames)
+    )
     writer = _DigestingGzipWriter(out, on_bytes)
     with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            base = Path(dirpath)
-            for name in sorted([*dirnames, *filenames]):
-                path = base / name
-                arcname = path.relative_to(root).as_posix()
-                info = _normalise(tar.gettarinfo(str(path), arcname))
-                if stat.S_ISREG(path.lstat().st_mode):
-                    with path.open("rb") as handle:
-                        tar.addfile(info, handle)
-                elif info.isdir() or info.issym() or info.islnk():
-                    tar.addfile(info)
-            # os.walk would descend into sorted dirnames in order; symlinked dirs are not followed.
+        for arcname in entries:
+            path = root / arcname
+            info = _normalise(tar.gettarinfo(str(path), arcname))
+            if stat.S_ISREG(path.lstat().st_mode):
+                with path.open("rb") as handle:
+                    tar.addfile(info, handle)
+            elif info.isdir() or info.issym() or info.islnk():
+                tar.addfile(info)
     return writer.close()
