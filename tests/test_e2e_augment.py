@@ -316,6 +316,11 @@ def test_proxy_mode_streams_base_blobs(
         resp = wave.http("GET", f"/v2/{name}/blobs/{base_layer}")
         assert resp.status == 200
         assert realcomp.sha256_digest(resp.body) == base_layer
+        # A runtime resuming a download asks for the rest: the range goes upstream.
+        part = wave.http("GET", f"/v2/{name}/blobs/{base_layer}", [("Range", "bytes=10-19")])
+        assert part.status == 206
+        assert part.body == resp.body[10:20]
+        assert part.header("Content-Range") == f"bytes 10-19/{len(resp.body)}"
         rootfs, _ = pull_and_unpack(target, tmp_path)
         assert (rootfs / "etc" / "marker").exists()
     finally:

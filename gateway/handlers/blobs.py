@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 
 import aiohttp
 from aiohttp import web
@@ -123,6 +124,7 @@ async def _registry_blob(request: web.Request, registry: str, repository: str, d
         return redirect(direct, digest)
     label = f"blob {registry}/{repository}@{digest}"
     proxy = upstream.route(registry).blobs == "proxy"
+    ranged = single_range(request)
     async with upstream.request(
         registry,
         repository,
@@ -131,6 +133,7 @@ async def _registry_blob(request: web.Request, registry: str, repository: str, d
         allow_redirects=proxy,
         not_found=Errors.BLOB_UNKNOWN,
         what=label,
+        headers=ranged,
     ) as resp:
         if resp.status not in REDIRECT_STATUSES:
             return await _stream(request, upstream, registry, label, resp, digest)
@@ -141,9 +144,26 @@ async def _registry_blob(request: web.Request, registry: str, repository: str, d
     # somewhere no runtime should go): fetch through it ourselves.
     log.info("%s: upstream redirect not relayable; streaming instead", label)
     async with upstream.request(
-        registry, repository, request.method, f"blobs/{digest}", not_found=Errors.BLOB_UNKNOWN, what=label
+        registry,
+        repository,
+        request.method,
+        f"blobs/{digest}",
+        not_found=Errors.BLOB_UNKNOWN,
+        what=label,
+        headers=ranged,
     ) as resp:
         return await _stream(request, upstream, registry, label, resp, digest)
+
+
+_BYTE_RANGE = re.compile(r"^bytes=\d+-\d*$")
+
+
+def single_range(request: web.Request) -> dict[str, str] | None:
+    """A single ``bytes=start-[end]`` range to forward upstream (runtimes resume
+    interrupted layer downloads this way); anything else is served whole, which
+    HTTP allows."""
+    value = request.headers.get("Range", "").strip()
+    return {"Range": value} if request.method == "GET" and _BYTE_RANGE.match(value) else None
 
 
 async def _stream(
@@ -154,14 +174,19 @@ async def _stream(
     resp: aiohttp.ClientResponse,
     digest: Digest,
 ) -> web.StreamResponse:
-    response = web.StreamResponse(
-        status=200, headers={"Content-Type": OCTET_STREAM, "Docker-Content-Digest": str(digest)}
-    )
+    partial = resp.status == 206 and "Content-Range" in resp.headers
+    headers = {"Content-Type": OCTET_STREAM, "Docker-Content-Digest": str(digest)}
+    if partial:
+        headers["Content-Range"] = resp.headers["Content-Range"]
+    response = web.StreamResponse(status=206 if partial else 200, headers=headers)
     if resp.content_length is not None:
         response.content_length = resp.content_length
     await response.prepare(request)
     if request.method == "HEAD":
         return response
+    if partial:
+        # A slice cannot be checked against the blob's digest; the runtime checks the whole.
+        return await _relay_partial(request, upstream, registry, label, resp, response)
     hasher = hashlib.sha256()
     try:
         async for chunk in upstream.iter_body(resp, registry, label, chunk_size=STREAM_CHUNK):
@@ -178,6 +203,27 @@ async def _stream(
     if hasher.hexdigest() != digest.hex:
         log.error("%s: upstream sent bytes of another digest; cutting the connection", label)
         _cut(request)
+        return response
+    await response.write_eof()
+    return response
+
+
+async def _relay_partial(
+    request: web.Request,
+    upstream: RegistryClient,
+    registry: str,
+    label: str,
+    resp: aiohttp.ClientResponse,
+    response: web.StreamResponse,
+) -> web.StreamResponse:
+    try:
+        async for chunk in upstream.iter_body(resp, registry, label, chunk_size=STREAM_CHUNK):
+            await response.write(chunk)
+    except WaveError as exc:
+        log.warning("%s; cutting the connection to the client", exc.message)
+        _cut(request)
+        return response
+    except ConnectionResetError:
         return response
     await response.write_eof()
     return response
