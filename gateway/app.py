@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc
 from aiohttp import web
 
 from gateway.caches import LocalContentCache, RedisContentCache, TieredContentCache
@@ -15,7 +14,7 @@ from gateway.routes import add_routes
 from wave_grpc.config import Config
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
 from wave_grpc.redisstore import redis_client
-from wave_grpc.server import open_layer_store
+from wave_grpc.server import open_layer_store, service_channel
 from wave_grpc.upstream import RegistryClient
 
 
@@ -29,8 +28,9 @@ def create_app(config: Config, *, service_address: str | None = None) -> web.App
         upstream = RegistryClient(config)
         await upstream.start()
         size = config.service.max_message_size
-        channel = grpc.aio.insecure_channel(
+        channel = service_channel(
             service_address or config.gateway.service,
+            config.gateway.service_tls_ca,
             options=[("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)],
         )
         stub = pb_grpc.AugmentServiceStub(channel)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
+import ipaddress
 import json
 import secrets
 import sys
@@ -41,13 +42,18 @@ class Pki:
     cert: Path
 
 
-def make_pki(directory: Path) -> Pki:
-    """A fresh RSA key and a self-signed certificate for it (valid one day)."""
+def make_pki(directory: Path, *, server_ip: str | None = None) -> Pki:
+    """A fresh RSA key and a self-signed certificate for it (valid one day).
+
+    With ``server_ip`` the certificate also names that address (and localhost),
+    so it can serve TLS there and be its own trust root in tests.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wave-grpc test token signer")])
+    common_name = "wave-grpc test server" if server_ip else "wave-grpc test token signer"
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -56,8 +62,11 @@ def make_pki(directory: Path) -> Pki:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
     )
+    if server_ip is not None:
+        names = [x509.IPAddress(ipaddress.ip_address(server_ip)), x509.DNSName("localhost")]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = builder.sign(key, hashes.SHA256())
     pki = Pki(directory / "token-key.pem", directory / "token-cert.pem")
     pki.key.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())

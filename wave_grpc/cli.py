@@ -63,10 +63,19 @@ def _metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
+def _tls_ca(args: argparse.Namespace) -> str:
+    tls_ca: str = args.tls_ca or os.environ.get("WAVE_GRPC_TLS_CA", "")
+    if tls_ca and not Path(tls_ca).is_file():
+        raise CliError(f"--tls-ca {tls_ca}: no such file")
+    return tls_ca
+
+
 @contextlib.asynccontextmanager
 async def _stub(args: argparse.Namespace) -> AsyncIterator[pb_grpc.AugmentServiceAsyncStub]:
     options = [("grpc.max_send_message_length", 128 << 20), ("grpc.max_receive_message_length", 128 << 20)]
-    async with grpc.aio.insecure_channel(args.server, options=options) as channel:
+    from wave_grpc.server import service_channel
+
+    async with service_channel(args.server, _tls_ca(args), options) as channel:
         try:
             yield pb_grpc.AugmentServiceStub(channel)
         except grpc.aio.AioRpcError as exc:
@@ -253,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=os.environ.get("WAVE_GRPC_SERVER", DEFAULT_SERVER),
             help="AugmentService address host:port (env WAVE_GRPC_SERVER)",
         )
+        p.add_argument("--tls-ca", help="PEM CA bundle: reach the service over TLS (env WAVE_GRPC_TLS_CA)")
         p.add_argument("--token", help="caller token sent as 'authorization: Bearer' (env WAVE_GRPC_TOKEN)")
         p.add_argument("-o", "--output", choices=("text", "json"), default="text")
         return p

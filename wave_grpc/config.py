@@ -141,6 +141,9 @@ class ServiceConfig:
     inline_layer_limit: int = 64 << 20
     # Largest layer UploadLayer takes (compressed bytes): bounds the disk one upload can fill.
     max_layer_size: int = 16 << 30
+    # PEM files: with both set the AugmentService speaks TLS only.
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,8 @@ class GatewayConfig:
     # Token records are cached this long; revocation is seen within it.
     record_cache_ttl: timedelta = timedelta(milliseconds=500)
     rewrite_cache_size: int = 4096
+    # PEM CA bundle: when set, the gateway reaches the service over TLS and verifies it.
+    service_tls_ca: str = ""
     # In-process cache of pinned upstream manifests/configs and augmented images.
     content_cache_bytes: int = 256 << 20
     # redis://... shared by all gateways (default: the service store when it is Redis).
@@ -250,6 +255,14 @@ class Config:
             connect_timeout=self.upstream.connect_timeout,
             read_timeout=self.upstream.read_timeout,
         )
+
+
+def _readable_file(section: _Section, key: str) -> str:
+    """An optional path to a file that must exist now, not at the first connection."""
+    value = section.string(key, "")
+    if value and not Path(value).expanduser().is_file():
+        raise section.error(key, f"{value!r} is not a readable file")
+    return str(Path(value).expanduser()) if value else ""
 
 
 def _store_url(section: _Section, key: str, default: str, schemes: tuple[str, ...]) -> str:
@@ -427,7 +440,11 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         max_message_size=s.integer("max_message_size", ServiceConfig.max_message_size),
         inline_layer_limit=s.integer("inline_layer_limit", ServiceConfig.inline_layer_limit),
         max_layer_size=s.integer("max_layer_size", ServiceConfig.max_layer_size),
+        tls_cert=_readable_file(s, "tls_cert"),
+        tls_key=_readable_file(s, "tls_key"),
     )
+    if bool(service.tls_cert) != bool(service.tls_key):
+        raise s.error("tls_key" if service.tls_cert else "tls_cert", "give both tls_cert and tls_key, or neither")
     if service.max_layer_size <= 0:
         raise s.error("max_layer_size", "must be positive (bytes)")
     s.done()
@@ -439,6 +456,7 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         public_host=g.string("public_host", GatewayConfig.public_host),
         service=g.address("service", service.listen),
         record_cache_ttl=g.duration("record_cache_ttl", GatewayConfig.record_cache_ttl),
+        service_tls_ca=_readable_file(g, "service_tls_ca"),
         rewrite_cache_size=g.integer("rewrite_cache_size", GatewayConfig.rewrite_cache_size),
         content_cache_bytes=g.integer("content_cache_bytes", GatewayConfig.content_cache_bytes),
         shared_cache=g.string(

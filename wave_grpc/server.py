@@ -24,6 +24,19 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AugmentService"].full_name
 
 
+def service_channel(address: str, ca_file: str = "", options: list[tuple[str, int]] | None = None) -> grpc.aio.Channel:
+    """A channel to the AugmentService: TLS verified against ``ca_file`` when given, else plaintext."""
+    if ca_file:
+        credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes())
+        return grpc.aio.secure_channel(address, credentials, options=options)
+    return grpc.aio.insecure_channel(address, options=options)
+
+
+def _server_credentials(config: Config) -> grpc.ServerCredentials:
+    key, cert = Path(config.service.tls_key).read_bytes(), Path(config.service.tls_cert).read_bytes()
+    return grpc.ssl_server_credentials([(key, cert)])
+
+
 def open_layer_store(config: Config, upstream: RegistryClient) -> LayerStore:
     """The configured layer store; an oci:// store talks through ``upstream`` (its route holds any credentials)."""
     if config.layers.store.startswith("oci://"):
@@ -74,7 +87,10 @@ async def serve(config: Config, *, listen: str | None = None) -> RunningService:
     )
     address = listen or config.service.listen
     try:
-        port = server.add_insecure_port(address)
+        if config.service.tls_cert:
+            port = server.add_secure_port(address, _server_credentials(config))
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as exc:
         await upstream.close()
         await tokens.close()

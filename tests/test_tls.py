@@ -1,0 +1,61 @@
+"""TLS on the gRPC hop: the service speaks TLS only, the gateway and the CLI verify it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests import realcomp
+from tests.stack import WaveStack, registry_route
+from tests.tokenserver import make_pki
+from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
+from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.realcomp
+
+ACCEPT = [("Accept", t) for t in realcomp.ALL_MANIFEST_TYPES]
+
+
+def test_service_over_tls(tmp_path: Path, registry: realcomp.Registry, base_images: realcomp.BaseImages) -> None:
+    pki = make_pki(tmp_path / "pki", server_ip="127.0.0.1")
+    with WaveStack(
+        tmp_path / "tls",
+        registries=[registry_route(registry)],
+        service={"tls_cert": str(pki.cert), "tls_key": str(pki.key)},
+        gateway={"service_tls_ca": str(pki.cert)},
+    ).start() as wave:
+        credentials = grpc.ssl_channel_credentials(root_certificates=pki.cert.read_bytes())
+        with grpc.secure_channel(wave.grpc_address, credentials) as channel:
+            created = pb_grpc.AugmentServiceStub(channel).CreateContainer(
+                pb.CreateContainerRequest(container_image=base_images.ref("latest")), timeout=60
+            )
+        # The gateway looks the token up over the verified TLS channel.
+        name, tag = created.target_image.split("/", 1)[1].rsplit(":", 1)
+        assert wave.http("GET", f"/v2/{name}/manifests/{tag}", ACCEPT).status == 200
+
+        # A plaintext client gets nowhere.
+        with pytest.raises(grpc.RpcError) as caught, wave.stub() as stub:
+            stub.CreateContainer(pb.CreateContainerRequest(container_image=base_images.ref("latest")), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        cli = [
+            sys.executable,
+            "-m",
+            "wave_grpc.cli",
+            "augment",
+            base_images.ref("latest"),
+            "--server",
+            wave.grpc_address,
+        ]
+        ok = subprocess.run([*cli, "--tls-ca", str(pki.cert)], capture_output=True, text=True, timeout=60, check=False)
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.startswith(f"{wave.gateway_host}/wt/")
+        missing = subprocess.run(
+            [*cli, "--tls-ca", str(tmp_path / "nope.pem")], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert missing.returncode == 2
+        assert "--tls-ca" in missing.stderr
