@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,47 @@ def test_service_over_tls(tmp_path: Path, registry: realcomp.Registry, base_imag
         )
         assert missing.returncode == 2
         assert "--tls-ca" in missing.stderr
+
+
+def test_private_ca_registry(tmp_path: Path, registry: realcomp.Registry, base_images: realcomp.BaseImages) -> None:
+    """A source registry with a certificate from a private CA: refused with a hint, then trusted via ca_file."""
+    pki = make_pki(tmp_path / "pki", server_ip="127.0.0.1")
+    port = realcomp.free_port()
+    config = {
+        "version": 0.1,
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(tmp_path / "reg")}},
+        "http": {
+            "addr": f"127.0.0.1:{port}",
+            "secret": "test-only",
+            "tls": {"certificate": str(pki.cert), "key": str(pki.key)},
+        },
+    }
+    (tmp_path / "cfg.yml").write_text(json.dumps(config))
+    binary = realcomp.require_tool("docker-registry")
+    with realcomp.ManagedProcess([binary, "serve", tmp_path / "cfg.yml"], log_path=tmp_path / "reg.log") as proc:
+        proc.wait_tcp("127.0.0.1", port)
+        host = f"127.0.0.1:{port}"
+        realcomp.run_tool(
+            [
+                realcomp.require_tool("skopeo"),
+                *("--insecure-policy", "copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false"),
+                f"docker://{base_images.ref('latest')}",
+                f"docker://{host}/library/busybox:latest",
+            ]
+        )
+        image = f"{host}/library/busybox:latest"
+        route = {"name": host, "endpoint": f"https://{host}"}
+        with WaveStack(tmp_path / "untrusted", registries=[route]).start() as wave:
+            with pytest.raises(grpc.RpcError) as caught:
+                wave.create(image)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            details = str(caught.value.details())
+            assert "TLS certificate" in details
+            assert "ca_file" in details
+        with WaveStack(tmp_path / "trusted", registries=[{**route, "ca_file": str(pki.cert)}]).start() as wave:
+            created = wave.create(image)
+            name, tag = created.target_image.split("/", 1)[1].rsplit(":", 1)
+            assert wave.http("GET", f"/v2/{name}/manifests/{tag}", ACCEPT).status == 200
+        with WaveStack(tmp_path / "unverified", registries=[{**route, "tls_verify": False}]).start() as wave:
+            assert wave.create(image).container_token

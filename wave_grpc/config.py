@@ -207,6 +207,10 @@ class RegistryRoute:
     # Where the password came from ("password_env FOO", "docker_config PATH"), for
     # error messages that say what to fix; never the password itself.
     credentials_from: str = ""
+    # A PEM bundle to verify this registry's certificate (a private CA), and the
+    # escape hatch for a registry whose certificate cannot be verified at all.
+    ca_file: str = ""
+    tls_verify: bool = True
 
     @property
     def has_credentials(self) -> bool:
@@ -357,6 +361,8 @@ def _route(data: Any, index: int, source: str, upstream: UpstreamConfig) -> Regi
         connect_timeout=section.duration("connect_timeout", upstream.connect_timeout),
         read_timeout=section.duration("read_timeout", upstream.read_timeout),
         repository_prefix=prefix,
+        ca_file=_readable_file(section, "ca_file"),
+        tls_verify=section.boolean("tls_verify", True),
         credentials_from=(
             f"password_env {env_name}"
             if env_name

@@ -34,6 +34,7 @@ import json
 import logging
 import random
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -213,8 +214,22 @@ class RegistryClient:
         self._schemes: dict[str, AuthScheme] = {}
         # (registry, upstream repository) that answered 401 to a request without credentials.
         self._needs_auth: set[tuple[str, str]] = set()
+        # ca_file -> its verifying context, built once.
+        self._tls_contexts: dict[str, ssl.SSLContext] = {}
         # Single-flight: concurrent pulls of one image share one ping and one token fetch.
         self._inflight: dict[tuple[str, ...], asyncio.Future[Any]] = {}
+
+    def _tls(self, route: RegistryRoute) -> ssl.SSLContext | bool:
+        """What aiohttp verifies the registry's certificate with (default: the system's CAs)."""
+        if not route.tls_verify:
+            return False
+        if not route.ca_file:
+            return True
+        context = self._tls_contexts.get(route.ca_file)
+        if context is None:
+            context = ssl.create_default_context(cafile=route.ca_file)
+            self._tls_contexts[route.ca_file] = context
+        return context
 
     async def start(self) -> None:
         if self._session is None:
@@ -385,9 +400,21 @@ class RegistryClient:
                     allow_redirects=False,
                     timeout=self._timeout(route),
                     data=body() if body is not None else None,
+                    ssl=self._tls(route),
                 )
             except TimeoutError as exc:
                 raise self._timeout_error(route, label, exc, what) from None
+            except aiohttp.ClientConnectorCertificateError:
+                # Not worth a retry: the certificate will not change in a second.
+                hint = (
+                    f"check its ca_file ({route.ca_file})"
+                    if route.ca_file
+                    else f"if it uses a private CA, set ca_file in the [[registries]] entry named {route.name!r}"
+                )
+                raise WaveError(
+                    Errors.UPSTREAM_UNAVAILABLE,
+                    f"{label}: the TLS certificate of {what} could not be verified; {hint}",
+                ) from None
             except aiohttp.ClientError as exc:
                 if attempt <= retries:
                     log.debug("%s %s: %s; retrying", method, _without_query(str(url)), type(exc).__name__)
