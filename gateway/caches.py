@@ -11,18 +11,12 @@ from __future__ import annotations
 import base64
 import json
 from collections import OrderedDict
-from typing import Protocol
 
 import redis.asyncio as aioredis
 
 from gateway.rewrite import AugmentedImage, Blob, InjectedLayer
 from wave_grpc.digest import Digest
-
-
-class ContentCache(Protocol):
-    async def get(self, key: str) -> bytes | None: ...
-
-    async def put(self, key: str, value: bytes, ttl_seconds: float) -> None: ...
+from wave_grpc.source import ContentCache
 
 
 class LocalContentCache:

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 
 import grpc
 
-from gateway.caches import ContentCache, decode_augmented, encode_augmented
+from gateway.caches import decode_augmented, encode_augmented
 from gateway.rewrite import AugmentedImage, augment
 from wave_grpc.digest import Digest
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.imageref import ImageRef
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
-from wave_grpc.source import augmentation_from_record, fetch_pinned
+from wave_grpc.source import ContentCache, augmentation_from_record, fetch_pinned
 from wave_grpc.tokenstore import expiry_seconds
 from wave_grpc.upstream import RegistryClient
 
@@ -50,10 +50,9 @@ class TokenImage:
 
 def matches_record(image: AugmentedImage, record: pb.ContainerRecord) -> bool:
     """Does this augmented image have the digests recorded at creation?"""
-    if not record.target_manifest_digest:
-        return True  # a record from before digests were recorded
-    return str(image.manifest.digest) == record.target_manifest_digest and (
-        str(image.top_level(accepts_index=True).digest) == (record.target_digest or record.target_manifest_digest)
+    return (
+        str(image.manifest.digest) == record.target_manifest_digest
+        and str(image.top_level(accepts_index=True).digest) == record.target_digest
     )
 
 

@@ -20,9 +20,10 @@ from google.protobuf.json_format import MessageToDict
 
 from wave_grpc import __version__
 from wave_grpc.config import ConfigError, default_config_path, load_config
-from wave_grpc.layers import LayerDigester, LayerDigests, LayerFormatError, pack_directory
+from wave_grpc.layers import LayerDigester, LayerDigests, LayerFormatError, directory_size, pack_directory
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
+from wave_grpc.server import service_channel
 from wave_grpc.serving import run_gateway_worker, run_servers
 
 log = logging.getLogger("wave_grpc")
@@ -73,8 +74,6 @@ def _tls_ca(args: argparse.Namespace) -> str:
 @contextlib.asynccontextmanager
 async def _stub(args: argparse.Namespace) -> AsyncIterator[pb_grpc.AugmentServiceAsyncStub]:
     options = [("grpc.max_send_message_length", 128 << 20), ("grpc.max_receive_message_length", 128 << 20)]
-    from wave_grpc.server import service_channel
-
     async with service_channel(args.server, _tls_ca(args), options) as channel:
         try:
             yield pb_grpc.AugmentServiceStub(channel)
@@ -125,8 +124,6 @@ def _digest_file(path: Path) -> LayerDigests:
 def pack_layer(spec: str, scratch: Path) -> tuple[Path, LayerDigests]:
     path = Path(spec)
     if path.is_dir():
-        from wave_grpc.layers import directory_size
-
         out = scratch / f"layer-{len(list(scratch.iterdir()))}.tar.gz"
         progress = Progress(f"packing {path.name or spec}", directory_size(path))
         with out.open("wb") as handle:

@@ -87,9 +87,6 @@ class ImageRef:
         assert self.tag is not None
         return self.tag
 
-    def with_digest(self, digest: Digest) -> ImageRef:
-        return ImageRef(self.registry, self.repository, self.tag, digest)
-
     def __str__(self) -> str:
         text = f"{self.registry}/{self.repository}"
         if self.tag is not None:

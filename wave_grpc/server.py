@@ -15,6 +15,7 @@ from wave_grpc.config import Config
 from wave_grpc.layerstore import FileLayerStore, LayerStore
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
+from wave_grpc.registrylayers import RegistryLayerStore, parse_store_url
 from wave_grpc.service import AugmentServicer
 from wave_grpc.tokenstore import TokenStore, open_token_store
 from wave_grpc.upstream import RegistryClient
@@ -40,8 +41,6 @@ def _server_credentials(config: Config) -> grpc.ServerCredentials:
 def open_layer_store(config: Config, upstream: RegistryClient) -> LayerStore:
     """The configured layer store; an oci:// store talks through ``upstream`` (its route holds any credentials)."""
     if config.layers.store.startswith("oci://"):
-        from wave_grpc.registrylayers import RegistryLayerStore, parse_store_url
-
         registry, repository = parse_store_url(config.layers.store)
         return RegistryLayerStore(upstream, registry, repository, Path(config.layers.staging))
     return FileLayerStore(config.layers.file_root)

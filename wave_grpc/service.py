@@ -26,7 +26,7 @@ from wave_grpc.layerstore import STORE_SCHEME, ExpectedLayer, LayerStore, iterat
 from wave_grpc.platforms import Platform
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
-from wave_grpc.source import augmentation_from_record, fetch_pinned, resolve_source
+from wave_grpc.source import augmentation_from_record, resolve_source
 from wave_grpc.tokenstore import TokenStore
 from wave_grpc.upstream import RegistryClient, check_layer_location
 
@@ -299,10 +299,6 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         caller = await self.authenticate(context)
         record = await self._live_record(request.container_token)
         self._check_owner(record, caller)
-        if not record.target_digest:
-            # A record written before target digests were recorded: compute it from the pinned bytes.
-            augmented = augment(await fetch_pinned(self._upstream, record), augmentation_from_record(record))
-            record.target_digest = str(augmented.top_level(accepts_index=True).digest)
         return pb.DescribeContainerResponse(container=record)
 
     @_rpc

@@ -81,8 +81,10 @@ async def resolve_source(
     return ResolvedSource(top, UpstreamImage(_to_blob(manifest), config, index), actual)
 
 
-class PinnedCache(Protocol):
-    """Where pinned upstream bytes may be cached (content by digest never changes)."""
+class ContentCache(Protocol):
+    """A byte cache with per-entry expiry (gateway/caches.py has the local, Redis and tiered ones).
+
+    Pinned upstream bytes are cached here by digest: content that never changes."""
 
     async def get(self, key: str) -> bytes | None: ...
 
@@ -90,7 +92,7 @@ class PinnedCache(Protocol):
 
 
 async def _cached_manifest(
-    client: RegistryClient, ref: ImageRef, digest: str, cache: PinnedCache | None, ttl: float
+    client: RegistryClient, ref: ImageRef, digest: str, cache: ContentCache | None, ttl: float
 ) -> ManifestBlob:
     key = f"upstream:{ref.registry}/{ref.repository}@{digest}"
     if cache is not None:
@@ -106,7 +108,7 @@ async def _cached_manifest(
 
 
 async def fetch_pinned(
-    client: RegistryClient, record: pb.ContainerRecord, cache: PinnedCache | None = None, ttl: float = 3600
+    client: RegistryClient, record: pb.ContainerRecord, cache: ContentCache | None = None, ttl: float = 3600
 ) -> UpstreamImage:
     """The exact upstream bytes a record pinned (every digest verified)."""
     ref = ImageRef.parse(record.container_image)

@@ -62,29 +62,10 @@ class SqliteTokenStore:
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS containers ("
                 " token TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL,"
-                " revoked INTEGER NOT NULL DEFAULT 0, record BLOB NOT NULL)"
+                " revoked INTEGER NOT NULL DEFAULT 0, record BLOB NOT NULL, request_id TEXT)"
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS containers_expiry ON containers (expires_at)")
-            self._add_request_id_column()
-
-    def _add_request_id_column(self) -> None:
-        """Databases written before request ids were indexed get the column, filled from the records."""
-        # One transaction that takes the write lock first: replicas starting together on
-        # one file must not both add the column.
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(containers)")}
-            if "request_id" not in columns:
-                self._db.execute("ALTER TABLE containers ADD COLUMN request_id TEXT")
-                rows = self._db.execute("SELECT token, record FROM containers").fetchall()
-                for token, blob in rows:
-                    request_id = pb.ContainerRecord.FromString(blob).request_id
-                    self._db.execute("UPDATE containers SET request_id = ? WHERE token = ?", (request_id, token))
             self._db.execute("CREATE INDEX IF NOT EXISTS containers_request_id ON containers (request_id)")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     @classmethod
     def from_url(cls, url: str) -> SqliteTokenStore:
@@ -167,6 +148,7 @@ def open_token_store(url: str) -> TokenStore:
     if url.startswith("sqlite:"):
         return SqliteTokenStore.from_url(url)
     if url.startswith(("redis://", "rediss://")):
+        # Imported here: redisstore imports this module (expiry_seconds).
         from wave_grpc.redisstore import RedisTokenStore
 
         return RedisTokenStore.from_url(url)

@@ -33,7 +33,6 @@ from aiohttp import web
 
 from gateway.handlers.common import content_headers, token_image
 from gateway.keys import CONFIG, LAYERS, UPSTREAM
-from gateway.resolver import TokenImage
 from wave_grpc.digest import Digest
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.layerstore import STORE_SCHEME
@@ -82,7 +81,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
             return await _stored_layer(request, digest)
         return _injected_redirect(request, layer.location, digest)
     if digest in image.image.base_layers:
-        return await _base_layer(request, image, digest)
+        return await _registry_blob(request, image.source.registry, image.source.repository, digest)
     raise WaveError(Errors.BLOB_UNKNOWN, f"blob {digest} is not part of this augmented image")
 
 
@@ -105,16 +104,12 @@ async def _stored_layer(request: web.Request, digest: Digest) -> web.StreamRespo
         # The layer lives in a registry repository: served like a base layer from there.
         return await _registry_blob(request, store.registry, store.repository, digest)
     path = store.path(digest)
-    size = await store.size(digest)
-    if path is None or size is None:
+    if path is None:
         raise WaveError(Errors.BLOB_UNKNOWN, f"layer {digest} is missing from the layer store")
-    headers = content_headers(OCTET_STREAM, str(digest), size)
+    # FileResponse stats the file itself for Content-Length (and ranges).
+    headers = content_headers(OCTET_STREAM, str(digest), 0)
     headers.pop("Content-Length")
     return web.FileResponse(path, headers=headers)
-
-
-async def _base_layer(request: web.Request, image: TokenImage, digest: Digest) -> web.StreamResponse:
-    return await _registry_blob(request, image.source.registry, image.source.repository, digest)
 
 
 async def _registry_blob(request: web.Request, registry: str, repository: str, digest: Digest) -> web.StreamResponse:
@@ -184,13 +179,12 @@ async def _stream(
     await response.prepare(request)
     if request.method == "HEAD":
         return response
-    if partial:
-        # A slice cannot be checked against the blob's digest; the runtime checks the whole.
-        return await _relay_partial(request, upstream, registry, label, resp, response)
-    hasher = hashlib.sha256()
+    # A slice cannot be checked against the blob's digest; the runtime checks the whole.
+    hasher = None if partial else hashlib.sha256()
     try:
         async for chunk in upstream.iter_body(resp, registry, label, chunk_size=STREAM_CHUNK):
-            hasher.update(chunk)
+            if hasher is not None:
+                hasher.update(chunk)
             await response.write(chunk)
     except WaveError as exc:
         # The status line is out: the only honest signal left is a cut connection.
@@ -200,30 +194,9 @@ async def _stream(
     except ConnectionResetError:
         log.info("%s: the client went away mid-transfer", label)
         return response
-    if hasher.hexdigest() != digest.hex:
+    if hasher is not None and hasher.hexdigest() != digest.hex:
         log.error("%s: upstream sent bytes of another digest; cutting the connection", label)
         _cut(request)
-        return response
-    await response.write_eof()
-    return response
-
-
-async def _relay_partial(
-    request: web.Request,
-    upstream: RegistryClient,
-    registry: str,
-    label: str,
-    resp: aiohttp.ClientResponse,
-    response: web.StreamResponse,
-) -> web.StreamResponse:
-    try:
-        async for chunk in upstream.iter_body(resp, registry, label, chunk_size=STREAM_CHUNK):
-            await response.write(chunk)
-    except WaveError as exc:
-        log.warning("%s; cutting the connection to the client", exc.message)
-        _cut(request)
-        return response
-    except ConnectionResetError:
         return response
     await response.write_eof()
     return response
