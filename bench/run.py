@@ -39,7 +39,7 @@ import grpc
 
 from tests import realcomp
 from tests.stack import WaveStack, registry_route
-from wave_grpc.layers import LayerDigester
+from wave_grpc.image.layers import LayerDigester
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
 
@@ -538,8 +538,8 @@ def fig_create(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
 def fig_token_store(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
     import asyncio
 
-    from wave_grpc.redisstore import RedisTokenStore
-    from wave_grpc.tokenstore import SqliteTokenStore
+    from wave_grpc.stores.redis import RedisTokenStore
+    from wave_grpc.stores.sqlite import SqliteTokenStore
 
     record = pb.ContainerRecord(container_image="docker.io/library/busybox:latest", owner="bench")
     record.expiration.FromSeconds(int(time.time()) + 36 * 3600)

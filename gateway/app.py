@@ -6,16 +6,17 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.caches import LocalContentCache, RedisContentCache, TieredContentCache
 from gateway.errors import render_errors
 from gateway.keys import CONFIG, LAYERS, RESOLVER, SERVICE, UPSTREAM
 from gateway.resolver import TokenResolver
 from gateway.routes import add_routes
+from wave_grpc.channel import service_channel
 from wave_grpc.config import Config
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
-from wave_grpc.redisstore import redis_client
-from wave_grpc.server import open_layer_store, service_channel
-from wave_grpc.upstream import RegistryClient
+from wave_grpc.registry.client import RegistryClient
+from wave_grpc.stores.content import LocalContentCache, TieredContentCache
+from wave_grpc.stores.open import open_layer_store
+from wave_grpc.stores.redis import RedisContentCache, redis_client
 
 
 def create_app(config: Config, *, service_address: str | None = None) -> web.Application:

@@ -8,8 +8,8 @@ from aiohttp import web
 
 from gateway.resolver import TokenResolver
 from wave_grpc.config import Config
-from wave_grpc.layerstore import LayerStore
-from wave_grpc.upstream import RegistryClient
+from wave_grpc.registry.client import RegistryClient
+from wave_grpc.stores.layers import LayerStore
 
 if TYPE_CHECKING:
     # The async stub type exists only in the generated .pyi.

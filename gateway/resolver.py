@@ -21,15 +21,16 @@ from dataclasses import dataclass
 import grpc
 
 from gateway.caches import decode_augmented, encode_augmented
-from gateway.rewrite import AugmentedImage, augment
-from wave_grpc.digest import Digest
 from wave_grpc.errors import Errors, WaveError
-from wave_grpc.imageref import ImageRef
+from wave_grpc.image.digest import Digest
+from wave_grpc.image.ref import ImageRef
+from wave_grpc.image.rewrite import AugmentedImage, augment
+from wave_grpc.pinning import augmentation_from_record, fetch_pinned
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
-from wave_grpc.source import ContentCache, augmentation_from_record, fetch_pinned
-from wave_grpc.tokenstore import expiry_seconds
-from wave_grpc.upstream import RegistryClient
+from wave_grpc.registry.client import RegistryClient
+from wave_grpc.stores.content import ContentCache
+from wave_grpc.stores.tokens import expiry_seconds
 
 log = logging.getLogger("gateway")
 

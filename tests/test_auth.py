@@ -13,8 +13,9 @@ import pytest
 
 from tests import realcomp
 from tests.fakeplatform import BROKEN, BUSY, CAROL, WRONG, FakePlatform
-from wave_grpc.auth import (
-    ANONYMOUS,
+from wave_grpc.config import ConfigError, StaticToken, parse_config
+from wave_grpc.errors import Errors, WaveError
+from wave_grpc.service.auth import (
     Authenticator,
     Decline,
     StaticTokens,
@@ -22,8 +23,7 @@ from wave_grpc.auth import (
     Verifier,
     bearer_token,
 )
-from wave_grpc.config import ConfigError, StaticToken, parse_config
-from wave_grpc.errors import Errors, WaveError
+from wave_grpc.stores.tokens import ANONYMOUS
 
 
 def _sha(token: str) -> str:

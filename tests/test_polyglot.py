@@ -15,7 +15,7 @@ import pytest
 
 from tests import realcomp
 from tests.stack import WaveStack, registry_route
-from wave_grpc.layers import pack_directory
+from wave_grpc.image.layers import pack_directory
 
 pytestmark = pytest.mark.realcomp
 

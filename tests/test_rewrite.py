@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from gateway.rewrite import Augmentation, Blob, InjectedLayer, UpstreamImage, augment, merge_env
-from wave_grpc.digest import Digest
 from wave_grpc.errors import WaveError
-from wave_grpc.manifests import MediaType
-from wave_grpc.platforms import Platform
+from wave_grpc.image.digest import Digest
+from wave_grpc.image.manifest import MediaType
+from wave_grpc.image.platform import Platform
+from wave_grpc.image.rewrite import Augmentation, Blob, InjectedLayer, UpstreamImage, augment, merge_env
 
 CREATED = "2026-11-27T04:00:00Z"
 

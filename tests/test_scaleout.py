@@ -16,7 +16,7 @@ import redis
 
 from tests import realcomp
 from tests.stack import WaveStack, registry_route
-from wave_grpc.layers import pack_directory
+from wave_grpc.image.layers import pack_directory
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 
 pytestmark = pytest.mark.realcomp

@@ -21,9 +21,9 @@ from aiohttp import web
 
 from tests import realcomp
 from wave_grpc.config import Config, parse_config
-from wave_grpc.digest import Digest
 from wave_grpc.errors import Errors, WaveError
-from wave_grpc.upstream import Challenge, RegistryClient, _retry_after, check_layer_location
+from wave_grpc.image.digest import Digest
+from wave_grpc.registry.client import Challenge, RegistryClient, _retry_after, check_layer_location
 
 MANIFEST = json.dumps(
     {

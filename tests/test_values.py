@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from wave_grpc.config import ConfigError, load_config, parse_config
-from wave_grpc.digest import Digest
 from wave_grpc.errors import WaveError
-from wave_grpc.imageref import ImageRef
-from wave_grpc.layers import LayerDigester, LayerFormatError, decode_data_location, digest_layer, pack_directory
-from wave_grpc.platforms import Platform
+from wave_grpc.image.digest import Digest
+from wave_grpc.image.layers import LayerDigester, LayerFormatError, decode_data_location, digest_layer, pack_directory
+from wave_grpc.image.platform import Platform
+from wave_grpc.image.ref import ImageRef
 
 
 @pytest.mark.parametrize(

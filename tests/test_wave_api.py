@@ -21,7 +21,7 @@ import pytest
 from tests import realcomp
 from tests.fakeplatform import BUSY, CAROL, WRONG, FakePlatform
 from tests.stack import WaveStack, registry_route, toml_value
-from wave_grpc.layers import pack_directory
+from wave_grpc.image.layers import pack_directory
 
 pytestmark = pytest.mark.realcomp
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from tests import realcomp
 from tests.tokenserver import Pki, issued_tokens, make_pki, registry_auth_config
-from wave_grpc.layers import pack_directory
+from wave_grpc.image.layers import pack_directory
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 
 HERE = Path(__file__).resolve().parent

@@ -19,11 +19,11 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from wave_grpc import __version__
+from wave_grpc.channel import service_channel
 from wave_grpc.config import ConfigError, default_config_path, load_config
-from wave_grpc.layers import LayerDigester, LayerDigests, LayerFormatError, directory_size, pack_directory
+from wave_grpc.image.layers import LayerDigester, LayerDigests, LayerFormatError, directory_size, pack_directory
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
-from wave_grpc.server import service_channel
 from wave_grpc.serving import run_gateway_worker, run_servers
 
 log = logging.getLogger("wave_grpc")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from wave_grpc.imageref import DOCKER_HUB
+from wave_grpc.image.ref import DOCKER_HUB
 
 
 class ConfigError(ValueError):

@@ -20,7 +20,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from gateway.app import create_app
 from wave_grpc.config import Config
+from wave_grpc.service.server import serve
 
 log = logging.getLogger("wave_grpc")
 
@@ -45,8 +47,6 @@ def _bind(listen: str) -> socket.socket:
 
 
 async def _gateway_on_socket(config: Config, sock: socket.socket) -> web.AppRunner:
-    from gateway.app import create_app
-
     access_log = logging.getLogger("gateway.access") if config.gateway.access_log else None
     runner = web.AppRunner(create_app(config), access_log=access_log)
     await runner.setup()
@@ -98,8 +98,6 @@ class WorkerPool:
 
 async def run_servers(config: Config, only: str | None, ready: Callable[[str], None] = print) -> None:
     """Run what ``serve`` asks for until SIGTERM or SIGINT, then shut down gracefully."""
-    from wave_grpc.server import serve
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

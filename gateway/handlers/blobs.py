@@ -33,11 +33,11 @@ from aiohttp import web
 
 from gateway.handlers.common import content_headers, token_image
 from gateway.keys import CONFIG, LAYERS, UPSTREAM
-from wave_grpc.digest import Digest
 from wave_grpc.errors import Errors, WaveError
-from wave_grpc.layerstore import STORE_SCHEME
-from wave_grpc.registrylayers import RegistryLayerStore
-from wave_grpc.upstream import REDIRECT_STATUSES, RegistryClient, check_layer_location
+from wave_grpc.image.digest import Digest
+from wave_grpc.registry.client import REDIRECT_STATUSES, RegistryClient, check_layer_location
+from wave_grpc.stores.layers import STORE_SCHEME
+from wave_grpc.stores.oci import RegistryLayerStore
 
 log = logging.getLogger("gateway")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.handlers.common import content_headers, token_image
-from wave_grpc.digest import Digest
 from wave_grpc.errors import Errors, WaveError
-from wave_grpc.manifests import MediaType
+from wave_grpc.image.digest import Digest
+from wave_grpc.image.manifest import MediaType
 
 _INDEX_TYPES = {str(MediaType.OCI_INDEX), str(MediaType.DOCKER_LIST), "*/*", "application/*"}
 

@@ -14,8 +14,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway.handlers.wave_api import call_service, json_response, rfc3339, service
-from wave_grpc.auth import ANONYMOUS
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
+from wave_grpc.stores.tokens import ANONYMOUS
 
 
 def _layer(layer: pb.ContainerLayer) -> dict[str, Any]:

@@ -12,10 +12,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from wave_grpc.digest import Digest
 from wave_grpc.errors import Errors, WaveError
-from wave_grpc.manifests import MediaType, descriptor_digest, parse_json_object, select_platform
-from wave_grpc.platforms import Platform
+from wave_grpc.image.digest import Digest
+from wave_grpc.image.manifest import MediaType, descriptor_digest, parse_json_object, select_platform
+from wave_grpc.image.platform import Platform
 
 ENTRY_CHAIN_VAR = "WAVE_ENTRY_CHAIN"
 

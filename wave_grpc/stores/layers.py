@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from wave_grpc.digest import Digest
 from wave_grpc.errors import Errors, WaveError
-from wave_grpc.layers import LayerDigester, LayerDigests, LayerFormatError, check_layer_digests
+from wave_grpc.image.digest import Digest
+from wave_grpc.image.layers import LayerDigester, LayerDigests, LayerFormatError, check_layer_digests
 
 STORE_SCHEME = "wave-layer-store:"
 

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import redis.asyncio as aioredis
 
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
-from wave_grpc.tokenstore import expiry_seconds
+from wave_grpc.stores.tokens import expiry_seconds
 
 DEFAULT_PREFIX = "wave-grpc:"
 
@@ -87,3 +87,17 @@ class RedisTokenStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+class RedisContentCache:
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._redis = client
+        self._prefix = prefix
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._redis.get(self._prefix + key)
+        # The client is made with decode_responses=False: values are bytes.
+        return value if isinstance(value, bytes) else None
+
+    async def put(self, key: str, value: bytes, ttl_seconds: float) -> None:
+        await self._redis.set(self._prefix + key, value, ex=max(1, int(ttl_seconds)))

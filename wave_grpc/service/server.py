@@ -12,38 +12,21 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from wave_grpc.config import Config
-from wave_grpc.layerstore import FileLayerStore, LayerStore
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
-from wave_grpc.registrylayers import RegistryLayerStore, parse_store_url
-from wave_grpc.service import AugmentServicer
-from wave_grpc.tokenstore import TokenStore, open_token_store
-from wave_grpc.upstream import RegistryClient
+from wave_grpc.registry.client import RegistryClient
+from wave_grpc.service.servicer import AugmentServicer
+from wave_grpc.stores.open import open_layer_store, open_token_store
+from wave_grpc.stores.tokens import TokenStore
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AugmentService"].full_name
 
 
-def service_channel(address: str, ca_file: str = "", options: list[tuple[str, int]] | None = None) -> grpc.aio.Channel:
-    """A channel to the AugmentService: TLS verified against ``ca_file`` when given, else plaintext."""
-    if ca_file:
-        credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes())
-        return grpc.aio.secure_channel(address, credentials, options=options)
-    return grpc.aio.insecure_channel(address, options=options)
-
-
 def _server_credentials(config: Config) -> grpc.ServerCredentials:
     key, cert = Path(config.service.tls_key).read_bytes(), Path(config.service.tls_cert).read_bytes()
     return grpc.ssl_server_credentials([(key, cert)])
-
-
-def open_layer_store(config: Config, upstream: RegistryClient) -> LayerStore:
-    """The configured layer store; an oci:// store talks through ``upstream`` (its route holds any credentials)."""
-    if config.layers.store.startswith("oci://"):
-        registry, repository = parse_store_url(config.layers.store)
-        return RegistryLayerStore(upstream, registry, repository, Path(config.layers.staging))
-    return FileLayerStore(config.layers.file_root)
 
 
 @dataclass

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from wave_grpc.digest import Digest
 from wave_grpc.errors import invalid_argument
+from wave_grpc.image.digest import Digest
 
 # Bound on bytes inflated per zlib call: a small gzip member can expand
 # enormously, and the verifier must keep memory flat whatever it is fed.

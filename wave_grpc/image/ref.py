@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from wave_grpc.digest import Digest
 from wave_grpc.errors import WaveError, invalid_argument
+from wave_grpc.image.digest import Digest
 
 DOCKER_HUB = "docker.io"
 _DOCKER_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}

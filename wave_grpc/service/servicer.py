@@ -15,20 +15,20 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from gateway.rewrite import augment
-from wave_grpc.auth import ANONYMOUS, Authenticator, bearer_token
 from wave_grpc.config import Config
-from wave_grpc.digest import Digest
 from wave_grpc.errors import Errors, WaveError, invalid_argument
-from wave_grpc.imageref import ImageRef
-from wave_grpc.layers import decode_data_location
-from wave_grpc.layerstore import STORE_SCHEME, ExpectedLayer, LayerStore, iterate_bytes, store_location
-from wave_grpc.platforms import Platform
+from wave_grpc.image.digest import Digest
+from wave_grpc.image.layers import decode_data_location
+from wave_grpc.image.platform import Platform
+from wave_grpc.image.ref import ImageRef
+from wave_grpc.image.rewrite import augment
+from wave_grpc.pinning import augmentation_from_record, resolve_source
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
-from wave_grpc.source import augmentation_from_record, resolve_source
-from wave_grpc.tokenstore import TokenStore
-from wave_grpc.upstream import RegistryClient, check_layer_location
+from wave_grpc.registry.client import RegistryClient, check_layer_location
+from wave_grpc.service.auth import Authenticator, bearer_token
+from wave_grpc.stores.layers import STORE_SCHEME, ExpectedLayer, LayerStore, iterate_bytes, store_location
+from wave_grpc.stores.tokens import ANONYMOUS, TokenStore
 
 log = logging.getLogger(__name__)
 

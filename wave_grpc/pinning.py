@@ -8,16 +8,16 @@ life sees the same upstream bytes and computes the same augmented image.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
-from gateway.rewrite import Augmentation, Blob, InjectedLayer, UpstreamImage
-from wave_grpc.digest import Digest
 from wave_grpc.errors import Errors, WaveError, invalid_argument
-from wave_grpc.imageref import ImageRef
-from wave_grpc.manifests import MediaType, descriptor_digest, parse_json_object, select_platform
-from wave_grpc.platforms import Platform
+from wave_grpc.image.digest import Digest
+from wave_grpc.image.manifest import MediaType, descriptor_digest, parse_json_object, select_platform
+from wave_grpc.image.platform import Platform
+from wave_grpc.image.ref import ImageRef
+from wave_grpc.image.rewrite import Augmentation, Blob, InjectedLayer, UpstreamImage
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
-from wave_grpc.upstream import ManifestBlob, RegistryClient
+from wave_grpc.registry.client import ManifestBlob, RegistryClient
+from wave_grpc.stores.content import ContentCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,16 +79,6 @@ async def resolve_source(
                 str(config_doc.get("variant") or ""),
             )
     return ResolvedSource(top, UpstreamImage(_to_blob(manifest), config, index), actual)
-
-
-class ContentCache(Protocol):
-    """A byte cache with per-entry expiry (gateway/caches.py has the local, Redis and tiered ones).
-
-    Pinned upstream bytes are cached here by digest: content that never changes."""
-
-    async def get(self, key: str) -> bytes | None: ...
-
-    async def put(self, key: str, value: bytes, ttl_seconds: float) -> None: ...
 
 
 async def _cached_manifest(

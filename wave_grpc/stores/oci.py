@@ -19,12 +19,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urljoin
 
-from wave_grpc.digest import Digest
 from wave_grpc.errors import Errors, WaveError
-from wave_grpc.layers import LayerDigests
-from wave_grpc.layerstore import ExpectedLayer, FileLayerStore
-from wave_grpc.manifests import MediaType
-from wave_grpc.upstream import RegistryClient
+from wave_grpc.image.digest import Digest
+from wave_grpc.image.layers import LayerDigests
+from wave_grpc.image.manifest import MediaType
+from wave_grpc.registry.client import RegistryClient
+from wave_grpc.stores.layers import ExpectedLayer, FileLayerStore
 
 ARTIFACT_TYPE = "application/vnd.wave-grpc.layer.v1"
 EMPTY_CONFIG = b"{}"

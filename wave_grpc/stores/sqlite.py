@@ -1,8 +1,4 @@
-"""Token records behind a small interface; SQLite is the embedded default.
-
-A record is the serialized ``ContainerRecord`` message: the store needs to
-understand only the token, the request id, the owner and the expiry.
-"""
+"""The SQLite token store: the embedded default, one file in WAL mode."""
 
 from __future__ import annotations
 
@@ -11,42 +7,9 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
 
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
-
-
-def expiry_seconds(record: pb.ContainerRecord) -> float:
-    return record.expiration.seconds + record.expiration.nanos / 1e9
-
-
-class TokenStore(Protocol):
-    """Where token records live. Every method is safe to call from many replicas.
-
-    A record is live from ``put`` until its ``expiration`` or ``revoke``; the
-    lookups answer live records only. Both lookups must survive a restart.
-    """
-
-    async def put(self, record: pb.ContainerRecord) -> bool:
-        """Store a new record; False when the token is taken (the caller picks another)."""
-        ...
-
-    async def get(self, token: str) -> pb.ContainerRecord | None:
-        """The live record, or None when unknown, expired or revoked."""
-        ...
-
-    async def get_by_request_id(self, request_id: str) -> pb.ContainerRecord | None:
-        """The live record ``put`` with this ``request_id`` (unique per record), or None.
-
-        Wave's ``/v1alpha2/container/{requestId}/status`` is served from this.
-        A store keeps an index from request id to token that expires (or is
-        dropped) with the record.
-        """
-        ...
-
-    async def revoke(self, token: str) -> bool: ...
-
-    async def close(self) -> None: ...
+from wave_grpc.stores.tokens import expiry_seconds
 
 
 class SqliteTokenStore:
@@ -142,14 +105,3 @@ class SqliteTokenStore:
     async def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def open_token_store(url: str) -> TokenStore:
-    if url.startswith("sqlite:"):
-        return SqliteTokenStore.from_url(url)
-    if url.startswith(("redis://", "rediss://")):
-        # Imported here: redisstore imports this module (expiry_seconds).
-        from wave_grpc.redisstore import RedisTokenStore
-
-        return RedisTokenStore.from_url(url)
-    raise ValueError(f"token store {url!r}: only sqlite:/// is supported in this build")

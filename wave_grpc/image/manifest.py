@@ -6,9 +6,9 @@ import json
 from enum import StrEnum
 from typing import Any
 
-from wave_grpc.digest import Digest
 from wave_grpc.errors import Errors, WaveError, invalid_argument
-from wave_grpc.platforms import Platform
+from wave_grpc.image.digest import Digest
+from wave_grpc.image.platform import Platform
 
 
 class MediaType(StrEnum):

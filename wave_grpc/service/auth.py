@@ -41,10 +41,10 @@ import aiohttp
 
 from wave_grpc.config import Config, StaticToken
 from wave_grpc.errors import Errors, WaveError
+from wave_grpc.stores.tokens import ANONYMOUS
 
 log = logging.getLogger(__name__)
 
-ANONYMOUS = "anonymous"
 # A user-info answer is a few hundred bytes; refuse to buffer anything big.
 _MAX_USER_INFO_BYTES = 1 << 20
 

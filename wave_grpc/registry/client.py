@@ -49,9 +49,9 @@ from yarl import URL
 
 from wave_grpc import __version__
 from wave_grpc.config import Config, RegistryRoute
-from wave_grpc.digest import Digest
 from wave_grpc.errors import ErrorKind, Errors, WaveError, invalid_argument
-from wave_grpc.manifests import MANIFEST_MEDIA_TYPES, MediaType, manifest_media_type
+from wave_grpc.image.digest import Digest
+from wave_grpc.image.manifest import MANIFEST_MEDIA_TYPES, MediaType, manifest_media_type
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The AugmentService: the servicer, caller auth and the gRPC server."""

@@ -1,0 +1,1 @@
+"""Token stores, layer stores and the content-cache protocol."""

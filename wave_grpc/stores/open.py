@@ -1,0 +1,29 @@
+"""Open the configured stores from their URLs: the one place that knows every store class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wave_grpc.config import Config
+from wave_grpc.registry.client import RegistryClient
+from wave_grpc.stores.layers import FileLayerStore, LayerStore
+from wave_grpc.stores.oci import RegistryLayerStore, parse_store_url
+from wave_grpc.stores.redis import RedisTokenStore
+from wave_grpc.stores.sqlite import SqliteTokenStore
+from wave_grpc.stores.tokens import TokenStore
+
+
+def open_token_store(url: str) -> TokenStore:
+    if url.startswith("sqlite:"):
+        return SqliteTokenStore.from_url(url)
+    if url.startswith(("redis://", "rediss://")):
+        return RedisTokenStore.from_url(url)
+    raise ValueError(f"token store {url!r}: use sqlite:///path or redis://host:port/db")
+
+
+def open_layer_store(config: Config, upstream: RegistryClient) -> LayerStore:
+    """The configured layer store; an oci:// store talks through ``upstream`` (its route holds any credentials)."""
+    if config.layers.store.startswith("oci://"):
+        registry, repository = parse_store_url(config.layers.store)
+        return RegistryLayerStore(upstream, registry, repository, Path(config.layers.staging))
+    return FileLayerStore(config.layers.file_root)
