@@ -34,6 +34,7 @@ lint: install check-protos buf
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy wave_grpc gateway scripts tests bench
+	$(BIN)/lint-imports --no-cache
 
 pytest: install
 	$(BIN)/python -m pytest -q -ra
