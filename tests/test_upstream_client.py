@@ -23,7 +23,10 @@ from tests import realcomp
 from wave_grpc.config import Config, parse_config
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.image.digest import Digest
-from wave_grpc.registry.client import Challenge, RegistryClient, _retry_after, check_layer_location
+from wave_grpc.registry.auth import Challenge
+from wave_grpc.registry.client import RegistryClient
+from wave_grpc.registry.policy import check_layer_location
+from wave_grpc.registry.transport import _retry_after
 
 MANIFEST = json.dumps(
     {

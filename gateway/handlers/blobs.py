@@ -1,21 +1,10 @@
 """``/v2/wt/<token>/<name>/blobs/<digest>`` (GET and HEAD).
 
 Only blobs the augmented manifest references are served: the rewritten config
-(from memory), injected layers (from the layer store, or a redirect to their
-http(s) location on an allowed host) and base layers.
-
-A base layer is served the cheapest way that needs no credential on the
-runtime's side, and never hands ours out:
-
-1. ``307`` to the registry's own blob URL, when that URL needs no auth at all:
-   a route without credentials, in ``redirect`` mode, to a registry whose
-   ``/v2/`` answers without a challenge. The gateway sends nothing upstream.
-2. Otherwise the gateway asks the registry itself (anonymous Bearer token, or
-   the route's credentials), redirects off. A ``3xx`` (the registry sends blobs
-   to a CDN or object store with a presigned URL: Docker Hub, ghcr.io, quay.io,
-   ECR) is relayed as a ``307`` with an absolute ``Location``. A ``200`` (the
-   registry serves the bytes and wants a token for them) is streamed.
-3. ``blobs = "proxy"`` always streams, following upstream redirects here.
+(from memory), injected layers (the layer store's answer, or a redirect to
+their http(s) location on an allowed host) and base layers (the source
+registry's answer, wave_grpc/registry/blobs.py). The handler knows no store
+class: it renders the answer it is given.
 
 Streams are hashed on the way through with flat memory; on a mismatch or an
 upstream failure after the headers went out, the connection is cut so a client
@@ -26,42 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 
-import aiohttp
 from aiohttp import web
 
 from gateway.handlers.common import content_headers, token_image
 from gateway.keys import CONFIG, LAYERS, UPSTREAM
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.image.digest import Digest
-from wave_grpc.registry.client import REDIRECT_STATUSES, RegistryClient, check_layer_location
+from wave_grpc.registry.blobs import BlobAnswer, LocalFile, Redirect, Stream, registry_blob
+from wave_grpc.registry.policy import check_layer_location
 from wave_grpc.stores.layers import STORE_SCHEME
-from wave_grpc.stores.oci import RegistryLayerStore
 
 log = logging.getLogger("gateway")
 
 OCTET_STREAM = "application/octet-stream"
-STREAM_CHUNK = 1 << 18
-
-
-def redirect(location: str, digest: Digest) -> web.Response:
-    headers = {"Location": location, "Docker-Content-Digest": str(digest), "Content-Length": "0"}
-    return web.Response(status=307, headers=headers)
-
-
-def relay(location: str, digest: Digest) -> web.Response:
-    """An upstream redirect passed on to the runtime.
-
-    Always ``307``: a ``301``/``308`` would let a client remember a presigned,
-    short-lived URL as the permanent home of this token's path, and ``302``/``303``
-    may turn a HEAD into a GET. ``Connection: close`` because the runtime's next
-    request for this blob goes to the CDN; like Seqera Wave, the gateway does not
-    keep an idle connection per relayed layer.
-    """
-    response = redirect(location, digest)
-    response.force_close()
-    return response
 
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
@@ -75,17 +42,25 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
             if request.method == "HEAD"
             else web.Response(body=config.data, headers=headers)
         )
+    range_header = request.headers.get("Range", "")
     layer = image.injected.get(digest)
+    answer: BlobAnswer
     if layer is not None:
         if layer.location.startswith(STORE_SCHEME):
-            return await _stored_layer(request, digest)
-        return _injected_redirect(request, layer.location, digest)
-    if digest in image.image.base_layers:
-        return await _registry_blob(request, image.source.registry, image.source.repository, digest)
-    raise WaveError(Errors.BLOB_UNKNOWN, f"blob {digest} is not part of this augmented image")
+            answer = await request.app[LAYERS].answer(digest, request.method, range_header)
+        else:
+            answer = _injected_location(request, layer.location, digest)
+    elif digest in image.image.base_layers:
+        source = image.source
+        answer = await registry_blob(
+            request.app[UPSTREAM], source.registry, source.repository, digest, request.method, range_header
+        )
+    else:
+        raise WaveError(Errors.BLOB_UNKNOWN, f"blob {digest} is not part of this augmented image")
+    return await render(request, answer, digest)
 
 
-def _injected_redirect(request: web.Request, location: str, digest: Digest) -> web.Response:
+def _injected_location(request: web.Request, location: str, digest: Digest) -> Redirect:
     """Re-check the allow-list at pull time: a host removed from ``layer_hosts``
     after a token was created is not redirected to any more."""
     try:
@@ -95,94 +70,51 @@ def _injected_redirect(request: web.Request, location: str, digest: Digest) -> w
             Errors.NOT_ROUTED,
             f"layer {digest}: its http(s) location is no longer allowed by this deployment ({exc.message})",
         ) from None
-    return redirect(location, digest)
+    return Redirect(location)
 
 
-async def _stored_layer(request: web.Request, digest: Digest) -> web.StreamResponse:
-    store = request.app[LAYERS]
-    if isinstance(store, RegistryLayerStore):
-        # The layer lives in a registry repository: served like a base layer from there.
-        return await _registry_blob(request, store.registry, store.repository, digest)
-    path = store.path(digest)
-    if path is None:
-        raise WaveError(Errors.BLOB_UNKNOWN, f"layer {digest} is missing from the layer store")
-    # FileResponse stats the file itself for Content-Length (and ranges).
-    headers = content_headers(OCTET_STREAM, str(digest), 0)
-    headers.pop("Content-Length")
-    return web.FileResponse(path, headers=headers)
+async def render(request: web.Request, answer: BlobAnswer, digest: Digest) -> web.StreamResponse:
+    """The answer as an HTTP response; a stream's upstream response is released whatever happens."""
+    if isinstance(answer, LocalFile):
+        # FileResponse stats the file itself for Content-Length (and ranges).
+        headers = content_headers(OCTET_STREAM, str(digest), 0)
+        headers.pop("Content-Length")
+        return web.FileResponse(answer.path, headers=headers)
+    if isinstance(answer, Redirect):
+        return redirect(answer, digest)
+    try:
+        return await _stream(request, answer, digest)
+    finally:
+        await answer.close()
 
 
-async def _registry_blob(request: web.Request, registry: str, repository: str, digest: Digest) -> web.StreamResponse:
-    upstream = request.app[UPSTREAM]
-    direct = await upstream.anonymous_blob_url(registry, repository, digest)
-    if direct is not None:
-        return redirect(direct, digest)
-    label = f"blob {registry}/{repository}@{digest}"
-    proxy = upstream.route(registry).blobs == "proxy"
-    ranged = single_range(request)
-    async with upstream.request(
-        registry,
-        repository,
-        request.method,
-        f"blobs/{digest}",
-        allow_redirects=proxy,
-        not_found=Errors.BLOB_UNKNOWN,
-        what=label,
-        headers=ranged,
-    ) as resp:
-        if resp.status not in REDIRECT_STATUSES:
-            return await _stream(request, upstream, registry, label, resp, digest)
-        location = upstream.relayable_location(resp)
-        if location is not None:
-            return relay(location, digest)
-    # A redirect we must not hand out (it carries a credential, or points
-    # somewhere no runtime should go): fetch through it ourselves.
-    log.info("%s: upstream redirect not relayable; streaming instead", label)
-    async with upstream.request(
-        registry,
-        repository,
-        request.method,
-        f"blobs/{digest}",
-        not_found=Errors.BLOB_UNKNOWN,
-        what=label,
-        headers=ranged,
-    ) as resp:
-        return await _stream(request, upstream, registry, label, resp, digest)
+def redirect(answer: Redirect, digest: Digest) -> web.Response:
+    """Always ``307``: a ``301``/``308`` would let a client remember a presigned,
+    short-lived URL as the permanent home of this token's path, and ``302``/``303``
+    may turn a HEAD into a GET. A relayed upstream redirect closes the connection,
+    because the runtime's next request for this blob goes to the CDN; like Seqera
+    Wave, the gateway does not keep an idle connection per relayed layer."""
+    headers = {"Location": answer.location, "Docker-Content-Digest": str(digest), "Content-Length": "0"}
+    response = web.Response(status=307, headers=headers)
+    if answer.relayed:
+        response.force_close()
+    return response
 
 
-_BYTE_RANGE = re.compile(r"^bytes=\d+-\d*$")
-
-
-def single_range(request: web.Request) -> dict[str, str] | None:
-    """A single ``bytes=start-[end]`` range to forward upstream (runtimes resume
-    interrupted layer downloads this way); anything else is served whole, which
-    HTTP allows."""
-    value = request.headers.get("Range", "").strip()
-    return {"Range": value} if request.method == "GET" and _BYTE_RANGE.match(value) else None
-
-
-async def _stream(
-    request: web.Request,
-    upstream: RegistryClient,
-    registry: str,
-    label: str,
-    resp: aiohttp.ClientResponse,
-    digest: Digest,
-) -> web.StreamResponse:
-    partial = resp.status == 206 and "Content-Range" in resp.headers
+async def _stream(request: web.Request, answer: Stream, digest: Digest) -> web.StreamResponse:
     headers = {"Content-Type": OCTET_STREAM, "Docker-Content-Digest": str(digest)}
-    if partial:
-        headers["Content-Range"] = resp.headers["Content-Range"]
-    response = web.StreamResponse(status=206 if partial else 200, headers=headers)
-    if resp.content_length is not None:
-        response.content_length = resp.content_length
+    if answer.content_range is not None:
+        headers["Content-Range"] = answer.content_range
+    response = web.StreamResponse(status=206 if answer.partial else 200, headers=headers)
+    if answer.length is not None:
+        response.content_length = answer.length
     await response.prepare(request)
     if request.method == "HEAD":
         return response
     # A slice cannot be checked against the blob's digest; the runtime checks the whole.
-    hasher = None if partial else hashlib.sha256()
+    hasher = None if answer.partial else hashlib.sha256()
     try:
-        async for chunk in upstream.iter_body(resp, registry, label, chunk_size=STREAM_CHUNK):
+        async for chunk in answer.chunks:
             if hasher is not None:
                 hasher.update(chunk)
             await response.write(chunk)
@@ -192,10 +124,10 @@ async def _stream(
         _cut(request)
         return response
     except ConnectionResetError:
-        log.info("%s: the client went away mid-transfer", label)
+        log.info("%s: the client went away mid-transfer", answer.label)
         return response
     if hasher is not None and hasher.hexdigest() != digest.hex:
-        log.error("%s: upstream sent bytes of another digest; cutting the connection", label)
+        log.error("%s: upstream sent bytes of another digest; cutting the connection", answer.label)
         _cut(request)
         return response
     await response.write_eof()

@@ -25,7 +25,8 @@ from wave_grpc.image.rewrite import augment
 from wave_grpc.pinning import augmentation_from_record, resolve_source
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
-from wave_grpc.registry.client import RegistryClient, check_layer_location
+from wave_grpc.registry.client import RegistryClient
+from wave_grpc.registry.policy import check_layer_location
 from wave_grpc.service.auth import Authenticator, bearer_token
 from wave_grpc.stores.layers import STORE_SCHEME, ExpectedLayer, LayerStore, iterate_bytes, store_location
 from wave_grpc.stores.tokens import ANONYMOUS, TokenStore

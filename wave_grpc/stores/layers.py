@@ -1,9 +1,10 @@
 """Content-addressed storage of injected layers.
 
-The seam is small (:class:`LayerStore`): put a verified stream, ask for a size,
-open for reading. The file store is the embedded default; a stored blob is
-written to a temporary file, verified, then renamed into place, so a reader
-never sees a half-written or unverified blob and a failed upload leaves nothing.
+The seam is small (:class:`LayerStore`): put a verified stream, ask for a size
+and the tar digest, and answer how a blob is served (wave_grpc/registry/blobs.py).
+The file store is the embedded default; a stored blob is written to a temporary
+file, verified, then renamed into place, so a reader never sees a half-written
+or unverified blob and a failed upload leaves nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import BinaryIO, Protocol
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.layers import LayerDigester, LayerDigests, LayerFormatError, check_layer_digests
+from wave_grpc.registry.blobs import BlobAnswer, LocalFile
 
 STORE_SCHEME = "wave-layer-store:"
 
@@ -49,11 +51,9 @@ class LayerStore(Protocol):
         """The verified uncompressed digest recorded when the blob was stored."""
         ...
 
-    def path(self, digest: Digest) -> Path | None:
-        """A local file holding the blob, when the store has one (lets the gateway use sendfile)."""
+    async def answer(self, digest: Digest, method: str, range_header: str = "") -> BlobAnswer:
+        """How the gateway serves the blob (a local file, a redirect or a stream); BLOB_UNKNOWN if absent."""
         ...
-
-    def open(self, digest: Digest, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]: ...
 
 
 class FileLayerStore:
@@ -125,7 +125,8 @@ class FileLayerStore:
         except FileNotFoundError:
             return None
 
-    def path(self, digest: Digest) -> Path | None:
+    def staged_path(self, digest: Digest) -> Path | None:
+        """The local file holding the blob, if it is here (the OCI store pushes it from there)."""
         path = self._blob_path(digest)
         return path if path.exists() else None
 
@@ -134,13 +135,11 @@ class FileLayerStore:
         _unlink_if_present(self._blob_path(digest))
         _unlink_if_present(self._meta_path(digest))
 
-    async def open(self, digest: Digest, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
-        path = self._blob_path(digest)
-        if not path.exists():
-            raise WaveError(Errors.BLOB_UNKNOWN, f"layer {digest} is not in the layer store")
-        with path.open("rb") as handle:
-            while chunk := await asyncio.to_thread(handle.read, chunk_size):
-                yield chunk
+    async def answer(self, digest: Digest, method: str, range_header: str = "") -> BlobAnswer:
+        path = self.staged_path(digest)
+        if path is None:
+            raise WaveError(Errors.BLOB_UNKNOWN, f"layer {digest} is missing from the layer store")
+        return LocalFile(path)
 
 
 def _unlink_if_present(path: Path) -> None:

@@ -23,6 +23,7 @@ from wave_grpc.errors import Errors, WaveError
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.layers import LayerDigests
 from wave_grpc.image.manifest import MediaType
+from wave_grpc.registry.blobs import BlobAnswer, registry_blob
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.stores.layers import ExpectedLayer, FileLayerStore
 
@@ -141,7 +142,7 @@ class RegistryLayerStore:
         try:
             if await self.tar_digest(digests.gzip_digest) == digests.tar_digest:
                 return digests, False
-            path = self._staging.path(digests.gzip_digest)
+            path = self._staging.staged_path(digests.gzip_digest)
             if path is None:
                 raise WaveError(Errors.INTERNAL, f"{self._label}: staged layer {digests.gzip_digest} vanished")
             if await self._exists(digests.gzip_digest) is None:
@@ -166,13 +167,6 @@ class RegistryLayerStore:
         value = annotations.get(TAR_DIGEST_ANNOTATION)
         return Digest.parse(value) if isinstance(value, str) else None
 
-    def path(self, digest: Digest) -> Path | None:
-        return None
-
-    async def open(self, digest: Digest, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
-        label = f"{self._label}@{digest}"
-        async with self.client.request(
-            self.registry, self.repository, "GET", f"blobs/{digest}", not_found=Errors.BLOB_UNKNOWN, what=label
-        ) as resp:
-            async for chunk in self.client.iter_body(resp, self.registry, label, chunk_size=chunk_size):
-                yield chunk
+    async def answer(self, digest: Digest, method: str, range_header: str = "") -> BlobAnswer:
+        # The layer lives in a registry repository: served like a base layer from there.
+        return await registry_blob(self.client, self.registry, self.repository, digest, method, range_header)

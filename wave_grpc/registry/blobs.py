@@ -1,0 +1,145 @@
+"""How a blob is served, as a value: a local file, a redirect, or a stream.
+
+Every layer store and the base-layer path answer one of these; the gateway's
+blob handler only renders it (sendfile, ``307``, or a streamed body). A new
+store (``s3://`` say) answers ``Redirect`` to a presigned URL or ``Stream``,
+and no handler changes.
+
+A base layer is answered the cheapest way that needs no credential on the
+runtime's side, and never hands ours out (:func:`registry_blob`):
+
+1. ``Redirect`` to the registry's own blob URL, when that URL needs no auth at
+   all: a route without credentials, in ``redirect`` mode, to a registry whose
+   ``/v2/`` answers without a challenge. Nothing is sent upstream.
+2. Otherwise the registry itself is asked (anonymous Bearer token, or the
+   route's credentials), redirects off. A ``3xx`` (the registry sends blobs to
+   a CDN or object store with a presigned URL: Docker Hub, ghcr.io, quay.io,
+   ECR) is relayed as a ``Redirect`` with an absolute location. A ``200`` (the
+   registry serves the bytes and wants a token for them) is a ``Stream``.
+3. ``blobs = "proxy"`` always streams, following upstream redirects here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from wave_grpc.errors import Errors
+from wave_grpc.image.digest import Digest
+from wave_grpc.registry.client import REDIRECT_STATUSES, RegistryClient
+
+log = logging.getLogger(__name__)
+
+STREAM_CHUNK = 1 << 18
+_BYTE_RANGE = re.compile(r"^bytes=\d+-\d*$")
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """A verified blob on local disk: served with sendfile, ranges and all."""
+
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """Send the runtime elsewhere. ``relayed``: the location came from an upstream
+    redirect (a CDN), so the client's next request for it goes elsewhere."""
+
+    location: str
+    relayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """Bytes relayed from an upstream. ``partial`` is a ``206`` slice (``content_range`` set),
+    which cannot be checked against the blob's digest; a whole blob is hashed on the way.
+    ``close`` releases the upstream response, whatever happened to the body."""
+
+    chunks: AsyncGenerator[bytes, None]
+    close: Callable[[], Awaitable[None]]
+    label: str
+    length: int | None = None
+    content_range: str | None = None
+
+    @property
+    def partial(self) -> bool:
+        return self.content_range is not None
+
+
+BlobAnswer = LocalFile | Redirect | Stream
+
+
+def single_range(method: str, range_header: str) -> dict[str, str] | None:
+    """A single ``bytes=start-[end]`` range to forward upstream (runtimes resume
+    interrupted layer downloads this way); anything else is served whole, which
+    HTTP allows."""
+    value = range_header.strip()
+    return {"Range": value} if method == "GET" and _BYTE_RANGE.match(value) else None
+
+
+async def registry_blob(
+    client: RegistryClient, registry: str, repository: str, digest: Digest, method: str, range_header: str = ""
+) -> BlobAnswer:
+    """A blob of ``registry/repository``, answered as the module docstring says."""
+    direct = await client.anonymous_blob_url(registry, repository, digest)
+    if direct is not None:
+        return Redirect(direct)
+    label = f"blob {registry}/{repository}@{digest}"
+    proxy = client.route(registry).blobs == "proxy"
+    ranged = single_range(method, range_header)
+    stack = AsyncExitStack()
+    try:
+        resp = await stack.enter_async_context(
+            client.request(
+                registry,
+                repository,
+                method,
+                f"blobs/{digest}",
+                allow_redirects=proxy,
+                not_found=Errors.BLOB_UNKNOWN,
+                what=label,
+                headers=ranged,
+            )
+        )
+        if resp.status in REDIRECT_STATUSES:
+            location = client.relayable_location(resp)
+            await stack.aclose()
+            if location is not None:
+                return Redirect(location, relayed=True)
+            # A redirect we must not hand out (it carries a credential, or points
+            # somewhere no runtime should go): fetch through it ourselves.
+            log.info("%s: upstream redirect not relayable; streaming instead", label)
+            resp = await stack.enter_async_context(
+                client.request(
+                    registry,
+                    repository,
+                    method,
+                    f"blobs/{digest}",
+                    not_found=Errors.BLOB_UNKNOWN,
+                    what=label,
+                    headers=ranged,
+                )
+            )
+    except BaseException:
+        await stack.aclose()
+        raise
+    partial = resp.status == 206 and "Content-Range" in resp.headers
+    chunks = client.iter_body(resp, registry, label, chunk_size=STREAM_CHUNK)
+
+    async def close() -> None:
+        # The body iterator first (it may be suspended mid-transfer), then the response.
+        await chunks.aclose()
+        await stack.aclose()
+
+    return Stream(
+        chunks=chunks,
+        close=close,
+        label=label,
+        length=resp.content_length,
+        content_range=resp.headers["Content-Range"] if partial else None,
+    )
