@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from wave_grpc.errors import Errors, WaveError, invalid_argument
 from wave_grpc.image.digest import Digest
-from wave_grpc.image.manifest import MediaType, descriptor_digest, parse_json_object, select_platform
+from wave_grpc.image.manifest import ImageConfig, ImageManifest, Index, MediaType
 from wave_grpc.image.platform import Platform
 from wave_grpc.image.ref import ImageRef
 from wave_grpc.image.rewrite import Augmentation, Blob, InjectedLayer, UpstreamImage
@@ -31,12 +31,12 @@ def _to_blob(manifest: ManifestBlob) -> Blob:
     return Blob(manifest.data, str(manifest.media_type), manifest.digest)
 
 
-async def _fetch_config(client: RegistryClient, ref: ImageRef, manifest: ManifestBlob) -> bytes:
-    document = parse_json_object(manifest.data, f"manifest of {ref}")
-    config = document.get("config")
-    if not isinstance(config, dict):
-        raise WaveError(Errors.MANIFEST_INVALID, f"manifest of {ref} has no config descriptor")
-    return await client.get_blob(ref.registry, ref.repository, descriptor_digest(config, "config digest"))
+def _image_manifest(ref: ImageRef, manifest: ManifestBlob) -> ImageManifest:
+    return ImageManifest.parse(manifest.data, manifest.media_type, f"manifest of {ref}")
+
+
+async def _fetch_config(client: RegistryClient, ref: ImageRef, manifest: ImageManifest) -> bytes:
+    return await client.get_blob(ref.registry, ref.repository, manifest.config.digest)
 
 
 async def resolve_source(
@@ -52,31 +52,29 @@ async def resolve_source(
     index: Blob | None = None
     manifest = top
     if top.media_type.is_index:
-        entry = select_platform(parse_json_object(top.data, f"index of {ref}"), platform, str(ref))
-        manifest = await client.get_manifest(
-            ref.registry, ref.repository, str(descriptor_digest(entry, "index entry digest"))
-        )
+        entry = Index.parse(top.data, top.media_type, f"index of {ref}").select(platform, str(ref))
+        manifest = await client.get_manifest(ref.registry, ref.repository, str(entry.digest))
         if not manifest.media_type.is_image_manifest:
             raise WaveError(
                 Errors.MANIFEST_INVALID, f"{ref}: the {platform} entry of the index is not an image manifest"
             )
         index = _to_blob(top)
-    config = await _fetch_config(client, ref, manifest)
-    config_doc = parse_json_object(config, f"config of {ref}")
+    config = await _fetch_config(client, ref, _image_manifest(ref, manifest))
+    image_config = ImageConfig.parse(config, f"config of {ref}")
     actual = platform
     if index is None:
-        if platform.matches_config(config_doc):
+        if platform.matches_config(image_config.platform):
             actual = platform
         elif platform_given:
-            image_platform = f"{config_doc.get('os')}/{config_doc.get('architecture')}"
+            image_platform = f"{image_config.os}/{image_config.architecture}"
             raise invalid_argument(
                 "container_platform", f"image {ref} is {image_platform} only; it has no {platform} manifest"
             )
         else:
             actual = Platform(
-                str(config_doc.get("os") or "linux"),
-                str(config_doc.get("architecture") or "amd64"),
-                str(config_doc.get("variant") or ""),
+                image_config.os or "linux",
+                image_config.architecture or "amd64",
+                image_config.variant,
             )
     return ResolvedSource(top, UpstreamImage(_to_blob(manifest), config, index), actual)
 
@@ -106,12 +104,12 @@ async def fetch_pinned(
     index: Blob | None = None
     if record.source_digest != record.source_manifest_digest:
         index = _to_blob(await _cached_manifest(client, ref, record.source_digest, cache, ttl))
-    document = parse_json_object(manifest.data, f"manifest of {ref}")
-    config_digest = descriptor_digest(document.get("config") or {}, "config digest")
+    image_manifest = _image_manifest(ref, manifest)
+    config_digest = image_manifest.config.digest
     key = f"upstream:{ref.registry}/{ref.repository}@{config_digest}"
     config = await cache.get(key) if cache is not None else None
     if config is None or Digest.of(config) != config_digest:
-        config = await _fetch_config(client, ref, manifest)
+        config = await _fetch_config(client, ref, image_manifest)
         if cache is not None:
             await cache.put(key, config, ttl)
     return UpstreamImage(_to_blob(manifest), config, index)

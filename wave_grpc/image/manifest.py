@@ -1,9 +1,15 @@
-"""Media types, manifest parsing and platform selection (no I/O)."""
+"""Media types and manifest values (descriptors, image manifests, indexes, configs).
+
+Each is parsed once from upstream bytes and validated at construction; no I/O.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 from wave_grpc.errors import Errors, WaveError, invalid_argument
@@ -75,29 +81,136 @@ def manifest_media_type(data: bytes, content_type: str | None, what: str) -> Med
     return media_type
 
 
-def descriptor_platform(entry: dict[str, Any]) -> str:
-    platform = entry.get("platform") or {}
-    text = f"{platform.get('os', '?')}/{platform.get('architecture', '?')}"
-    return text + (f"/{platform['variant']}" if platform.get("variant") else "")
+def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise WaveError(Errors.MANIFEST_INVALID, f"{what} is not a JSON object")
+    return MappingProxyType(value)
 
 
-def select_platform(index: dict[str, Any], platform: Platform, image: str) -> dict[str, Any]:
-    """The index entry for ``platform``; a clear INVALID_ARGUMENT when there is none."""
-    entries = [e for e in index.get("manifests") or [] if isinstance(e, dict)]
-    for entry in entries:
-        if platform.matches(entry.get("platform")):
-            return entry
-    available = sorted(
-        {descriptor_platform(e) for e in entries if (e.get("platform") or {}).get("os") not in (None, "unknown")}
-    )
-    raise invalid_argument(
-        "container_platform",
-        f"image {image} has no {platform} manifest; it has: {', '.join(available) or 'none'}",
-    )
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """A content descriptor (config, layer, index entry), validated; ``document`` is the
+    JSON object as upstream wrote it (key order, annotations), never modified."""
+
+    digest: Digest
+    size: int
+    media_type: str
+    platform: Mapping[str, Any] | None
+    document: Mapping[str, Any]
+
+    @classmethod
+    def parse(cls, value: Any, what: str) -> Descriptor:
+        document = _mapping(value, what)
+        try:
+            digest = Digest.parse(str(document.get("digest", "")), field=f"{what} digest")
+        except WaveError as exc:
+            raise WaveError(Errors.MANIFEST_INVALID, exc.message) from None
+        size = document.get("size", 0)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise WaveError(Errors.MANIFEST_INVALID, f"{what} has an invalid size {size!r}")
+        platform = document.get("platform")
+        return cls(
+            digest,
+            size,
+            str(document.get("mediaType") or ""),
+            MappingProxyType(platform) if isinstance(platform, dict) else None,
+            document,
+        )
+
+    @property
+    def platform_text(self) -> str:
+        platform = self.platform or {}
+        text = f"{platform.get('os', '?')}/{platform.get('architecture', '?')}"
+        return text + (f"/{platform['variant']}" if platform.get("variant") else "")
 
 
-def descriptor_digest(entry: dict[str, Any], what: str) -> Digest:
-    try:
-        return Digest.parse(str(entry.get("digest", "")), field=what)
-    except WaveError as exc:
-        raise WaveError(Errors.MANIFEST_INVALID, exc.message) from None
+@dataclass(frozen=True, slots=True)
+class ImageManifest:
+    """An image manifest (OCI or Docker v2 schema 2): its config and layers, in order."""
+
+    media_type: MediaType
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+    document: Mapping[str, Any]
+
+    @classmethod
+    def parse(cls, data: bytes, media_type: MediaType, what: str) -> ImageManifest:
+        if not media_type.is_image_manifest:
+            raise WaveError(Errors.MANIFEST_INVALID, f"expected an image manifest, got {media_type}")
+        document = parse_json_object(data, what)
+        if not isinstance(document.get("config"), dict):
+            raise WaveError(Errors.MANIFEST_INVALID, f"{what} has no config descriptor")
+        layers = document.get("layers")
+        if not isinstance(layers, list):
+            raise WaveError(Errors.MANIFEST_INVALID, f"{what} has no layers list")
+        return cls(
+            media_type,
+            Descriptor.parse(document["config"], f"{what}: config"),
+            tuple(Descriptor.parse(layer, f"{what}: layer {i}") for i, layer in enumerate(layers)),
+            MappingProxyType(document),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    """An OCI index or a Docker manifest list."""
+
+    media_type: MediaType
+    manifests: tuple[Descriptor, ...]
+    document: Mapping[str, Any]
+
+    @classmethod
+    def parse(cls, data: bytes, media_type: MediaType, what: str) -> Index:
+        if not media_type.is_index:
+            raise WaveError(Errors.MANIFEST_INVALID, f"expected an index, got {media_type}")
+        document = parse_json_object(data, what)
+        entries = document.get("manifests") or []
+        if not isinstance(entries, list):
+            raise WaveError(Errors.MANIFEST_INVALID, f"{what} has no manifests list")
+        return cls(
+            media_type,
+            tuple(Descriptor.parse(e, f"{what}: entry {i}") for i, e in enumerate(entries) if isinstance(e, dict)),
+            MappingProxyType(document),
+        )
+
+    def select(self, platform: Platform, image: str) -> Descriptor:
+        """The entry for ``platform``; a clear INVALID_ARGUMENT when there is none."""
+        for entry in self.manifests:
+            if platform.matches(entry.platform):
+                return entry
+        available = sorted(
+            {e.platform_text for e in self.manifests if (e.platform or {}).get("os") not in (None, "unknown")}
+        )
+        raise invalid_argument(
+            "container_platform",
+            f"image {image} has no {platform} manifest; it has: {', '.join(available) or 'none'}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ImageConfig:
+    """An image config: the platform it names and its ``rootfs.diff_ids``."""
+
+    os: str
+    architecture: str
+    variant: str
+    diff_ids: tuple[str, ...]
+    document: Mapping[str, Any]
+
+    @classmethod
+    def parse(cls, data: bytes, what: str) -> ImageConfig:
+        document = parse_json_object(data, what)
+        rootfs = document.get("rootfs")
+        if not isinstance(rootfs, dict) or not isinstance(rootfs.get("diff_ids"), list):
+            raise WaveError(Errors.MANIFEST_INVALID, f"{what} has no rootfs.diff_ids")
+        return cls(
+            str(document.get("os") or ""),
+            str(document.get("architecture") or ""),
+            str(document.get("variant") or ""),
+            tuple(str(d) for d in rootfs["diff_ids"]),
+            MappingProxyType(document),
+        )
+
+    @property
+    def platform(self) -> Mapping[str, Any]:
+        return {"os": self.os, "architecture": self.architecture, "variant": self.variant}

@@ -14,7 +14,7 @@ from typing import Any
 
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.image.digest import Digest
-from wave_grpc.image.manifest import MediaType, descriptor_digest, parse_json_object, select_platform
+from wave_grpc.image.manifest import ImageManifest, Index, MediaType, parse_json_object
 from wave_grpc.image.platform import Platform
 
 ENTRY_CHAIN_VAR = "WAVE_ENTRY_CHAIN"
@@ -146,30 +146,19 @@ def rewrite_config(config_bytes: bytes, augmentation: Augmentation) -> bytes:
 def augment(upstream: UpstreamImage, augmentation: Augmentation) -> AugmentedImage:
     """Append the injected layers and apply the config overrides."""
     media_type = MediaType(upstream.manifest.media_type)
-    if not media_type.is_image_manifest:
-        raise WaveError(Errors.MANIFEST_INVALID, f"expected an image manifest, got {media_type}")
-    manifest = parse_json_object(upstream.manifest.data, "upstream manifest")
-    config_descriptor = manifest.get("config")
-    if not isinstance(config_descriptor, dict):
-        raise WaveError(Errors.MANIFEST_INVALID, "upstream manifest has no config descriptor")
-    if descriptor_digest(config_descriptor, "config digest") != Digest.of(upstream.config):
+    manifest = ImageManifest.parse(upstream.manifest.data, media_type, "upstream manifest")
+    if manifest.config.digest != Digest.of(upstream.config):
         raise WaveError(Errors.DIGEST_INVALID, "upstream config bytes do not match the manifest's config digest")
-    base_layers = manifest.get("layers")
-    if not isinstance(base_layers, list):
-        raise WaveError(Errors.MANIFEST_INVALID, "upstream manifest has no layers list")
 
     config = Blob.of(
         rewrite_config(upstream.config, augmentation),
-        str(
-            config_descriptor.get("mediaType")
-            or (MediaType.DOCKER_CONFIG if media_type.is_docker else MediaType.OCI_CONFIG)
-        ),
+        manifest.config.media_type or str(MediaType.DOCKER_CONFIG if media_type.is_docker else MediaType.OCI_CONFIG),
     )
     layer_type = MediaType.DOCKER_LAYER_GZIP if media_type.is_docker else MediaType.OCI_LAYER_GZIP
-    out = copy.deepcopy(manifest)
-    out["config"] = {**config_descriptor, "digest": str(config.digest), "size": len(config.data)}
+    out = copy.deepcopy(dict(manifest.document))
+    out["config"] = {**manifest.config.document, "digest": str(config.digest), "size": len(config.data)}
     out["layers"] = [
-        *base_layers,
+        *(dict(layer.document) for layer in manifest.layers),
         *(
             {"mediaType": str(layer_type), "digest": str(layer.digest), "size": layer.size}
             for layer in augmentation.layers
@@ -179,25 +168,23 @@ def augment(upstream: UpstreamImage, augmentation: Augmentation) -> AugmentedIma
 
     index_blob: Blob | None = None
     if upstream.index is not None:
-        index = parse_json_object(upstream.index.data, "upstream index")
-        entry = select_platform(index, augmentation.platform, "source")
-        if descriptor_digest(entry, "index entry digest") != upstream.manifest.digest:
+        index = Index.parse(upstream.index.data, MediaType(upstream.index.media_type), "upstream index")
+        entry = index.select(augmentation.platform, "source")
+        if entry.digest != upstream.manifest.digest:
             raise WaveError(Errors.MANIFEST_INVALID, "pinned manifest is not the index's entry for the platform")
         new_entry = {
-            **entry,
+            **entry.document,
             "mediaType": str(media_type),
             "digest": str(augmented_manifest.digest),
             "size": len(augmented_manifest.data),
         }
         # Only the augmented manifest is listed: nothing un-augmented is served under a token.
-        index_blob = Blob.of(_dump({**index, "manifests": [new_entry]}), upstream.index.media_type)
+        index_blob = Blob.of(_dump({**index.document, "manifests": [new_entry]}), upstream.index.media_type)
 
     return AugmentedImage(
         manifest=augmented_manifest,
         config=config,
         index=index_blob,
-        base_layers=frozenset(
-            descriptor_digest(layer, "layer digest") for layer in base_layers if isinstance(layer, dict)
-        ),
+        base_layers=frozenset(layer.digest for layer in manifest.layers),
         injected=augmentation.layers,
     )
