@@ -37,13 +37,13 @@ from typing import Any
 
 import grpc
 
-from tests import realcomp
+from tests import components
 from tests.stack import WaveStack, registry_route
 from wave_grpc.image.layers import LayerDigester
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
 
-ACCEPT = [("Accept", t) for t in realcomp.ALL_MANIFEST_TYPES]
+ACCEPT = [("Accept", t) for t in components.ALL_MANIFEST_TYPES]
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def _ms(text: str) -> float:
 
 
 def wrk(url: str, seconds: int, headers: list[tuple[str, str]] = (), connections: int = 64) -> WrkResult:  # type: ignore[assignment]
-    argv = [realcomp.require_tool("wrk"), "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    argv = [components.require_tool("wrk"), "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     # wrk keeps one value per header name, so several Accept types go comma-joined.
     merged: dict[str, list[str]] = {}
     for name, value in headers:
@@ -153,7 +153,7 @@ def stream_get(url: str, chunk: int = 1 << 20) -> tuple[int, str]:
     raise RuntimeError(f"too many redirects for {url}")
 
 
-def push_big_blob(registry: realcomp.Registry, repo: str, path: Path) -> str:
+def push_big_blob(registry: components.Registry, repo: str, path: Path) -> str:
     """Monolithic upload of a file, streamed from disk."""
     hasher = hashlib.sha256()
     with path.open("rb") as handle:
@@ -182,7 +182,7 @@ def push_big_blob(registry: realcomp.Registry, repo: str, path: Path) -> str:
     return digest
 
 
-def make_big_image(registry: realcomp.Registry, workdir: Path, size: int) -> str:
+def make_big_image(registry: components.Registry, workdir: Path, size: int) -> str:
     """An image whose single base layer is ``size`` bytes (not a real tar: only streamed)."""
     blob = workdir / "big.bin"
     with blob.open("wb") as handle:
@@ -195,10 +195,10 @@ def make_big_image(registry: realcomp.Registry, workdir: Path, size: int) -> str
     config = json.dumps(
         {"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": [layer]}}
     ).encode()
-    config_digest = realcomp.push_blob(registry.url, repo, config)
+    config_digest = components.push_blob(registry.url, repo, config)
     manifest = {
         "schemaVersion": 2,
-        "mediaType": realcomp.OCI_MANIFEST,
+        "mediaType": components.OCI_MANIFEST,
         "config": {
             "mediaType": "application/vnd.oci.image.config.v1+json",
             "digest": config_digest,
@@ -206,7 +206,7 @@ def make_big_image(registry: realcomp.Registry, workdir: Path, size: int) -> str
         },
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": size}],
     }
-    realcomp.put_manifest(registry.url, repo, "v1", json.dumps(manifest).encode(), realcomp.OCI_MANIFEST)
+    components.put_manifest(registry.url, repo, "v1", json.dumps(manifest).encode(), components.OCI_MANIFEST)
     blob.unlink()
     return layer
 
@@ -229,14 +229,14 @@ def layer_file(path: Path, size: int) -> Path:
 
 
 @contextmanager
-def components(work: Path, cfg: Settings) -> Iterator[dict[str, Any]]:
+def started_components(work: Path, cfg: Settings) -> Iterator[dict[str, Any]]:
     with ExitStack() as stack:
-        registry = realcomp.start_registry(work / "registry")
+        registry = components.start_registry(work / "registry")
         stack.callback(registry.stop)
-        images = realcomp.push_busybox_images(work / "images", registry)
-        pull_through = realcomp.start_registry(work / "pull-through", proxy_remote_url=registry.url)
+        images = components.push_busybox_images(work / "images", registry)
+        pull_through = components.start_registry(work / "pull-through", proxy_remote_url=registry.url)
         stack.callback(pull_through.stop)
-        redis = realcomp.start_redis(work / "redis")
+        redis = components.start_redis(work / "redis")
         stack.callback(redis.stop)
         wave = WaveStack(work / "wave", registries=[registry_route(registry)], gateway={"access_log": False})
         wave.start()
@@ -252,26 +252,26 @@ def components(work: Path, cfg: Settings) -> Iterator[dict[str, Any]]:
 
 def fig_warm_manifest(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
     wave: WaveStack = c["wave"]
-    images: realcomp.BaseImages = c["images"]
-    registry: realcomp.Registry = c["registry"]
+    images: components.BaseImages = c["images"]
+    registry: components.Registry = c["registry"]
     created = wave.create(images.ref("latest"), container_config=pb.ContainerConfig(env=["FOO=bar"]))
     name, tag = created.target_image.split("/", 1)[1].rsplit(":", 1)
     gateway_url = f"{wave.gateway_url}/v2/{name}/manifests/{tag}"
-    body = realcomp.http_request("GET", gateway_url, headers=ACCEPT).body
+    body = components.http_request("GET", gateway_url, headers=ACCEPT).body
     manifest_file = work / "manifest.json"
     manifest_file.write_bytes(body)
 
-    ceiling_port = realcomp.free_port()
-    ceiling = realcomp.ManagedProcess(
-        [sys.executable, "-m", "bench.ceiling", str(ceiling_port), str(manifest_file), realcomp.OCI_MANIFEST],
+    ceiling_port = components.free_port()
+    ceiling = components.ManagedProcess(
+        [sys.executable, "-m", "bench.ceiling", str(ceiling_port), str(manifest_file), components.OCI_MANIFEST],
         log_path=work / "ceiling.log",
     )
     try:
         ceiling.wait_http(f"http://127.0.0.1:{ceiling_port}/v2/", 15)
         # Pull-through caches fill on first request; warm every peer before measuring.
-        pt: realcomp.Registry = c["pull_through"]
+        pt: components.Registry = c["pull_through"]
         for url in (f"{pt.url}/v2/library/busybox/manifests/latest", gateway_url):
-            realcomp.http_request("GET", url, headers=ACCEPT)
+            components.http_request("GET", url, headers=ACCEPT)
         results = {
             "gateway": wrk(gateway_url, cfg.wrk_seconds, ACCEPT),
             "bare aiohttp (ceiling)": wrk(f"http://127.0.0.1:{ceiling_port}/x", cfg.wrk_seconds, ACCEPT),
@@ -297,7 +297,7 @@ def fig_warm_manifest(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]
         pool_name, pool_tag = target.split("/", 1)[1].rsplit(":", 1)
         pool_url = f"{pool.gateway_url}/v2/{pool_name}/manifests/{pool_tag}"
         for _ in range(8):  # every worker resolves the token once before the clock starts
-            realcomp.http_request("GET", pool_url, headers=ACCEPT)
+            components.http_request("GET", pool_url, headers=ACCEPT)
         pooled = wrk(pool_url, cfg.wrk_seconds, ACCEPT)
     finally:
         pool.stop()
@@ -331,8 +331,8 @@ def fig_warm_manifest(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]
 
 def fig_first_pull(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
     wave: WaveStack = c["wave"]
-    images: realcomp.BaseImages = c["images"]
-    registry: realcomp.Registry = c["registry"]
+    images: components.BaseImages = c["images"]
+    registry: components.Registry = c["registry"]
     count = 5 if cfg.quick else 30
     tokens = [wave.create(images.ref("multi"), container_platform="linux/arm64").target_image for _ in range(count)]
     ours, direct = [], []
@@ -341,25 +341,27 @@ def fig_first_pull(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
 
         def through_gateway(name: str = name, tag: str = tag) -> None:
             index = json.loads(
-                realcomp.http_request("GET", f"{wave.gateway_url}/v2/{name}/manifests/{tag}", headers=ACCEPT).body
+                components.http_request("GET", f"{wave.gateway_url}/v2/{name}/manifests/{tag}", headers=ACCEPT).body
             )
             digest = index["manifests"][0]["digest"]
             manifest = json.loads(
-                realcomp.http_request("GET", f"{wave.gateway_url}/v2/{name}/manifests/{digest}", headers=ACCEPT).body
+                components.http_request("GET", f"{wave.gateway_url}/v2/{name}/manifests/{digest}", headers=ACCEPT).body
             )
-            realcomp.http_request("GET", f"{wave.gateway_url}/v2/{name}/blobs/{manifest['config']['digest']}")
+            components.http_request("GET", f"{wave.gateway_url}/v2/{name}/blobs/{manifest['config']['digest']}")
 
         def from_upstream() -> None:
             index = json.loads(
-                realcomp.http_request("GET", f"{registry.url}/v2/library/busybox/manifests/multi", headers=ACCEPT).body
+                components.http_request(
+                    "GET", f"{registry.url}/v2/library/busybox/manifests/multi", headers=ACCEPT
+                ).body
             )
             digest = next(m for m in index["manifests"] if m["platform"]["architecture"] == "arm64")["digest"]
             manifest = json.loads(
-                realcomp.http_request(
+                components.http_request(
                     "GET", f"{registry.url}/v2/library/busybox/manifests/{digest}", headers=ACCEPT
                 ).body
             )
-            realcomp.http_request("GET", f"{registry.url}/v2/library/busybox/blobs/{manifest['config']['digest']}")
+            components.http_request("GET", f"{registry.url}/v2/library/busybox/blobs/{manifest['config']['digest']}")
 
         ours.append(timed(through_gateway) * 1000)
         direct.append(timed(from_upstream) * 1000)
@@ -377,12 +379,12 @@ def fig_first_pull(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
 
 def fig_redirect(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
     wave: WaveStack = c["wave"]
-    images: realcomp.BaseImages = c["images"]
+    images: components.BaseImages = c["images"]
     created = wave.create(images.ref("latest"))
     name = created.target_image.split("/", 1)[1].rsplit(":", 1)[0]
     layer = images.latest.platform("linux/amd64").layer_digests[0]
     result = wrk(f"{wave.gateway_url}/v2/{name}/blobs/{layer}", cfg.wrk_seconds)
-    registry: realcomp.Registry = c["registry"]
+    registry: components.Registry = c["registry"]
     head = wrk(f"{registry.url}/v2/library/busybox/manifests/latest", cfg.wrk_seconds, ACCEPT)
     return [
         Row(
@@ -405,15 +407,15 @@ def fig_redirect(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
 
 def fig_skopeo(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
     wave: WaveStack = c["wave"]
-    images: realcomp.BaseImages = c["images"]
+    images: components.BaseImages = c["images"]
     ours, direct = [], []
     for i in range(cfg.repeats):
         target = wave.create(images.ref("latest"), container_config=pb.ContainerConfig(env=["A=1"])).target_image
         start = time.perf_counter()
-        realcomp.skopeo_copy_to_oci(target, work / f"sk-a{i}", "x")
+        components.skopeo_copy_to_oci(target, work / f"sk-a{i}", "x")
         ours.append(time.perf_counter() - start)
         start = time.perf_counter()
-        realcomp.skopeo_copy_to_oci(images.ref("latest"), work / f"sk-d{i}", "x")
+        components.skopeo_copy_to_oci(images.ref("latest"), work / f"sk-d{i}", "x")
         direct.append(time.perf_counter() - start)
     return [
         Row(
@@ -428,7 +430,7 @@ def fig_skopeo(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
 
 
 def fig_proxy_stream(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
-    registry: realcomp.Registry = c["registry"]
+    registry: components.Registry = c["registry"]
     layer = make_big_image(registry, work, cfg.big_blob)
     wave = WaveStack(
         work / "proxy", registries=[registry_route(registry, blobs="proxy")], gateway={"access_log": False}
@@ -467,7 +469,7 @@ def fig_proxy_stream(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
 
 def fig_create(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
     wave: WaveStack = c["wave"]
-    images: realcomp.BaseImages = c["images"]
+    images: components.BaseImages = c["images"]
     rows = []
     for size in (1 << 20, 64 << 20):
         path = layer_file(work / f"layer-{size}.tar.gz", size)
@@ -634,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     work = Path(tempfile.mkdtemp(prefix="wave-bench-"))
     try:
-        with components(work, cfg) as c:
+        with started_components(work, cfg) as c:
             for figure in FIGURES:
                 if args.only and figure.__name__ not in args.only.split(","):
                     continue

@@ -1,4 +1,4 @@
-"""Session fixtures for the real-component harness (see tests/realcomp.py)."""
+"""Session fixtures for the real-component harness (see tests/components/)."""
 
 from __future__ import annotations
 
@@ -7,26 +7,26 @@ from pathlib import Path
 
 import pytest
 
-from tests import realcomp
+from tests import components
 from tests.fakeplatform import FakePlatform
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "realcomp: needs real components (docker-registry, skopeo, umoci, podman, "
+        "components: needs real components (docker-registry, skopeo, umoci, podman, "
         "containerd); a missing tool fails the test, it is never skipped",
     )
 
 
 @pytest.fixture(scope="session")
 def workdir_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("realcomp")
+    return tmp_path_factory.mktemp("components")
 
 
 @pytest.fixture(scope="session")
-def registry(workdir_root: Path) -> Iterator[realcomp.Registry]:
-    reg = realcomp.start_registry(workdir_root / "registry")
+def registry(workdir_root: Path) -> Iterator[components.Registry]:
+    reg = components.start_registry(workdir_root / "registry")
     try:
         yield reg
     finally:
@@ -34,14 +34,14 @@ def registry(workdir_root: Path) -> Iterator[realcomp.Registry]:
 
 
 @pytest.fixture(scope="session")
-def base_images(workdir_root: Path, registry: realcomp.Registry) -> realcomp.BaseImages:
-    return realcomp.push_busybox_images(workdir_root / "images", registry)
+def base_images(workdir_root: Path, registry: components.Registry) -> components.BaseImages:
+    return components.push_busybox_images(workdir_root / "images", registry)
 
 
 @pytest.fixture(scope="session")
-def containerd(workdir_root: Path) -> Iterator[realcomp.Containerd]:
+def containerd(workdir_root: Path) -> Iterator[components.Containerd]:
     """Started on first use only."""
-    ctrd = realcomp.Containerd(workdir_root / "containerd")
+    ctrd = components.Containerd(workdir_root / "containerd")
     try:
         yield ctrd
     finally:

@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from tests import realcomp
+from tests import components
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
 
@@ -53,7 +53,7 @@ def write_toml(path: Path, sections: Mapping[str, Any]) -> Path:
 
 
 @dataclass
-class WaveStack:
+class WaveStack(components.Component):
     workdir: Path
     registries: list[dict[str, Any]] = field(default_factory=list)
     service: dict[str, Any] = field(default_factory=dict)
@@ -65,13 +65,13 @@ class WaveStack:
     verbose: bool = False
     grpc_port: int = 0
     http_port: int = 0
-    process: realcomp.ManagedProcess | None = None
+    process: components.ManagedProcess | None = None
     _starts: int = 0
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.grpc_port = self.grpc_port or realcomp.free_port()
-        self.http_port = self.http_port or realcomp.free_port()
+        self.grpc_port = self.grpc_port or components.free_port()
+        self.http_port = self.http_port or components.free_port()
 
     @property
     def grpc_address(self) -> str:
@@ -121,7 +121,7 @@ class WaveStack:
                 taken = "cannot listen on" in self.log_text()
                 if self._starts > 1 or not taken or attempt == 2:
                     raise
-                self.grpc_port, self.http_port = realcomp.free_port(), realcomp.free_port()
+                self.grpc_port, self.http_port = components.free_port(), components.free_port()
                 self._starts = 0
         raise AssertionError("unreachable")
 
@@ -133,7 +133,7 @@ class WaveStack:
         if only:
             argv += ["--only", only]
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
-        self.process = realcomp.ManagedProcess(
+        self.process = components.ManagedProcess(
             argv, log_path=self.workdir / f"serve-{self._starts}.log", env=env, name="wave-grpc"
         )
         try:
@@ -145,12 +145,6 @@ class WaveStack:
             self.stop()  # a server that never came up is not left behind
             raise
         return self
-
-    def __enter__(self) -> WaveStack:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def stop(self) -> None:
         if self.process is not None:
@@ -177,9 +171,9 @@ class WaveStack:
             )
         return response
 
-    def http(self, method: str, path: str, headers: Sequence[tuple[str, str]] = ()) -> realcomp.HttpResponse:
-        return realcomp.http_request(method, f"{self.gateway_url}{path}", headers=headers)
+    def http(self, method: str, path: str, headers: Sequence[tuple[str, str]] = ()) -> components.HttpResponse:
+        return components.http_request(method, f"{self.gateway_url}{path}", headers=headers)
 
 
-def registry_route(registry: realcomp.Registry, **extra: Any) -> dict[str, Any]:
+def registry_route(registry: components.Registry, **extra: Any) -> dict[str, Any]:
     return {"name": registry.host, "endpoint": registry.url, **extra}

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests import realcomp
+from tests import components
 from tests.fakeplatform import BROKEN, BUSY, CAROL, WRONG, FakePlatform
 from wave_grpc.config import ConfigError, StaticToken, parse_config
 from wave_grpc.errors import Errors, WaveError
@@ -99,7 +99,7 @@ async def test_tower_user_info_never_follows_redirects(platform: FakePlatform) -
 
 
 async def test_tower_unreachable_is_unavailable() -> None:
-    tower = TowerUserInfo(f"http://127.0.0.1:{realcomp.free_port()}", timeout=5)
+    tower = TowerUserInfo(f"http://127.0.0.1:{components.free_port()}", timeout=5)
     with pytest.raises(WaveError) as caught:
         await tower.verify(CAROL, "")
     assert caught.value.kind is Errors.SERVICE_UNAVAILABLE
@@ -110,7 +110,7 @@ async def test_tower_endpoint_from_the_request_only_when_allowed(platform: FakeP
     tower = TowerUserInfo(platform.url, [platform.url + "/alt"])
     assert await tower.verify(CAROL, platform.url + "/alt") == f"tower:{platform.host}/7"
     assert platform.count("/alt/user-info") == 1
-    elsewhere = f"http://127.0.0.1:{realcomp.free_port()}"
+    elsewhere = f"http://127.0.0.1:{components.free_port()}"
     declined = await tower.verify(CAROL, elsewhere)
     assert isinstance(declined, Decline)
     assert elsewhere in declined.reason
@@ -122,7 +122,7 @@ async def test_tower_endpoint_from_the_request_only_when_allowed(platform: FakeP
 
 async def test_authenticator_policy(platform: FakePlatform) -> None:
     static = StaticTokens([StaticToken("alice", _sha("a-secret"))])
-    down = TowerUserInfo(f"http://127.0.0.1:{realcomp.free_port()}", timeout=5)
+    down = TowerUserInfo(f"http://127.0.0.1:{components.free_port()}", timeout=5)
 
     open_door = Authenticator([], anonymous=True)
     assert await open_door.authenticate("") == ANONYMOUS

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import realcomp
+from tests import components
 
-pytestmark = pytest.mark.realcomp
+pytestmark = pytest.mark.components
 
 EXPECTED_FIGURES = {
     "warm manifest GET, 64 conn",
@@ -36,7 +36,7 @@ EXPECTED_FIGURES = {
 
 def test_quick_benchmark_produces_every_figure(tmp_path: Path) -> None:
     for tool in ("wrk", "redis-server", "docker-registry", "skopeo"):
-        realcomp.require_tool(tool)
+        components.require_tool(tool)
     out = tmp_path / "results.md"
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run(

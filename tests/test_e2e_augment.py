@@ -15,17 +15,17 @@ from typing import Any
 import grpc
 import pytest
 
-from tests import realcomp
+from tests import components
 from tests.stack import WaveStack, registry_route
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 
-pytestmark = pytest.mark.realcomp
+pytestmark = pytest.mark.components
 
-MANIFEST_ACCEPT = [("Accept", t) for t in realcomp.ALL_MANIFEST_TYPES]
+MANIFEST_ACCEPT = [("Accept", t) for t in components.ALL_MANIFEST_TYPES]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, registry: realcomp.Registry) -> Iterator[WaveStack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, registry: components.Registry) -> Iterator[WaveStack]:
     with WaveStack(tmp_path_factory.mktemp("stack"), registries=[registry_route(registry)]).start() as wave:
         yield wave
 
@@ -60,9 +60,9 @@ def augment(stack: WaveStack, image: str, tools: Path, *extra: str) -> str:
 
 def pull_and_unpack(target: str, workdir: Path, arch: str | None = None) -> tuple[Path, dict[str, Any]]:
     layout = workdir / "oci"
-    realcomp.skopeo_copy_to_oci(target, layout, "latest", arch=arch)
-    rootfs, _ = realcomp.umoci_unpack(layout, "latest", workdir / "bundle")
-    config = realcomp.read_oci_image_config(layout, "latest", platform=f"linux/{arch or 'amd64'}")
+    components.skopeo_copy_to_oci(target, layout, "latest", arch=arch)
+    rootfs, _ = components.umoci_unpack(layout, "latest", workdir / "bundle")
+    config = components.read_oci_image_config(layout, "latest", platform=f"linux/{arch or 'amd64'}")
     return rootfs, config
 
 
@@ -75,7 +75,7 @@ def served_manifest(stack: WaveStack, target: str, accept: list[tuple[str, str]]
 
 
 def test_cli_augment_pull_with_skopeo_and_unpack(
-    stack: WaveStack, base_images: realcomp.BaseImages, tools_dir: Path, tmp_path: Path
+    stack: WaveStack, base_images: components.BaseImages, tools_dir: Path, tmp_path: Path
 ) -> None:
     target = augment(
         stack,
@@ -118,18 +118,18 @@ def test_cli_augment_pull_with_skopeo_and_unpack(
     manifest = json.loads(served_manifest(stack, target).body)
     layers = [layer["digest"] for layer in manifest["layers"]]
     assert layers[: len(upstream.layer_digests)] == list(upstream.layer_digests)
-    assert manifest["mediaType"] == realcomp.OCI_MANIFEST
+    assert manifest["mediaType"] == components.OCI_MANIFEST
     assert manifest["layers"][-1]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
 def test_docker_v2s2_keeps_docker_media_types(
-    stack: WaveStack, base_images: realcomp.BaseImages, tools_dir: Path, tmp_path: Path
+    stack: WaveStack, base_images: components.BaseImages, tools_dir: Path, tmp_path: Path
 ) -> None:
     target = augment(stack, base_images.ref("v2s2"), tools_dir, "--config-env", "FOO=bar")
     resp = served_manifest(stack, target)
     manifest = json.loads(resp.body)
-    assert resp.header("Content-Type") == realcomp.DOCKER_MANIFEST
-    assert manifest["mediaType"] == realcomp.DOCKER_MANIFEST
+    assert resp.header("Content-Type") == components.DOCKER_MANIFEST
+    assert manifest["mediaType"] == components.DOCKER_MANIFEST
     assert manifest["config"]["mediaType"] == "application/vnd.docker.container.image.v1+json"
     assert manifest["layers"][-1]["mediaType"] == "application/vnd.docker.image.rootfs.diff.tar.gzip"
     upstream = base_images.v2s2.platform("linux/amd64")
@@ -141,7 +141,7 @@ def test_docker_v2s2_keeps_docker_media_types(
 
 @pytest.mark.parametrize("tag", ["multi", "dockerlist"])
 def test_index_serves_only_the_requested_platform(
-    stack: WaveStack, base_images: realcomp.BaseImages, tools_dir: Path, tmp_path: Path, tag: str
+    stack: WaveStack, base_images: components.BaseImages, tools_dir: Path, tmp_path: Path, tag: str
 ) -> None:
     target = augment(stack, base_images.ref(tag), tools_dir, "--platform", "linux/arm64")
     index_resp = served_manifest(stack, target)
@@ -150,7 +150,9 @@ def test_index_serves_only_the_requested_platform(
     assert len(index["manifests"]) == 1
     assert index["manifests"][0]["platform"]["architecture"] == "arm64"
     # A client that takes no index gets the augmented manifest itself.
-    single = served_manifest(stack, target, [("Accept", realcomp.OCI_MANIFEST), ("Accept", realcomp.DOCKER_MANIFEST)])
+    single = served_manifest(
+        stack, target, [("Accept", components.OCI_MANIFEST), ("Accept", components.DOCKER_MANIFEST)]
+    )
     assert single.header("Docker-Content-Digest") == index["manifests"][0]["digest"]
 
     rootfs, config = pull_and_unpack(target, tmp_path, arch="arm64")
@@ -162,27 +164,27 @@ def test_index_serves_only_the_requested_platform(
 
 
 def test_podman_pulls_amd64_and_arm64(
-    stack: WaveStack, base_images: realcomp.BaseImages, tools_dir: Path, tmp_path: Path
+    stack: WaveStack, base_images: components.BaseImages, tools_dir: Path, tmp_path: Path
 ) -> None:
-    realcomp.require_tool("podman")
+    components.require_tool("podman")
     root = tmp_path / "podman"
     try:
         target = augment(stack, base_images.ref("latest"), tools_dir, "--config-env", "FOO=bar")
-        realcomp.podman_pull(target, root)
-        info = realcomp.podman_inspect(target, root)
+        components.podman_pull(target, root)
+        info = components.podman_inspect(target, root)
         assert "FOO=bar" in info["Config"]["Env"]
         upstream = base_images.latest.platform("linux/amd64")
         assert info["RootFS"]["Layers"][:-1] == list(upstream.diff_ids)
 
         arm = augment(stack, base_images.ref("multi"), tools_dir, "--platform", "arm64")
-        realcomp.podman_pull(arm, root, arch="arm64")
-        assert realcomp.podman_inspect(arm, root)["Architecture"] == "arm64"
+        components.podman_pull(arm, root, arch="arm64")
+        assert components.podman_inspect(arm, root)["Architecture"] == "arm64"
     finally:
-        realcomp.podman_cleanup(root)
+        components.podman_cleanup(root)
 
 
 def test_containerd_pulls(
-    stack: WaveStack, base_images: realcomp.BaseImages, tools_dir: Path, containerd: realcomp.Containerd
+    stack: WaveStack, base_images: components.BaseImages, tools_dir: Path, containerd: components.Containerd
 ) -> None:
     target = augment(stack, base_images.ref("multi"), tools_dir, "--config-env", "FOO=bar")
     containerd.pull(target)
@@ -193,24 +195,24 @@ def test_containerd_pulls(
 
 
 def test_pull_by_digest_after_restart_gives_same_bytes(
-    stack: WaveStack, base_images: realcomp.BaseImages, tools_dir: Path, tmp_path: Path
+    stack: WaveStack, base_images: components.BaseImages, tools_dir: Path, tmp_path: Path
 ) -> None:
     target = augment(stack, base_images.ref("multi"), tools_dir, "--config-env", "A=1")
     before = served_manifest(stack, target)
     digest = before.header("Docker-Content-Digest")
     assert digest is not None
     repo_path = target.rsplit(":", 1)[0]
-    raw_before = realcomp.skopeo_inspect(f"{repo_path}@{digest}", raw=True)
+    raw_before = components.skopeo_inspect(f"{repo_path}@{digest}", raw=True)
 
     stack.restart()
 
     after = served_manifest(stack, target)
     assert after.body == before.body
-    assert realcomp.skopeo_inspect(f"{repo_path}@{digest}", raw=True) == raw_before
-    realcomp.skopeo_copy_to_oci(f"{repo_path}@{digest}", tmp_path / "oci", "latest")
+    assert components.skopeo_inspect(f"{repo_path}@{digest}", raw=True) == raw_before
+    components.skopeo_copy_to_oci(f"{repo_path}@{digest}", tmp_path / "oci", "latest")
 
 
-def test_head_and_get_agree(stack: WaveStack, base_images: realcomp.BaseImages, tools_dir: Path) -> None:
+def test_head_and_get_agree(stack: WaveStack, base_images: components.BaseImages, tools_dir: Path) -> None:
     target = augment(stack, base_images.ref("latest"), tools_dir)
     name = target.split("/", 1)[1].rsplit(":", 1)[0]
     manifest = json.loads(served_manifest(stack, target).body)
@@ -232,7 +234,7 @@ def test_head_and_get_agree(stack: WaveStack, base_images: realcomp.BaseImages, 
             assert get.header(header) == head.header(header), (path, header)
         if get.status == 200:
             assert get.header("Content-Length") == str(len(get.body))
-            assert get.header("Docker-Content-Digest") == realcomp.sha256_digest(get.body)
+            assert get.header("Docker-Content-Digest") == components.sha256_digest(get.body)
     base = stack.http("GET", paths[3])
     assert base.status == 307
     assert (
@@ -246,14 +248,14 @@ def test_head_and_get_agree(stack: WaveStack, base_images: realcomp.BaseImages, 
     assert stack.http("GET", "/v2/").status == 200
 
 
-def _oci_error(resp: realcomp.HttpResponse) -> str:
+def _oci_error(resp: components.HttpResponse) -> str:
     body = json.loads(resp.body)
     assert set(body["errors"][0]) >= {"code", "message"}
     code: str = body["errors"][0]["code"]
     return code
 
 
-def test_not_found_cases(stack: WaveStack, base_images: realcomp.BaseImages, tools_dir: Path) -> None:
+def test_not_found_cases(stack: WaveStack, base_images: components.BaseImages, tools_dir: Path) -> None:
     target = augment(stack, base_images.ref("latest"), tools_dir)
     token = target.split("/")[2]
     name = target.split("/", 1)[1].rsplit(":", 1)[0]
@@ -289,7 +291,7 @@ def test_not_found_cases(stack: WaveStack, base_images: realcomp.BaseImages, too
 
 
 def test_expired_token(
-    tmp_path: Path, registry: realcomp.Registry, base_images: realcomp.BaseImages, tools_dir: Path
+    tmp_path: Path, registry: components.Registry, base_images: components.BaseImages, tools_dir: Path
 ) -> None:
     wave = WaveStack(tmp_path / "short", registries=[registry_route(registry)], service={"token_ttl": "2s"})
     wave.start()
@@ -305,7 +307,7 @@ def test_expired_token(
 
 
 def test_proxy_mode_streams_base_blobs(
-    tmp_path: Path, registry: realcomp.Registry, base_images: realcomp.BaseImages, tools_dir: Path
+    tmp_path: Path, registry: components.Registry, base_images: components.BaseImages, tools_dir: Path
 ) -> None:
     wave = WaveStack(tmp_path / "proxy", registries=[registry_route(registry, blobs="proxy")])
     wave.start()
@@ -315,7 +317,7 @@ def test_proxy_mode_streams_base_blobs(
         base_layer = base_images.latest.platform("linux/amd64").layer_digests[0]
         resp = wave.http("GET", f"/v2/{name}/blobs/{base_layer}")
         assert resp.status == 200
-        assert realcomp.sha256_digest(resp.body) == base_layer
+        assert components.sha256_digest(resp.body) == base_layer
         # A runtime resuming a download asks for the rest: the range goes upstream.
         part = wave.http("GET", f"/v2/{name}/blobs/{base_layer}", [("Range", "bytes=10-19")])
         assert part.status == 206
@@ -337,7 +339,7 @@ def _bad(stack: WaveStack, **kwargs: Any) -> str:
     return details
 
 
-def test_bad_requests_name_the_field(stack: WaveStack, base_images: realcomp.BaseImages) -> None:
+def test_bad_requests_name_the_field(stack: WaveStack, base_images: components.BaseImages) -> None:
     image = base_images.ref("latest")
     assert "container_image" in _bad(stack, image="Not A Valid//Image")
     assert "container_platform" in _bad(stack, image=image, container_platform="linux/sparc")
@@ -347,13 +349,13 @@ def test_bad_requests_name_the_field(stack: WaveStack, base_images: realcomp.Bas
     not_base64 = pb.ContainerConfig(layers=[pb.ContainerLayer(location="data:@@not-base64@@")])
     assert "container_config.layers[0].location" in _bad(stack, image=image, container_config=not_base64)
 
-    layer = realcomp._gzip(b"not really a tar but fine for digests")
+    layer = components.images._gzip(b"not really a tar but fine for digests")
     data = "data:" + base64.b64encode(layer).decode()
     wrong_digest = pb.ContainerConfig(layers=[pb.ContainerLayer(location=data, gzip_digest="sha256:" + "1" * 64)])
     details = _bad(stack, image=image, container_config=wrong_digest)
     assert "layers[0].gzip_digest" in details
     assert "sha256:" + "1" * 64 in details
-    assert realcomp.sha256_digest(layer) in details
+    assert components.sha256_digest(layer) in details
     wrong_size = pb.ContainerConfig(layers=[pb.ContainerLayer(location=data, gzip_size=len(layer) + 1)])
     assert "layers[0].gzip_size" in _bad(stack, image=image, container_config=wrong_size)
     wrong_tar = pb.ContainerConfig(layers=[pb.ContainerLayer(location=data, tar_digest="sha256:" + "2" * 64)])

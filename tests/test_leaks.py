@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests import realcomp
+from tests import components
 from tests.stack import WaveStack, registry_route
 from tests.upstreams import (
     FaultProxy,
@@ -41,16 +41,16 @@ from tests.upstreams import (
 )
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 
-pytestmark = pytest.mark.realcomp
+pytestmark = pytest.mark.components
 
 ALICE = ("alice", "Leak-Alice-pw-5d1e")
 BOB = ("bob", "Leak-Bob-pw-c0a7")
 WRONG = "Leak-Wrong-pw-77b9"
-ACCEPT = [("Accept", t) for t in realcomp.ALL_MANIFEST_TYPES]
+ACCEPT = [("Accept", t) for t in components.ALL_MANIFEST_TYPES]
 
 
 def _routes(
-    workdir: Path, basic: realcomp.Registry, bearer: realcomp.Registry, cdn: realcomp.Registry, alice_pw: str
+    workdir: Path, basic: components.Registry, bearer: components.Registry, cdn: components.Registry, alice_pw: str
 ) -> list[dict[str, Any]]:
     workdir.mkdir(parents=True, exist_ok=True)
     docker_config = workdir / "docker-config.json"
@@ -68,7 +68,7 @@ def _swap_host(target: str, host: str) -> str:
 
 
 def test_no_secret_in_any_response_log_or_error(
-    tmp_path: Path, registry: realcomp.Registry, base_images: realcomp.BaseImages
+    tmp_path: Path, registry: components.Registry, base_images: components.BaseImages
 ) -> None:
     root = storage_root(registry)
     copy_image(registry, "library/busybox:latest", "private/busybox:latest")
@@ -136,7 +136,7 @@ def test_no_secret_in_any_response_log_or_error(
             for front in (good_front, bad_front):
                 for path in paths:
                     for method in ("GET", "HEAD"):
-                        realcomp.http_request(method, front.url + path, headers=ACCEPT)
+                        components.http_request(method, front.url + path, headers=ACCEPT)
 
             with pytest.raises(grpc.RpcError) as caught:
                 bad.create(image, container_config=pb.ContainerConfig(layers=[layer]))

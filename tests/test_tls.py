@@ -10,18 +10,18 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests import realcomp
+from tests import components
 from tests.stack import WaveStack, registry_route
 from tests.tokenserver import make_pki
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
 
-pytestmark = pytest.mark.realcomp
+pytestmark = pytest.mark.components
 
-ACCEPT = [("Accept", t) for t in realcomp.ALL_MANIFEST_TYPES]
+ACCEPT = [("Accept", t) for t in components.ALL_MANIFEST_TYPES]
 
 
-def test_service_over_tls(tmp_path: Path, registry: realcomp.Registry, base_images: realcomp.BaseImages) -> None:
+def test_service_over_tls(tmp_path: Path, registry: components.Registry, base_images: components.BaseImages) -> None:
     pki = make_pki(tmp_path / "pki", server_ip="127.0.0.1")
     with WaveStack(
         tmp_path / "tls",
@@ -62,10 +62,10 @@ def test_service_over_tls(tmp_path: Path, registry: realcomp.Registry, base_imag
         assert "--tls-ca" in missing.stderr
 
 
-def test_private_ca_registry(tmp_path: Path, registry: realcomp.Registry, base_images: realcomp.BaseImages) -> None:
+def test_private_ca_registry(tmp_path: Path, registry: components.Registry, base_images: components.BaseImages) -> None:
     """A source registry with a certificate from a private CA: refused with a hint, then trusted via ca_file."""
     pki = make_pki(tmp_path / "pki", server_ip="127.0.0.1")
-    port = realcomp.free_port()
+    port = components.free_port()
     config = {
         "version": 0.1,
         "log": {"level": "warn", "accesslog": {"disabled": True}},
@@ -77,13 +77,13 @@ def test_private_ca_registry(tmp_path: Path, registry: realcomp.Registry, base_i
         },
     }
     (tmp_path / "cfg.yml").write_text(json.dumps(config))
-    binary = realcomp.require_tool("docker-registry")
-    with realcomp.ManagedProcess([binary, "serve", tmp_path / "cfg.yml"], log_path=tmp_path / "reg.log") as proc:
+    binary = components.require_tool("docker-registry")
+    with components.ManagedProcess([binary, "serve", tmp_path / "cfg.yml"], log_path=tmp_path / "reg.log") as proc:
         proc.wait_tcp("127.0.0.1", port)
         host = f"127.0.0.1:{port}"
-        realcomp.run_tool(
+        components.run_tool(
             [
-                realcomp.require_tool("skopeo"),
+                components.require_tool("skopeo"),
                 *("--insecure-policy", "copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false"),
                 f"docker://{base_images.ref('latest')}",
                 f"docker://{host}/library/busybox:latest",

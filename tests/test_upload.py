@@ -24,14 +24,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests import realcomp
+from tests import components
 from tests.stack import WaveStack, registry_route
 from tests.test_e2e_augment import cli
 from wave_grpc.cli import Progress
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
 
-pytestmark = pytest.mark.realcomp
+pytestmark = pytest.mark.components
 
 GIB = 1 << 30
 _BLOCK = 65535  # the most a deflate stored block holds
@@ -114,7 +114,7 @@ def vm_hwm_kib(pid: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, registry: realcomp.Registry) -> Iterator[WaveStack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, registry: components.Registry) -> Iterator[WaveStack]:
     with WaveStack(tmp_path_factory.mktemp("upload"), registries=[registry_route(registry)]).start() as wave:
         yield wave
 
@@ -166,7 +166,7 @@ def chunked(data: bytes, size: int = 1 << 20) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
 
 
-def test_one_gib_layer_streams_with_flat_memory(stack: WaveStack, base_images: realcomp.BaseImages) -> None:
+def test_one_gib_layer_streams_with_flat_memory(stack: WaveStack, base_images: components.BaseImages) -> None:
     assert stack.process is not None
     pid = stack.process.pid
     before = vm_hwm_kib(pid)
@@ -221,7 +221,7 @@ def test_truncated_and_corrupted_streams_store_nothing(stack: WaveStack) -> None
     wrong = "sha256:" + "1" * 64
     details = rejected(stack, chunked(data), gzip_digest=wrong)
     assert details.startswith("layer.gzip_digest: given " + wrong)
-    assert realcomp.sha256_digest(data) in details
+    assert components.sha256_digest(data) in details
     assert stored_files(stack) == before
 
     wrong_tar = rejected(stack, chunked(data), tar_digest="sha256:" + "2" * 64)
@@ -275,20 +275,20 @@ def test_cancelled_upload_leaves_nothing(stack: WaveStack) -> None:
 
 def test_same_content_is_stored_once(stack: WaveStack) -> None:
     data = small_layer(seed=4)
-    first = upload(stack, chunked(data), gzip_digest=realcomp.sha256_digest(data), gzip_size=len(data))
+    first = upload(stack, chunked(data), gzip_digest=components.sha256_digest(data), gzip_size=len(data))
     files = stored_files(stack)
     # Other chunk boundaries, same bytes: same layer, not stored again.
     second = upload(stack, chunked(data, 300_000))
     assert (first.created, second.created) == (True, False)
     assert first.layer == second.layer
     assert stored_files(stack) == files
-    blob = f"blobs/sha256/{realcomp.sha256_digest(data).removeprefix('sha256:')}"
+    blob = f"blobs/sha256/{components.sha256_digest(data).removeprefix('sha256:')}"
     assert blob in files
     assert (layer_store(stack) / blob).read_bytes() == data
 
 
 def test_cli_uploads_big_layers_and_the_image_pulls(
-    stack: WaveStack, base_images: realcomp.BaseImages, tmp_path: Path
+    stack: WaveStack, base_images: components.BaseImages, tmp_path: Path
 ) -> None:
     tools = tmp_path / "tools"
     (tools / "opt" / "big").mkdir(parents=True)
@@ -306,8 +306,8 @@ def test_cli_uploads_big_layers_and_the_image_pulls(
     assert "new=False" in log, "the second run reuses the stored layer"
 
     layout = tmp_path / "oci"
-    realcomp.skopeo_copy_to_oci(targets[1], layout, "latest")
-    rootfs, _ = realcomp.umoci_unpack(layout, "latest", tmp_path / "bundle")
+    components.skopeo_copy_to_oci(targets[1], layout, "latest")
+    rootfs, _ = components.umoci_unpack(layout, "latest", tmp_path / "bundle")
     assert (rootfs / "opt" / "big" / "blob.bin").read_bytes() == payload
     assert (rootfs / "opt" / "big" / "README").read_text() == "a big module\n"
 

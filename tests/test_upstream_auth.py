@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests import realcomp
+from tests import components
 from tests.stack import WaveStack, registry_route
 from tests.upstreams import (
     AuthUpstreams,
@@ -42,11 +42,11 @@ from tests.upstreams import (
 )
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 
-pytestmark = pytest.mark.realcomp
+pytestmark = pytest.mark.components
 
 ALICE = ("alice", "alice-Token-Pw-7f3a")  # a token-server user
 BOB = ("bob", "bob-Basic-Pw-91c2")  # the htpasswd user
-ACCEPT = [("Accept", t) for t in realcomp.ALL_MANIFEST_TYPES]
+ACCEPT = [("Accept", t) for t in components.ALL_MANIFEST_TYPES]
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Upstreams(AuthUpstreams):
 
 @pytest.fixture(scope="module")
 def up(
-    tmp_path_factory: pytest.TempPathFactory, registry: realcomp.Registry, base_images: realcomp.BaseImages
+    tmp_path_factory: pytest.TempPathFactory, registry: components.Registry, base_images: components.BaseImages
 ) -> Iterator[Upstreams]:
     workdir = tmp_path_factory.mktemp("upstreams")
     root = storage_root(registry)
@@ -122,7 +122,7 @@ def create_fails(stack: WaveStack, image: str, layer: pb.ContainerLayer) -> tupl
     return code, details
 
 
-def assert_needs_credentials(code: grpc.StatusCode, details: str, registry: realcomp.Registry, repo: str) -> None:
+def assert_needs_credentials(code: grpc.StatusCode, details: str, registry: components.Registry, repo: str) -> None:
     assert code == grpc.StatusCode.FAILED_PRECONDITION, details
     assert f"{registry.host}/{repo}:latest" in details
     assert "configure credentials" in details
@@ -147,7 +147,7 @@ def test_basic_auth_registry(up: Upstreams, anon: WaveStack, creds: WaveStack, t
     blob = creds.http("GET", f"{name}/blobs/{digest}")
     assert blob.status == 200
     assert blob.header("Location") is None
-    assert realcomp.sha256_digest(blob.body) == digest
+    assert components.sha256_digest(blob.body) == digest
     head = creds.http("HEAD", f"{name}/blobs/{digest}")
     assert (head.status, head.header("Content-Length")) == (200, str(len(blob.body)))
     pull_and_check(target, tmp_path)
@@ -166,7 +166,7 @@ def test_bearer_registry_anonymous_public_and_private(
     name, digest = base_layer(anon, anon_target)
     blob = anon.http("GET", f"{name}/blobs/{digest}")
     assert blob.status == 200
-    assert realcomp.sha256_digest(blob.body) == digest
+    assert components.sha256_digest(blob.body) == digest
     pull_and_check(anon_target, tmp_path / "anon")
 
     creds_target = create(creds, private, up.layer).target_image

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests import realcomp
+from tests import components
 from wave_grpc.config import Config, parse_config
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.image.digest import Digest
@@ -126,7 +126,7 @@ class FakeRegistry:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeRegistry]:
-    registry = FakeRegistry(port=realcomp.free_port())
+    registry = FakeRegistry(port=components.free_port())
     app = web.Application()
     app.router.add_get("/v2/", registry.ping)
     app.router.add_get("/token", registry.token)

@@ -19,16 +19,16 @@ from typing import Any
 import grpc
 import pytest
 
-from tests import realcomp
+from tests import components
 from tests.stack import WaveStack
 from tests.upstreams import FaultProxy, hello_layer
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 
-pytestmark = pytest.mark.realcomp
+pytestmark = pytest.mark.components
 
 READ_TIMEOUT = 2.0
 BOUND = 3 * READ_TIMEOUT  # "within the configured timeout", generously
-ACCEPT = [("Accept", t) for t in realcomp.ALL_MANIFEST_TYPES]
+ACCEPT = [("Accept", t) for t in components.ALL_MANIFEST_TYPES]
 IMAGE_PATH = "library/busybox:latest"
 
 
@@ -71,7 +71,7 @@ class Faulty:
 
 @pytest.fixture(scope="module")
 def faulty(
-    tmp_path_factory: pytest.TempPathFactory, registry: realcomp.Registry, base_images: realcomp.BaseImages
+    tmp_path_factory: pytest.TempPathFactory, registry: components.Registry, base_images: components.BaseImages
 ) -> Iterator[Faulty]:
     workdir = tmp_path_factory.mktemp("faults")
     _, layer = hello_layer(workdir)
@@ -169,4 +169,4 @@ def test_stalled_upstream_times_out_then_recovers(faulty: Faulty) -> None:
     assert faulty.create().target_image
     resp = faulty.stack.http("GET", blob)
     assert resp.status == 200
-    assert blob.endswith(realcomp.sha256_digest(resp.body))
+    assert blob.endswith(components.sha256_digest(resp.body))

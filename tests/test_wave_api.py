@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from tests import realcomp
+from tests import components
 from tests.fakeplatform import BUSY, CAROL, WRONG, FakePlatform
 from tests.stack import WaveStack, registry_route, toml_value
 from wave_grpc.image.layers import pack_directory
 
-pytestmark = pytest.mark.realcomp
+pytestmark = pytest.mark.components
 
 ALICE, BOB = "alice-secret", "bob-secret"
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -52,14 +52,14 @@ class AuthStack(WaveStack):
         return path
 
 
-def _start(workdir: Path, registry: realcomp.Registry, **kwargs: Any) -> AuthStack:
+def _start(workdir: Path, registry: components.Registry, **kwargs: Any) -> AuthStack:
     wave = AuthStack(workdir, registries=[registry_route(registry)], **kwargs)
     wave.start()
     return wave
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, registry: realcomp.Registry) -> Iterator[AuthStack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, registry: components.Registry) -> Iterator[AuthStack]:
     """Anonymous allowed, static tokens for alice and bob."""
     wave = _start(tmp_path_factory.mktemp("wave-api"), registry, service={"tokens": STATIC_TOKENS})
     try:
@@ -99,22 +99,22 @@ def call(
     *,
     token: str | None = None,
     raw: bytes | None = None,
-) -> realcomp.HttpResponse:
+) -> components.HttpResponse:
     headers = [("Accept", "application/json")]
     if body is not None or raw is not None:
         headers.append(("Content-Type", "application/json"))
     if token is not None:
         headers.append(("Authorization", f"Bearer {token}"))
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    return realcomp.http_request(method, f"{stack.gateway_url}{path}", headers=headers, body=data, timeout=120)
+    return components.http_request(method, f"{stack.gateway_url}{path}", headers=headers, body=data, timeout=120)
 
 
-def ok(resp: realcomp.HttpResponse) -> Any:
+def ok(resp: components.HttpResponse) -> Any:
     assert resp.status == 200, (resp.status, resp.body[:500])
     return resp.json()
 
 
-def wave_error(resp: realcomp.HttpResponse, status: int) -> str:
+def wave_error(resp: components.HttpResponse, status: int) -> str:
     """Wave's error body: exactly {"message": "..."} with the status Wave's clients parse."""
     assert resp.status == status, (resp.status, resp.body[:500])
     assert (resp.header("Content-Type") or "").startswith("application/json")
@@ -145,9 +145,9 @@ def check_create_answer(stack: WaveStack, answer: dict[str, Any], image: str) ->
 def pull(target: str, workdir: Path) -> tuple[Path, dict[str, Any]]:
     workdir.mkdir(parents=True, exist_ok=True)
     layout = workdir / "oci"
-    realcomp.skopeo_copy_to_oci(target, layout, "latest")
-    rootfs, _ = realcomp.umoci_unpack(layout, "latest", workdir / "bundle")
-    return rootfs, realcomp.read_oci_image_config(layout, "latest")
+    components.skopeo_copy_to_oci(target, layout, "latest")
+    rootfs, _ = components.umoci_unpack(layout, "latest", workdir / "bundle")
+    return rootfs, components.read_oci_image_config(layout, "latest")
 
 
 def assert_injected(rootfs: Path) -> None:
@@ -162,7 +162,7 @@ def assert_injected(rootfs: Path) -> None:
 
 
 def test_wave_cli_style_body_then_pull(
-    stack: AuthStack, base_images: realcomp.BaseImages, layer: dict[str, Any], tmp_path: Path
+    stack: AuthStack, base_images: components.BaseImages, layer: dict[str, Any], tmp_path: Path
 ) -> None:
     # As the wave CLI serialises SubmitContainerTokenRequest: nulls omitted, keys in alphabetical order.
     body = {
@@ -217,7 +217,7 @@ def nextflow_body(image: str, container_config: dict[str, Any]) -> dict[str, Any
 
 
 def test_nextflow_style_body_then_pull(
-    stack: AuthStack, base_images: realcomp.BaseImages, layer: dict[str, Any], tmp_path: Path
+    stack: AuthStack, base_images: components.BaseImages, layer: dict[str, Any], tmp_path: Path
 ) -> None:
     config = {
         "entrypoint": None,
@@ -242,7 +242,7 @@ def test_nextflow_style_body_then_pull(
 
 
 def test_status_service_info_and_request_ids_survive_a_restart(
-    stack: AuthStack, base_images: realcomp.BaseImages
+    stack: AuthStack, base_images: components.BaseImages
 ) -> None:
     answer = create(stack, {"containerImage": base_images.ref("latest")})
     status = ok(call(stack, "GET", f"/v1alpha2/container/{answer['requestId']}/status"))
@@ -262,9 +262,9 @@ def test_status_service_info_and_request_ids_survive_a_restart(
 
 
 def test_request_ids_survive_a_restart_on_redis(
-    tmp_path: Path, registry: realcomp.Registry, base_images: realcomp.BaseImages
+    tmp_path: Path, registry: components.Registry, base_images: components.BaseImages
 ) -> None:
-    redis = realcomp.start_redis(tmp_path / "redis")
+    redis = components.start_redis(tmp_path / "redis")
     try:
         wave = _start(tmp_path / "wave", registry, service={"store": redis.url, "tokens": STATIC_TOKENS})
         try:
@@ -281,7 +281,7 @@ def test_request_ids_survive_a_restart_on_redis(
         redis.stop()
 
 
-def test_describe_and_revoke_are_the_owners(stack: AuthStack, base_images: realcomp.BaseImages) -> None:
+def test_describe_and_revoke_are_the_owners(stack: AuthStack, base_images: components.BaseImages) -> None:
     answer = create(stack, {"containerImage": base_images.ref("multi"), "workflowId": "wf-1"}, token=ALICE)
     token = answer["containerToken"]
 
@@ -298,7 +298,7 @@ def test_describe_and_revoke_are_the_owners(stack: AuthStack, base_images: realc
     assert described["source"] == {"image": base_images.ref("multi"), "digest": base_images.multi.digest}
     # The target digest is what the gateway serves for the tag to a client that takes an index.
     name, tag = answer["targetImage"].split("/", 1)[1].rsplit(":", 1)
-    served = stack.http("GET", f"/v2/{name}/manifests/{tag}", [("Accept", t) for t in realcomp.ALL_MANIFEST_TYPES])
+    served = stack.http("GET", f"/v2/{name}/manifests/{tag}", [("Accept", t) for t in components.ALL_MANIFEST_TYPES])
     assert served.status == 200, served.body
     assert described["wave"] == {"image": answer["targetImage"], "digest": served.header("Docker-Content-Digest")}
 
@@ -342,7 +342,7 @@ def test_describe_and_revoke_are_the_owners(stack: AuthStack, base_images: realc
     ],
 )
 def test_unsupported_features_are_refused_by_name(
-    stack: AuthStack, base_images: realcomp.BaseImages, extra: dict[str, Any], field_name: str
+    stack: AuthStack, base_images: components.BaseImages, extra: dict[str, Any], field_name: str
 ) -> None:
     body = {"containerImage": base_images.ref("latest"), **extra}
     for path in ("/v1alpha2/container", "/container-token"):
@@ -351,13 +351,13 @@ def test_unsupported_features_are_refused_by_name(
         assert "not supported" in message
 
 
-def test_values_that_ask_for_nothing_pass(stack: AuthStack, base_images: realcomp.BaseImages) -> None:
+def test_values_that_ask_for_nothing_pass(stack: AuthStack, base_images: components.BaseImages) -> None:
     body = {"containerImage": base_images.ref("latest"), "scanMode": "none", "format": "docker", "packages": None}
     check_create_answer(stack, create(stack, body), base_images.ref("latest"))
 
 
 def test_error_paths_answer_wave_bodies(
-    stack: AuthStack, base_images: realcomp.BaseImages, layer: dict[str, Any]
+    stack: AuthStack, base_images: components.BaseImages, layer: dict[str, Any]
 ) -> None:
     image = base_images.ref("latest")
     post = "/v1alpha2/container"
@@ -403,7 +403,7 @@ def test_error_paths_answer_wave_bodies(
 
 
 @pytest.fixture(scope="module")
-def closed_stack(tmp_path_factory: pytest.TempPathFactory, registry: realcomp.Registry) -> Iterator[AuthStack]:
+def closed_stack(tmp_path_factory: pytest.TempPathFactory, registry: components.Registry) -> Iterator[AuthStack]:
     """No anonymous callers; static tokens; a small body limit (for the 413 path)."""
     wave = _start(
         tmp_path_factory.mktemp("closed"),
@@ -417,7 +417,7 @@ def closed_stack(tmp_path_factory: pytest.TempPathFactory, registry: realcomp.Re
 
 
 @pytest.fixture(scope="module")
-def open_stack(tmp_path_factory: pytest.TempPathFactory, registry: realcomp.Registry) -> Iterator[AuthStack]:
+def open_stack(tmp_path_factory: pytest.TempPathFactory, registry: components.Registry) -> Iterator[AuthStack]:
     """Anonymous only: no verifier at all."""
     wave = _start(tmp_path_factory.mktemp("open"), registry)
     try:
@@ -428,7 +428,7 @@ def open_stack(tmp_path_factory: pytest.TempPathFactory, registry: realcomp.Regi
 
 @pytest.fixture(scope="module")
 def tower_stack(
-    tmp_path_factory: pytest.TempPathFactory, registry: realcomp.Registry, platform: FakePlatform
+    tmp_path_factory: pytest.TempPathFactory, registry: components.Registry, platform: FakePlatform
 ) -> Iterator[AuthStack]:
     """Callers verified by a Seqera-Platform-compatible /user-info, then static tokens; no anonymous."""
     wave = _start(
@@ -477,7 +477,7 @@ MATRIX = [
 @pytest.mark.parametrize(("stack_name", "how", "token", "status", "owner"), MATRIX)
 def test_auth_matrix(
     request: pytest.FixtureRequest,
-    base_images: realcomp.BaseImages,
+    base_images: components.BaseImages,
     platform: FakePlatform,
     stack_name: str,
     how: str,
@@ -502,7 +502,7 @@ def test_auth_matrix(
 
 
 def test_tower_endpoint_allow_list_and_cache(
-    tower_stack: AuthStack, base_images: realcomp.BaseImages, platform: FakePlatform
+    tower_stack: AuthStack, base_images: components.BaseImages, platform: FakePlatform
 ) -> None:
     image = base_images.ref("latest")
     before = platform.count()
@@ -513,7 +513,7 @@ def test_tower_endpoint_allow_list_and_cache(
     create(tower_stack, {"containerImage": image, "towerEndpoint": platform.url + "/alt"}, token=CAROL)
     assert platform.count("/alt/user-info") >= 1
 
-    elsewhere = f"http://127.0.0.1:{realcomp.free_port()}"
+    elsewhere = f"http://127.0.0.1:{components.free_port()}"
     message = wave_error(
         call(
             tower_stack,
@@ -528,7 +528,7 @@ def test_tower_endpoint_allow_list_and_cache(
     assert "allowed_endpoints" in message
 
 
-def test_body_over_the_limit_is_413(closed_stack: AuthStack, base_images: realcomp.BaseImages) -> None:
+def test_body_over_the_limit_is_413(closed_stack: AuthStack, base_images: components.BaseImages) -> None:
     big = {
         "containerImage": base_images.ref("latest"),
         "containerConfig": {"layers": [{"location": "data:" + "A" * (2 << 20)}]},

@@ -9,7 +9,7 @@
 
 All registries here can share one storage directory: auth and redirects are
 properties of the server, not of the data, so one push serves them all.
-Every process is a ``realcomp.ManagedProcess``, stopped by PID.
+Every process is a ``components.ManagedProcess``, stopped by PID.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from tests import realcomp
+from tests import components
 from tests.tokenserver import Pki, issued_tokens, make_pki, registry_auth_config
 from wave_grpc.image.layers import pack_directory
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
@@ -41,19 +40,19 @@ def _python_env() -> dict[str, str]:
 
 
 @dataclass
-class TokenServer:
+class TokenServer(components.Component):
     workdir: Path
     users: dict[str, str]
     public: tuple[str, ...] = ("library/",)
     expires_in: int = 300
     port: int = 0
     pki: Pki = field(init=False)
-    process: realcomp.ManagedProcess = field(init=False)
+    process: components.ManagedProcess = field(init=False)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pki = make_pki(self.workdir)
-        self.port = self.port or realcomp.free_port()
+        self.port = self.port or components.free_port()
         argv: list[str | os.PathLike[str]] = [
             sys.executable,
             HERE / "tokenserver.py",
@@ -72,7 +71,7 @@ class TokenServer:
             argv += ["--user", f"{user}:{password}"]
         for prefix in self.public:
             argv += ["--public", prefix]
-        self.process = realcomp.ManagedProcess(
+        self.process = components.ManagedProcess(
             argv, log_path=self.workdir / "tokenserver.log", env=_python_env(), name="tokenserver"
         )
         self.process.wait_tcp("127.0.0.1", self.port, timeout=20)
@@ -99,17 +98,17 @@ class TokenServer:
 
 
 @dataclass
-class StaticServer:
+class StaticServer(components.Component):
     """``python -m http.server`` over a directory: a CDN without auth."""
 
     root: Path
     workdir: Path
     port: int = 0
-    process: realcomp.ManagedProcess = field(init=False)
+    process: components.ManagedProcess = field(init=False)
 
     def __post_init__(self) -> None:
-        self.port = self.port or realcomp.free_port()
-        self.process = realcomp.ManagedProcess(
+        self.port = self.port or components.free_port()
+        self.process = components.ManagedProcess(
             [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", self.root, str(self.port)],
             log_path=self.workdir / f"static-{self.port}.log",
             env=_python_env(),
@@ -130,16 +129,16 @@ class StaticServer:
 
 
 @dataclass
-class FaultProxy:
+class FaultProxy(components.Component):
     target: str
     workdir: Path
     record: Path | None = None
     port: int = 0
-    process: realcomp.ManagedProcess | None = None
+    process: components.ManagedProcess | None = None
     _starts: int = 0
 
     def __post_init__(self) -> None:
-        self.port = self.port or realcomp.free_port()
+        self.port = self.port or components.free_port()
         self.start()
 
     @property
@@ -162,7 +161,7 @@ class FaultProxy:
         ]
         if self.record is not None:
             argv += ["--record", self.record]
-        self.process = realcomp.ManagedProcess(
+        self.process = components.ManagedProcess(
             argv, log_path=self.workdir / f"faultproxy-{self.port}-{self._starts}.log", env=_python_env(), name="proxy"
         )
         self.process.wait_http(f"{self.url}/__fault__", timeout=20)
@@ -174,25 +173,17 @@ class FaultProxy:
 
     def set(self, mode: str, **options: Any) -> None:
         body = json.dumps({"mode": mode, **options}).encode()
-        resp = realcomp.http_request(
+        resp = components.http_request(
             "POST", f"{self.url}/__fault__", headers=[("Content-Type", "application/json")], body=body
         )
         assert resp.status == 200, resp.body
 
     def stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = realcomp.http_request("GET", f"{self.url}/__fault__").json()
+        stats: dict[str, Any] = components.http_request("GET", f"{self.url}/__fault__").json()
         return stats
 
-    def __enter__(self) -> FaultProxy:
-        return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-
-def storage_root(registry: realcomp.Registry) -> Path:
+def storage_root(registry: components.Registry) -> Path:
     return Path(registry.config["storage"]["filesystem"]["rootdirectory"])
 
 
@@ -203,20 +194,20 @@ def start_shared_registry(
     htpasswd: tuple[str, str] | None = None,
     token_server: TokenServer | None = None,
     cdn: StaticServer | None = None,
-) -> realcomp.Registry:
+) -> components.Registry:
     """A distribution registry over ``storage`` with the given auth and blob redirects."""
     extra: dict[str, Any] = {"storage": {"filesystem": {"rootdirectory": os.fspath(storage)}}}
     if token_server is not None:
         extra["auth"] = token_server.auth_config()
     if cdn is not None:
         extra["middleware"] = {"storage": [{"name": "redirect", "options": {"baseurl": cdn.url + "/"}}]}
-    return realcomp.start_registry(workdir, htpasswd=htpasswd, extra_config=extra)
+    return components.start_registry(workdir, htpasswd=htpasswd, extra_config=extra)
 
 
-def copy_image(registry: realcomp.Registry, source: str, dest: str) -> None:
+def copy_image(registry: components.Registry, source: str, dest: str) -> None:
     """``skopeo copy`` between two repositories of an open registry."""
-    skopeo = realcomp.require_tool("skopeo")
-    realcomp.run_tool(
+    skopeo = components.require_tool("skopeo")
+    components.run_tool(
         [
             skopeo,
             "--insecure-policy",
@@ -257,19 +248,19 @@ def pull_and_check(target: str, workdir: Path, *, podman: bool = True) -> Path:
     """
     workdir.mkdir(parents=True, exist_ok=True)
     layout = workdir / "oci"
-    realcomp.skopeo_copy_to_oci(target, layout, "latest")
-    rootfs, _ = realcomp.umoci_unpack(layout, "latest", workdir / "bundle")
+    components.skopeo_copy_to_oci(target, layout, "latest")
+    rootfs, _ = components.umoci_unpack(layout, "latest", workdir / "bundle")
     assert (rootfs / "etc" / "marker").read_text() == "hello\n"
     assert (rootfs / "bin" / "busybox").exists()
     assert (rootfs / "usr" / "local" / "bin" / "hello.sh").read_text().startswith("#!/bin/sh")
     if podman:
         root = workdir / "podman"
         try:
-            realcomp.podman_pull(target, root)
-            info = realcomp.podman_inspect(target, root)
+            components.podman_pull(target, root)
+            info = components.podman_inspect(target, root)
             assert len(info["RootFS"]["Layers"]) == 3  # two base layers and the injected one
         finally:
-            realcomp.podman_cleanup(root)
+            components.podman_cleanup(root)
     return rootfs
 
 
@@ -279,10 +270,10 @@ class AuthUpstreams:
 
     tokens: TokenServer
     cdn: StaticServer
-    basic: realcomp.Registry  # htpasswd
-    bearer: realcomp.Registry  # token auth; library/ is public
-    cdn_bearer: realcomp.Registry  # token auth, blobs redirected to the CDN
-    open_cdn: realcomp.Registry  # no auth, blobs redirected to the CDN
+    basic: components.Registry  # htpasswd
+    bearer: components.Registry  # token auth; library/ is public
+    cdn_bearer: components.Registry  # token auth, blobs redirected to the CDN
+    open_cdn: components.Registry  # no auth, blobs redirected to the CDN
 
 
 def start_auth_upstreams(

@@ -10,33 +10,33 @@ from pathlib import Path
 
 import pytest
 
-from tests import realcomp
-from tests.realcomp import BaseImages, Containerd, Registry
+from tests import components
+from tests.components import BaseImages, Containerd, Registry
 
-pytestmark = pytest.mark.realcomp
+pytestmark = pytest.mark.components
 
 
 def test_registry_serves_every_tag(registry: Registry, base_images: BaseImages) -> None:
     expected = {
-        "latest": realcomp.OCI_MANIFEST,
-        "v2s2": realcomp.DOCKER_MANIFEST,
-        "multi": realcomp.OCI_INDEX,
-        "dockerlist": realcomp.DOCKER_MANIFEST_LIST,
+        "latest": components.OCI_MANIFEST,
+        "v2s2": components.DOCKER_MANIFEST,
+        "multi": components.OCI_INDEX,
+        "dockerlist": components.DOCKER_MANIFEST_LIST,
     }
     for tag, media_type in expected.items():
         image = base_images.by_tag(tag)
-        body, got_type, digest = realcomp.get_manifest(registry.url, "library/busybox", tag)
+        body, got_type, digest = components.get_manifest(registry.url, "library/busybox", tag)
         assert (got_type, digest) == (media_type, image.digest)
         assert json.loads(body)["mediaType"] == media_type
         # HEAD by digest answers with the same digest
-        head = realcomp.http_request(
+        head = components.http_request(
             "HEAD",
             f"{registry.url}/v2/library/busybox/manifests/{digest}",
-            headers=[("Accept", t) for t in realcomp.ALL_MANIFEST_TYPES],
+            headers=[("Accept", t) for t in components.ALL_MANIFEST_TYPES],
         )
         assert head.status == 200
         assert head.header("Docker-Content-Digest") == digest
-    tags = realcomp.http_request("GET", f"{registry.url}/v2/library/busybox/tags/list").json()
+    tags = components.http_request("GET", f"{registry.url}/v2/library/busybox/tags/list").json()
     assert sorted(tags["tags"]) == sorted(expected)
 
 
@@ -58,17 +58,17 @@ def test_base_image_structure(base_images: BaseImages) -> None:
     assert arm.layer_digests[0] != latest.layer_digests[0]
     assert arm.layer_digests[1] == latest.layer_digests[1]  # /etc/second is shared
     assert dlist.platform("linux/arm64").config_digest == arm.config_digest
-    names = set(realcomp.iter_tar_names(base_images_blob(base_images, latest.layer_digests[1])))
+    names = set(components.iter_tar_names(base_images_blob(base_images, latest.layer_digests[1])))
     assert names == {"etc", "etc/second"}
 
 
 def base_images_blob(images: BaseImages, digest: str) -> bytes:
-    return realcomp.get_blob(images.registry_url, images.repository, digest)
+    return components.get_blob(images.registry_url, images.repository, digest)
 
 
 def test_build_is_reproducible(tmp_path: Path, base_images: BaseImages) -> None:
-    with realcomp.start_registry(tmp_path / "reg") as other:
-        again = realcomp.push_busybox_images(tmp_path / "img", other)
+    with components.start_registry(tmp_path / "reg") as other:
+        again = components.push_busybox_images(tmp_path / "img", other)
     for tag in base_images.tags:
         first, second = base_images.by_tag(tag), again.by_tag(tag)
         assert first.digest == second.digest, tag
@@ -77,14 +77,14 @@ def test_build_is_reproducible(tmp_path: Path, base_images: BaseImages) -> None:
 
 def test_skopeo_pull_and_umoci_unpack(tmp_path: Path, base_images: BaseImages) -> None:
     layout = tmp_path / "oci"
-    realcomp.skopeo_copy_to_oci(base_images.ref("latest"), layout, "latest")
-    rootfs, runtime = realcomp.umoci_unpack(layout, "latest", tmp_path / "bundle")
+    components.skopeo_copy_to_oci(base_images.ref("latest"), layout, "latest")
+    rootfs, runtime = components.umoci_unpack(layout, "latest", tmp_path / "bundle")
     assert (rootfs / "etc" / "marker").read_text() == "hello\n"
     assert (rootfs / "etc" / "second").read_text() == "two\n"
     assert os.readlink(rootfs / "bin" / "sh") == "busybox"
     assert runtime["process"]["args"] == ["/bin/sh", "-c", "echo hi"]
     assert "PATH=/bin" in runtime["process"]["env"]
-    config = realcomp.read_oci_image_config(layout, "latest")
+    config = components.read_oci_image_config(layout, "latest")
     assert config["config"]["Entrypoint"] == ["/bin/sh"]
     assert config["config"]["Cmd"] == ["-c", "echo hi"]
     assert config["config"]["Env"] == ["PATH=/bin"]
@@ -95,46 +95,46 @@ def test_skopeo_pull_and_umoci_unpack(tmp_path: Path, base_images: BaseImages) -
 @pytest.mark.parametrize("tag", ["multi", "dockerlist"])
 def test_skopeo_picks_arm64_from_index(tmp_path: Path, base_images: BaseImages, tag: str) -> None:
     layout = tmp_path / "oci"
-    realcomp.skopeo_copy_to_oci(base_images.ref(tag), layout, "x", arch="arm64")
-    rootfs, _ = realcomp.umoci_unpack(layout, "x", tmp_path / "bundle")
+    components.skopeo_copy_to_oci(base_images.ref(tag), layout, "x", arch="arm64")
+    rootfs, _ = components.umoci_unpack(layout, "x", tmp_path / "bundle")
     assert (rootfs / "etc" / "marker").read_text() == "arm64\n"
-    assert realcomp.read_oci_image_config(layout, "x")["architecture"] == "arm64"
+    assert components.read_oci_image_config(layout, "x")["architecture"] == "arm64"
 
 
 def test_skopeo_inspect(base_images: BaseImages) -> None:
-    raw = realcomp.skopeo_inspect(base_images.ref("multi"), raw=True)
-    assert realcomp.sha256_digest(raw) == base_images.multi.digest
-    info = realcomp.skopeo_inspect(base_images.ref("v2s2"))
+    raw = components.skopeo_inspect(base_images.ref("multi"), raw=True)
+    assert components.sha256_digest(raw) == base_images.multi.digest
+    info = components.skopeo_inspect(base_images.ref("v2s2"))
     assert info["Digest"] == base_images.v2s2.digest
     assert info["Layers"] == list(base_images.v2s2.platform().layer_digests)
     assert "latest" in info["RepoTags"]
 
 
 def test_htpasswd_registry(tmp_path: Path) -> None:
-    with realcomp.start_registry(tmp_path / "reg", htpasswd=("alice", "s3cret")) as reg:
-        anon = realcomp.http_request("GET", f"{reg.url}/v2/")
+    with components.start_registry(tmp_path / "reg", htpasswd=("alice", "s3cret")) as reg:
+        anon = components.http_request("GET", f"{reg.url}/v2/")
         assert anon.status == 401
-        images = realcomp.push_busybox_images(tmp_path / "img", reg)
+        images = components.push_busybox_images(tmp_path / "img", reg)
         layout = tmp_path / "oci"
-        realcomp.skopeo_copy_to_oci(images.ref(), layout, src_creds="alice:s3cret")
-        with pytest.raises(realcomp.ToolError, match="stderr"):
-            realcomp.skopeo_copy_to_oci(images.ref(), tmp_path / "oci2")
+        components.skopeo_copy_to_oci(images.ref(), layout, src_creds="alice:s3cret")
+        with pytest.raises(components.ToolError, match="stderr"):
+            components.skopeo_copy_to_oci(images.ref(), tmp_path / "oci2")
 
 
 def test_podman_pull(tmp_path: Path, base_images: BaseImages) -> None:
     root = tmp_path / "podman"
     try:
-        image_id = realcomp.podman_pull(base_images.ref("latest"), root)
-        info = realcomp.podman_inspect(image_id, root)
+        image_id = components.podman_pull(base_images.ref("latest"), root)
+        info = components.podman_inspect(image_id, root)
         assert info["Digest"] == base_images.latest.digest
         assert info["Config"]["Entrypoint"] == ["/bin/sh"]
         assert image_id == base_images.latest.platform().config_digest.split(":")[1]
-        arm_id = realcomp.podman_pull(base_images.ref("dockerlist"), root, arch="arm64")
-        arm = realcomp.podman_inspect(arm_id, root)
+        arm_id = components.podman_pull(base_images.ref("dockerlist"), root, arch="arm64")
+        arm = components.podman_inspect(arm_id, root)
         assert arm["Architecture"] == "arm64"
         assert arm["Digest"] == base_images.dockerlist.digest
     finally:
-        realcomp.podman_cleanup(root)
+        components.podman_cleanup(root)
 
 
 def test_ctr_pull(containerd: Containerd, base_images: BaseImages) -> None:
@@ -148,16 +148,16 @@ def test_ctr_pull(containerd: Containerd, base_images: BaseImages) -> None:
 
 
 def test_require_tool(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert realcomp.require_tool("skopeo").endswith("/skopeo")
+    assert components.require_tool("skopeo").endswith("/skopeo")
     # Missing components fail the run, in CI and everywhere else: nothing skips.
     for ci in ("false", "true"):
         monkeypatch.setenv("CI", ci)
         with pytest.raises(pytest.fail.Exception, match="missing; install it"):
-            realcomp.require_tool("no-such-tool-realcomp")
+            components.require_tool("no-such-tool-components")
 
 
 def test_managed_process_stops_by_pid(tmp_path: Path) -> None:
-    port = realcomp.free_port()
+    port = components.free_port()
     server = (
         "import signal, socket, sys, time\n"
         "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
@@ -165,24 +165,26 @@ def test_managed_process_stops_by_pid(tmp_path: Path) -> None:
         "print('listening', flush=True)\n"
         "time.sleep(60)\n"
     )
-    with realcomp.ManagedProcess([sys.executable, "-c", server, str(port)], log_path=tmp_path / "p.log") as proc:
+    with components.ManagedProcess([sys.executable, "-c", server, str(port)], log_path=tmp_path / "p.log") as proc:
         proc.wait_tcp("127.0.0.1", port, timeout=10)
         assert "listening" in proc.log_text()
         # ignores SIGTERM: stop() falls back to SIGKILL after the grace period
         assert proc.stop(timeout=0.5) == -signal.SIGKILL
         assert not proc.is_running()
     with (
-        realcomp.ManagedProcess([sys.executable, "-c", "import sys; sys.exit(3)"], log_path=tmp_path / "q.log") as dead,
+        components.ManagedProcess(
+            [sys.executable, "-c", "import sys; sys.exit(3)"], log_path=tmp_path / "q.log"
+        ) as dead,
         pytest.raises(RuntimeError, match="exited with 3"),
     ):
-        dead.wait_tcp("127.0.0.1", realcomp.free_port(), timeout=10)
+        dead.wait_tcp("127.0.0.1", components.free_port(), timeout=10)
 
 
 def test_pull_through_cache_registry(tmp_path: Path, registry: Registry, base_images: BaseImages) -> None:
-    with realcomp.start_registry(tmp_path / "proxy", proxy_remote_url=registry.url) as proxy:
-        _, media_type, digest = realcomp.get_manifest(proxy.url, "library/busybox", "multi")
-        assert (media_type, digest) == (realcomp.OCI_INDEX, base_images.multi.digest)
+    with components.start_registry(tmp_path / "proxy", proxy_remote_url=registry.url) as proxy:
+        _, media_type, digest = components.get_manifest(proxy.url, "library/busybox", "multi")
+        assert (media_type, digest) == (components.OCI_INDEX, base_images.multi.digest)
         layout = tmp_path / "oci"
-        realcomp.skopeo_copy_to_oci(proxy.ref("library/busybox", "latest"), layout)
-        config = realcomp.read_oci_image_config(layout, "latest")
+        components.skopeo_copy_to_oci(proxy.ref("library/busybox", "latest"), layout)
+        config = components.read_oci_image_config(layout, "latest")
         assert config["rootfs"]["diff_ids"] == list(base_images.latest.platform().diff_ids)
