@@ -21,8 +21,8 @@ from wave_grpc.stores.redis import RedisContentCache, redis_client
 
 def create_app(config: Config, *, service_address: str | None = None) -> web.Application:
     """The gateway app. ``service_address`` overrides ``[gateway].service`` (tests use port 0 servers)."""
-    # Wave REST bodies carry data: layers inline; take what the AugmentService takes.
-    app = web.Application(middlewares=[render_errors], client_max_size=config.service.max_message_size)
+    # Wave REST bodies carry data: layers inline, up to [gateway].max_body_size.
+    app = web.Application(middlewares=[render_errors], client_max_size=config.gateway.max_body_size)
     app[CONFIG] = config
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

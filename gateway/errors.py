@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from wave_grpc.errors import Errors, WaveError
+from wave_grpc.errors import Errors, WaveError, brief
+from wave_grpc.redaction import redact_path
 
 log = logging.getLogger("gateway")
 
@@ -68,7 +69,7 @@ async def render_errors(request: web.Request, handler: Handler) -> web.StreamRes
             level,
             "%s %s -> %d %s: %s",
             request.method,
-            request.path,
+            redact_path(request.path),
             exc.kind.http_status,
             exc.kind.oci_code,
             exc.message,
@@ -81,7 +82,10 @@ async def render_errors(request: web.Request, handler: Handler) -> web.StreamRes
             )
         allowed = ", ".join(sorted(exc.allowed_methods))
         return wave_error_response(
-            WaveError(Errors.UNSUPPORTED, f"{request.method} is not supported on {request.path}; use {allowed}"),
+            WaveError(
+                Errors.UNSUPPORTED,
+                f"{brief(request.method)} is not supported on {brief(redact_path(request.path))}; use {allowed}",
+            ),
             allow=allowed,
         )
     except web.HTTPNotFound:
@@ -89,17 +93,21 @@ async def render_errors(request: web.Request, handler: Handler) -> web.StreamRes
             return error_response(
                 WaveError(
                     Errors.NAME_UNKNOWN,
-                    f"{request.path} is not served here; names look like /v2/wt/<token>/<image path>",
+                    f"{brief(redact_path(request.path))} is not served here: image names under this gateway are "
+                    "/v2/wt/<token>/<image path> (the name the AugmentService answered at creation)",
                 )
             )
         return wave_error_response(
-            WaveError(Errors.NAME_UNKNOWN, f"{request.path} is not served here; the Wave API is {WAVE_ROUTES_HINT}")
+            WaveError(
+                Errors.NAME_UNKNOWN,
+                f"{brief(redact_path(request.path))} is not served here; the Wave API is {WAVE_ROUTES_HINT}",
+            )
         )
     except web.HTTPException:
         raise
     except Exception:
         incident = uuid.uuid4().hex[:12]
-        log.exception("%s %s failed (incident %s)", request.method, request.path, incident)
+        log.exception("%s %s failed (incident %s)", request.method, redact_path(request.path), incident)
         error = WaveError(Errors.INTERNAL, f"internal error (incident {incident})")
         return error_response(error) if registry else wave_error_response(error)
     if registry:

@@ -28,6 +28,7 @@ from wave_grpc.image.rewrite import AugmentedImage, augment
 from wave_grpc.pinning import augmentation_from_record, fetch_pinned
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
+from wave_grpc.redaction import token_id
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.stores.content import ContentCache
 from wave_grpc.stores.tokens import expiry_seconds
@@ -57,6 +58,16 @@ def matches_record(image: AugmentedImage, record: pb.ContainerRecord) -> bool:
     )
 
 
+def unknown_name() -> WaveError:
+    """One answer for an unknown, expired or revoked token and for a live token under another
+    image path, so that a probe learns nothing about which tokens exist."""
+    return WaveError(
+        Errors.NAME_UNKNOWN,
+        "no image is served under this name: the container token is unknown, expired or revoked, "
+        "or the image path is not the one the token was created for",
+    )
+
+
 class TokenResolver:
     def __init__(
         self,
@@ -76,7 +87,7 @@ class TokenResolver:
         self._inflight: dict[str, asyncio.Future[TokenImage]] = {}
 
     def _unknown(self, token: str) -> WaveError:
-        return WaveError(Errors.NAME_UNKNOWN, f"container token {token} is unknown, expired or revoked")
+        return unknown_name()
 
     async def _fetch_record(self, token: str) -> pb.ContainerRecord:
         try:
@@ -85,7 +96,7 @@ class TokenResolver:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 raise self._unknown(token) from None
             raise WaveError(
-                Errors.SERVICE_UNAVAILABLE, f"the AugmentService did not answer for token {token}: {exc.code().name}"
+                Errors.SERVICE_UNAVAILABLE, f"the AugmentService did not answer a token lookup: {exc.code().name}"
             ) from None
         return response.container
 
@@ -98,11 +109,11 @@ class TokenResolver:
             try:
                 image = decode_augmented(cached, augmentation.layers)
             except (ValueError, KeyError, TypeError, IndexError):
-                log.warning("cached augmented image for %s is unreadable; recomputing", token)
+                log.warning("cached augmented image for %s is unreadable; recomputing", token_id(token))
             else:
                 if matches_record(image, record):
                     return image
-                log.warning("cached augmented image for %s does not match its record; recomputing", token)
+                log.warning("cached augmented image for %s does not match its record; recomputing", token_id(token))
         upstream = await fetch_pinned(self._upstream, record, self._content, ttl)
         image = augment(upstream, augmentation)
         if not matches_record(image, record):
@@ -111,8 +122,9 @@ class TokenResolver:
             # another replica would not.
             raise WaveError(
                 Errors.MANIFEST_INVALID,
-                f"token {token}: the augmented manifest computed here ({image.manifest.digest}) differs from the "
-                f"one recorded at creation ({record.target_manifest_digest}); check that all replicas run one version",
+                f"token {token_id(token)}: the augmented manifest computed here ({image.manifest.digest}) "
+                f"differs from the one recorded at creation ({record.target_manifest_digest}); "
+                "check that all replicas run one version",
             )
         await self._content.put(key, encode_augmented(image), ttl)
         return image

@@ -70,7 +70,8 @@ def up(
         servers = start_auth_upstreams(workdir, root, started, token_user=ALICE, basic_user=BOB)
         http_layer = pb.ContainerLayer()
         http_layer.CopyFrom(layer)
-        http_layer.location = f"{servers.cdn.url}/wave-test/hello.tar.gz"
+        # layer_hosts name hosts, never addresses: the file server by its name.
+        http_layer.location = f"http://localhost:{servers.cdn.port}/wave-test/hello.tar.gz"
         yield Upstreams(**vars(servers), layer=layer, http_layer=http_layer)
 
 
@@ -79,7 +80,7 @@ def anon(tmp_path_factory: pytest.TempPathFactory, up: Upstreams) -> Iterator[Wa
     routes = [registry_route(r) for r in (up.basic, up.bearer, up.cdn_bearer, up.open_cdn)]
     routes.append({"name": "docker.io", "endpoint": up.cdn_bearer.url})  # Docker Hub, offline
     with WaveStack(
-        tmp_path_factory.mktemp("anon"), registries=routes, upstream={"layer_hosts": [f"127.0.0.1:{up.cdn.port}"]}
+        tmp_path_factory.mktemp("anon"), registries=routes, upstream={"layer_hosts": [f"localhost:{up.cdn.port}"]}
     ).start() as stack:
         yield stack
 
@@ -274,7 +275,8 @@ def test_http_layer_locations_need_an_allowed_host(
     assert (injected.status, injected.header("Location")) == (307, up.http_layer.location)
     pull_and_check(target, tmp_path, podman=False)
 
-    code, details = create_fails(creds, image, up.http_layer)  # creds lists no layer hosts
+    # creds lists no layer hosts (and not open_cdn: an unlisted loopback registry is refused outright).
+    code, details = create_fails(creds, f"{up.bearer.host}/library/busybox:latest", up.http_layer)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.startswith("container_config.layers[0].location: ")
     assert "[upstream].layer_hosts" in details

@@ -448,8 +448,13 @@ async def test_upstream_text_is_scrubbed_of_tokens(fake: FakeRegistry) -> None:
         ("https://LAYERS.example.com:443/a.tar.gz", True),
         ("https://bucket.s3.amazonaws.com/a.tar.gz", True),
         ("https://s3.amazonaws.com/a.tar.gz", False),  # "*." needs a subdomain
-        ("http://127.0.0.1:8000/a.tar.gz", True),
-        ("http://127.0.0.1:8001/a.tar.gz", False),
+        ("http://files.internal:8000/a.tar.gz", True),
+        ("http://files.internal:8001/a.tar.gz", False),
+        # Addresses never match, in any spelling: layer_hosts name hosts.
+        ("http://127.0.0.1:8000/a.tar.gz", False),
+        ("http://0x7f.0.0.1:8000/a.tar.gz", False),
+        ("http://2130706433:8000/a.tar.gz", False),
+        ("http://[::ffff:127.0.0.1]:8000/a.tar.gz", False),
         ("http://169.254.169.254/latest/meta-data/", False),
         ("http://10.0.0.1/a.tar.gz", False),
         ("https://layers.example.com@evil.example/a.tar.gz", False),
@@ -459,7 +464,7 @@ async def test_upstream_text_is_scrubbed_of_tokens(fake: FakeRegistry) -> None:
 )
 def test_layer_hosts_allow_list(url: str, allowed: bool) -> None:
     config = parse_config(
-        {"upstream": {"layer_hosts": ["layers.example.com", "*.s3.amazonaws.com", "127.0.0.1:8000"]}}, "c.toml"
+        {"upstream": {"layer_hosts": ["layers.example.com", "*.s3.amazonaws.com", "files.internal:8000"]}}, "c.toml"
     )
     if allowed:
         check_layer_location(config, url, "container_config.layers[0].location")

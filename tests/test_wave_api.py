@@ -409,6 +409,7 @@ def closed_stack(tmp_path_factory: pytest.TempPathFactory, registry: components.
         tmp_path_factory.mktemp("closed"),
         registry,
         service={"anonymous": False, "tokens": STATIC_TOKENS, "max_message_size": 1 << 20},
+        gateway={"max_body_size": 1 << 20},
     )
     try:
         yield wave

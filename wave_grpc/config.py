@@ -164,6 +164,9 @@ class GatewayConfig:
     workers: int = 1
     # One log line per request; costly at tens of thousands of requests a second.
     access_log: bool = True
+    # Largest Wave REST body: room for Wave's 14,000,000-character inline layer field,
+    # refused from Content-Length before any byte is read.
+    max_body_size: int = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,9 @@ class RegistryRoute:
     # escape hatch for a registry whose certificate cannot be verified at all.
     ca_file: str = ""
     tls_verify: bool = True
+    # False for the route made up for a registry no [[registries]] entry names: the
+    # address policy then lets it (and its realm and redirects) reach public addresses only.
+    listed: bool = True
 
     @property
     def has_credentials(self) -> bool:
@@ -258,6 +264,7 @@ class Config:
             endpoint=endpoint,
             connect_timeout=self.upstream.connect_timeout,
             read_timeout=self.upstream.read_timeout,
+            listed=False,
         )
 
 
@@ -309,6 +316,13 @@ def _layer_hosts(section: _Section) -> tuple[str, ...]:
         ):
             raise section.error(
                 f"layer_hosts[{i}]", f"{entry!r} is not a host: use 'host', 'host:port' or '*.domain' (no scheme/path)"
+            )
+        host = value[1:].partition("]")[0] if value.startswith("[") else value.rsplit(":", 1)[0]
+        if value.startswith("[") or re.fullmatch(r"[0-9.]+|0x[0-9a-f.x]+", host):
+            raise section.error(
+                f"layer_hosts[{i}]",
+                f"{entry!r} is an IP address; layer_hosts match host names only (a runtime is redirected there, "
+                "and an address can be spelt many ways): name the host",
             )
         hosts.append(value)
     return tuple(hosts)
@@ -470,7 +484,10 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         ),
         workers=g.integer("workers", GatewayConfig.workers),
         access_log=g.boolean("access_log", GatewayConfig.access_log),
+        max_body_size=g.integer("max_body_size", GatewayConfig.max_body_size),
     )
+    if gateway.max_body_size < 1024:
+        raise g.error("max_body_size", "must be at least 1024 bytes")
     if gateway.shared_cache and not gateway.shared_cache.startswith(("redis://", "rediss://")):
         raise g.error("shared_cache", f"{gateway.shared_cache!r} must be a redis:// URL (or empty for none)")
     if gateway.workers < 0:

@@ -88,6 +88,19 @@ class WaveError(Exception):
         return f"WaveError({self.kind.oci_code}, {self.message!r})"
 
 
+# An echoed value is cut to this many characters: a huge field quoted back would
+# turn a bad request into an over-size answer (RESOURCE_EXHAUSTED, 429) that clients retry.
+ECHO_LIMIT = 80
+
+
+def brief(value: object, limit: int = ECHO_LIMIT) -> str:
+    """The repr of a caller's value for an error message, cut to ``limit`` characters."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        return f"{text[:limit]!r}... ({len(text)} characters)"
+    return repr(text)
+
+
 def invalid_argument(field: str, problem: str) -> WaveError:
     """A bad request field: the message starts with the field's name."""
     return WaveError(Errors.INVALID_ARGUMENT, f"{field}: {problem}")

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from gateway.access_log import AccessLog
 from gateway.app import create_app
 from wave_grpc.config import Config
 from wave_grpc.service.server import serve
@@ -48,7 +49,7 @@ def _bind(listen: str) -> socket.socket:
 
 async def _gateway_on_socket(config: Config, sock: socket.socket) -> web.AppRunner:
     access_log = logging.getLogger("gateway.access") if config.gateway.access_log else None
-    runner = web.AppRunner(create_app(config), access_log=access_log)
+    runner = web.AppRunner(create_app(config), access_log=access_log, access_log_class=AccessLog)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     return runner

@@ -5,8 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.keys import RESOLVER
-from gateway.resolver import TokenImage
-from wave_grpc.errors import Errors, WaveError
+from gateway.resolver import TokenImage, unknown_name
 
 
 async def token_image(request: web.Request) -> TokenImage:
@@ -14,10 +13,7 @@ async def token_image(request: web.Request) -> TokenImage:
     name = request.match_info["name"]
     image = await request.app[RESOLVER].resolve(token)
     if name != image.source.repository:
-        raise WaveError(
-            Errors.NAME_UNKNOWN,
-            f"repository {name!r} is not served under this token; it serves {image.source.repository!r}",
-        )
+        raise unknown_name()
     return image
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.handlers.common import content_headers, token_image
-from wave_grpc.errors import Errors, WaveError
+from wave_grpc.errors import Errors, WaveError, brief
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.manifest import MediaType
 
@@ -37,7 +37,7 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
     else:
         raise WaveError(
             Errors.MANIFEST_UNKNOWN,
-            f"tag {reference!r} is not served under this token; it serves {image.tag!r}",
+            f"tag {brief(reference)} is not served under this token; it serves {image.tag!r}",
         )
     headers = content_headers(blob.media_type, str(blob.digest), len(blob.data))
     if request.method == "HEAD":

@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.keys import CONFIG, SERVICE
-from wave_grpc.errors import ErrorKind, Errors, WaveError, invalid_argument
+from wave_grpc.errors import ErrorKind, Errors, WaveError, brief, invalid_argument
 
 if TYPE_CHECKING:
     from wave_grpc.proto.wave.augment.v1.augment_pb2_grpc import AugmentServiceAsyncStub
@@ -105,19 +105,26 @@ async def call_service(
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
+    limit = request.app[CONFIG].gateway.max_body_size
+    too_large = WaveError(
+        Errors.REQUEST_TOO_LARGE,
+        f"the request body is over {limit} bytes ([gateway].max_body_size); put big layers in the layer "
+        "store with the gRPC UploadLayer call (wave-grpc augment does) and reference them",
+    )
+    # A declared length over the limit is refused before a byte is read: waiting
+    # for a body we will refuse only holds a connection.
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[CONFIG].service.max_message_size
-        raise WaveError(
-            Errors.REQUEST_TOO_LARGE,
-            f"the request body is over {limit} bytes ([service].max_message_size); put big layers in the layer "
-            "store with the gRPC UploadLayer call (wave-grpc augment does) and reference them",
-        ) from None
+        raise too_large from None
     try:
         body = json.loads(raw)
+    except RecursionError:
+        raise WaveError(Errors.INVALID_ARGUMENT, "the request body is JSON nested too deeply") from None
     except ValueError as exc:
-        raise WaveError(Errors.INVALID_ARGUMENT, f"the request body is not JSON: {exc}") from None
+        raise WaveError(Errors.INVALID_ARGUMENT, f"the request body is not JSON: {brief(str(exc))}") from None
     if not isinstance(body, dict):
         raise WaveError(Errors.INVALID_ARGUMENT, "the request body must be a JSON object")
     return body
@@ -138,7 +145,7 @@ def _check_shapes(value: Mapping[str, Any], descriptor: Any, path: str) -> None:
         for i, entry in enumerate(entries):
             at = f"{where}[{i}]" if repeated else where
             if not isinstance(entry, dict):
-                raise invalid_argument(at, f"must be a JSON object, got {type(entry).__name__} {entry!r:.40}")
+                raise invalid_argument(at, f"must be a JSON object, got {type(entry).__name__} {brief(entry, 40)}")
             _check_shapes(entry, field.message_type, f"{at}.")
 
 

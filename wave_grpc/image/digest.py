@@ -6,7 +6,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from wave_grpc.errors import Errors, WaveError
+from wave_grpc.errors import Errors, WaveError, brief
 
 _HEX_LENGTHS = {"sha256": 64, "sha512": 128}
 _HEX = re.compile(r"^[a-f0-9]+$")
@@ -20,7 +20,7 @@ class Digest:
     def __post_init__(self) -> None:
         length = _HEX_LENGTHS.get(self.algorithm)
         if length is None:
-            raise ValueError(f"unsupported digest algorithm {self.algorithm!r}; use sha256")
+            raise ValueError(f"unsupported digest algorithm {brief(self.algorithm)}; use sha256")
         if len(self.hex) != length or not _HEX.match(self.hex):
             raise ValueError(f"digest hex must be {length} lowercase hex characters")
 
@@ -29,11 +29,11 @@ class Digest:
         """Parse ``sha256:<hex>``; a bad value is a DIGEST_INVALID naming ``field``."""
         algorithm, sep, hex_part = text.partition(":")
         if not sep:
-            raise WaveError(Errors.DIGEST_INVALID, f"{field}: {text!r} is not a digest; expected sha256:<64 hex>")
+            raise WaveError(Errors.DIGEST_INVALID, f"{field}: {brief(text)} is not a digest; expected sha256:<64 hex>")
         try:
             return cls(algorithm, hex_part)
         except ValueError as exc:
-            raise WaveError(Errors.DIGEST_INVALID, f"{field}: {text!r} is not a digest: {exc}") from None
+            raise WaveError(Errors.DIGEST_INVALID, f"{field}: {brief(text)} is not a digest: {exc}") from None
 
     @classmethod
     def of(cls, data: bytes) -> Digest:

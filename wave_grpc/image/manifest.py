@@ -12,7 +12,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from wave_grpc.errors import Errors, WaveError, invalid_argument
+from wave_grpc.errors import Errors, WaveError, brief, invalid_argument
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.platform import Platform
 
@@ -73,11 +73,11 @@ def manifest_media_type(data: bytes, content_type: str | None, what: str) -> Med
     except ValueError:
         raise WaveError(
             Errors.MANIFEST_INVALID,
-            f"{what} has media type {declared!r}, which wave-grpc cannot augment "
+            f"{what} has media type {brief(declared)}, which wave-grpc cannot augment "
             "(supported: OCI image manifest and index, Docker v2 schema 2 and manifest list)",
         ) from None
     if not (media_type.is_index or media_type.is_image_manifest):
-        raise WaveError(Errors.MANIFEST_INVALID, f"{what} has media type {declared!r}, not a manifest")
+        raise WaveError(Errors.MANIFEST_INVALID, f"{what} has media type {brief(declared)}, not a manifest")
     return media_type
 
 
@@ -107,7 +107,7 @@ class Descriptor:
             raise WaveError(Errors.MANIFEST_INVALID, exc.message) from None
         size = document.get("size", 0)
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise WaveError(Errors.MANIFEST_INVALID, f"{what} has an invalid size {size!r}")
+            raise WaveError(Errors.MANIFEST_INVALID, f"{what} has an invalid size {brief(size)}")
         platform = document.get("platform")
         return cls(
             digest,

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from wave_grpc.errors import invalid_argument
+from wave_grpc.errors import brief, invalid_argument
 
 _ARCH_ALIASES = {
     "x86_64": ("amd64", ""),
@@ -44,15 +44,19 @@ class Platform:
         if parts[0] in _OSES:
             os_name, parts = parts[0], parts[1:]
         if not parts or len(parts) > 2:
-            raise invalid_argument(field, f"{text!r} is not a platform; use os/arch[/variant] such as linux/arm64")
+            raise invalid_argument(field, f"{brief(text)} is not a platform; use os/arch[/variant] such as linux/arm64")
         alias = _ARCH_ALIASES.get(parts[0])
         if alias is None:
             known = ", ".join(sorted(_ARCH_ALIASES))
-            raise invalid_argument(field, f"{text!r} has an unknown architecture {parts[0]!r}; known: {known}")
+            raise invalid_argument(
+                field, f"{brief(text)} has an unknown architecture {brief(parts[0])}; known: {known}"
+            )
         arch, variant = alias
         if len(parts) == 2:
             if parts[1] not in _VARIANTS:
-                raise invalid_argument(field, f"{text!r} has an unknown variant {parts[1]!r}; use v6, v7 or v8")
+                raise invalid_argument(
+                    field, f"{brief(text)} has an unknown variant {brief(parts[1])}; use v6, v7 or v8"
+                )
             variant = parts[1]
         # arm64 images almost never say v8; treat v8 as "no variant" so they match.
         if arch == "arm64" and variant == "v8":

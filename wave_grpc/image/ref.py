@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from wave_grpc.errors import WaveError, invalid_argument
+from wave_grpc.errors import WaveError, brief, invalid_argument
 from wave_grpc.image.digest import Digest
 
 DOCKER_HUB = "docker.io"
@@ -37,14 +37,14 @@ class ImageRef:
         if not raw:
             raise invalid_argument(field, "is empty; give an image such as 'alpine' or 'quay.io/org/tool:1.0'")
         if "://" in raw:
-            raise invalid_argument(field, f"{text!r} is not an image reference; drop the URL scheme")
+            raise invalid_argument(field, f"{brief(text)} is not an image reference; drop the URL scheme")
         name, at, digest_text = raw.partition("@")
         digest: Digest | None = None
         if at:
             try:
                 digest = Digest.parse(digest_text, field=field)
             except WaveError as exc:
-                raise invalid_argument(field, f"{text!r} has a bad digest: {exc.message}") from None
+                raise invalid_argument(field, f"{brief(text)} has a bad digest: {exc.message}") from None
         tag: str | None = None
         slash = name.rfind("/")
         colon = name.rfind(":")
@@ -52,13 +52,13 @@ class ImageRef:
             name, tag = name[:colon], name[colon + 1 :]
             if not _TAG.match(tag):
                 raise invalid_argument(
-                    field, f"{text!r} has an invalid tag {tag!r}; tags are [A-Za-z0-9_.-], at most 128"
+                    field, f"{brief(text)} has an invalid tag {brief(tag)}; tags are [A-Za-z0-9_.-], at most 128"
                 )
         parts = name.split("/")
         if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
             registry, path = parts[0], parts[1:]
             if not _REGISTRY.match(registry):
-                raise invalid_argument(field, f"{text!r} has an invalid registry host {registry!r}")
+                raise invalid_argument(field, f"{brief(text)} has an invalid registry host {brief(registry)}")
         else:
             registry, path = DOCKER_HUB, parts
         if registry.lower() in _DOCKER_HUB_ALIASES:
@@ -69,12 +69,12 @@ class ImageRef:
             if not _PATH_COMPONENT.match(component):
                 raise invalid_argument(
                     field,
-                    f"{text!r} has an invalid path component {component!r}; use lowercase letters, "
+                    f"{brief(text)} has an invalid path component {brief(component)}; use lowercase letters, "
                     "digits and single separators (. _ __ -)",
                 )
         repository = "/".join(path)
         if len(repository) > 255:
-            raise invalid_argument(field, f"{text!r}: the repository path is longer than 255 characters")
+            raise invalid_argument(field, f"{brief(text)}: the repository path is longer than 255 characters")
         if tag is None and digest is None:
             tag = "latest"
         return cls(registry, repository, tag, digest)

@@ -50,7 +50,7 @@ from wave_grpc.registry.auth import (
     basic_authorization,
     denied,
 )
-from wave_grpc.registry.policy import contactable_url, forbidden_host
+from wave_grpc.registry.policy import contactable_url, ip_literal, public_unicast
 from wave_grpc.registry.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -120,9 +120,12 @@ class RegistryClient:
                 f"registry {registry} is not routed by this deployment ([upstream].default_route is deny); "
                 f"ask the operator to add a [[registries]] entry named {registry!r}",
             )
-        listed = any(r.name == route.name for r in self._config.registries)
-        if not listed and forbidden_host(urlsplit(route.endpoint).hostname or ""):
-            raise WaveError(Errors.NOT_ROUTED, f"registry {registry} is a link-local address; it is never routed")
+        if not route.listed:
+            # An address literal is judged now, for a clear answer without a connect; names
+            # (and every redirect or realm) are judged on their resolved addresses at connect time.
+            literal = ip_literal(urlsplit(route.endpoint).hostname or "")
+            if literal is not None and not public_unicast(literal):
+                raise self._transport.refused(route, f"registry {registry}")
         return route
 
     @staticmethod
@@ -202,9 +205,9 @@ class RegistryClient:
         resp = await self._transport.send(route, "GET", url, headers, label, what)
         try:
             if resp.status in (401, 403):
-                raise denied(route, label, resp.status, await self._transport.upstream_said(resp), by=what)
+                raise denied(route, label, resp.status, await self._transport.upstream_said(resp, route), by=what)
             if resp.status != 200:
-                said = await self._transport.upstream_said(resp)
+                said = await self._transport.upstream_said(resp, route)
                 raise WaveError(
                     Errors.UPSTREAM_UNAVAILABLE,
                     f"{label}: {what} answered HTTP {resp.status}{said}",
@@ -272,7 +275,7 @@ class RegistryClient:
             if resp.status != 401:
                 break
             challenge = Challenge.parse(resp.headers.get("WWW-Authenticate", ""))
-            said = await self._transport.upstream_said(resp)
+            said = await self._transport.upstream_said(resp, route)
             resp.release()
             if authorization is None:
                 self._needs_auth.add((route.name, upstream_repo))
@@ -285,17 +288,17 @@ class RegistryClient:
                 scopes = (*scopes, challenge.params["scope"])
             retried = True
         if resp.status == 403:
-            said = await self._transport.upstream_said(resp)
+            said = await self._transport.upstream_said(resp, route)
             resp.release()
             raise denied(route, label, 403, said)
         if resp.status == 404:
-            said = await self._transport.upstream_said(resp)
+            said = await self._transport.upstream_said(resp, route)
             resp.release()
             raise WaveError(not_found, f"{label}: not found in registry {route.name}{said}")
         if resp.status in REDIRECT_STATUSES and follow:
             resp = await self._follow(route, method, resp, headers, label)
         if resp.status >= 400 or (resp.status >= 300 and resp.status not in REDIRECT_STATUSES):
-            said = await self._transport.upstream_said(resp)
+            said = await self._transport.upstream_said(resp, route)
             resp.release()
             raise WaveError(
                 Errors.UPSTREAM_UNAVAILABLE,

@@ -8,11 +8,21 @@ relayed to a runtime.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import re
+import socket
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp.abc import ResolveResult
 
 from wave_grpc.config import Config
 from wave_grpc.errors import invalid_argument
+
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
 def forbidden_host(host: str) -> bool:
@@ -23,6 +33,108 @@ def forbidden_host(host: str) -> bool:
     except ValueError:
         return False
     return address.is_link_local or address.is_unspecified or address.is_multicast
+
+
+def ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a host string spells, in any spelling a resolver accepts
+    (``127.1``, ``0x7f.0.0.1``, ``2130706433``, ``[::ffff:127.0.0.1]``), or None for a name."""
+    bare = host.strip("[]").split("%", 1)[0]
+    try:
+        return ipaddress.ip_address(bare)
+    except ValueError:
+        pass
+    try:
+        # inet_aton takes the BSD spellings (hex, octal, fewer than four parts).
+        return ipaddress.IPv4Address(socket.inet_aton(bare))
+    except (OSError, ValueError):
+        return None
+
+
+def public_unicast(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A globally routable unicast address: not loopback, private, link-local, unique-local,
+    shared (CGNAT), reserved, multicast or unspecified. IPv4-mapped IPv6 is judged as IPv4."""
+    if isinstance(address, ipaddress.IPv6Address):
+        mapped = address.ipv4_mapped or address.sixtofour
+        if mapped is not None:
+            address = mapped
+    return address.is_global and not address.is_multicast
+
+
+def plain_host_name(host: str) -> bool:
+    """A DNS name, not an address in any spelling (layer_hosts match only these)."""
+    name = host.lower().rstrip(".")
+    if not name or ip_literal(name) is not None:
+        return False
+    labels = name.split(".")
+    return all(_HOST_LABEL.match(label) for label in labels) and not labels[-1].isdigit()
+
+
+class AddressRefused(OSError):
+    """A connection the address policy refused (raised from name resolution, so before any connect)."""
+
+
+class Listeners:
+    """This deployment's own listening addresses: never a registry, whatever a route says."""
+
+    def __init__(self, addresses: Sequence[str]) -> None:
+        self._pairs: set[tuple[str, int]] = set()
+        self._any_ports: set[int] = set()
+        for address in addresses:
+            host, _, port_text = address.rpartition(":")
+            if not port_text.isdigit() or int(port_text) == 0:
+                continue
+            host = host.strip("[]")
+            if host in ("", "0.0.0.0", "::"):
+                self._any_ports.add(int(port_text))
+            else:
+                self._pairs.add((host, int(port_text)))
+        self._local: set[str] | None = None
+
+    def _local_addresses(self) -> set[str]:
+        if self._local is None:
+            found = {"127.0.0.1", "::1"}
+            with contextlib.suppress(OSError):
+                found |= {str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None)}
+            self._local = found
+        return self._local
+
+    def include(self, address: str, port: int) -> bool:
+        if (address, port) in self._pairs:
+            return True
+        if port in self._any_ports:
+            literal = ip_literal(address)
+            return literal is not None and (literal.is_loopback or str(literal) in self._local_addresses())
+        return False
+
+
+class PolicyConnector(aiohttp.TCPConnector):
+    """A connector that decides on the resolved address, at connect time, for every spelling.
+
+    aiohttp skips the resolver for IP literals; the check sits after resolution
+    so that literals, names and their results are judged alike. ``public_only``
+    refuses every address that is not public unicast (for registries no
+    ``[[registries]]`` entry lists, and everything reached on their behalf).
+    """
+
+    def __init__(self, *, public_only: bool, listeners: Listeners, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._public_only = public_only
+        self._listeners = listeners
+
+    def allowed(self, address: str, port: int) -> bool:
+        if self._listeners.include(address, port):
+            return False
+        if not self._public_only:
+            return True
+        literal = ip_literal(address)
+        return literal is not None and public_unicast(literal)
+
+    async def _resolve_host(self, host: str, port: int, traces: Sequence[Any] | None = None) -> list[ResolveResult]:
+        results = await super()._resolve_host(host, port, traces)
+        allowed = [r for r in results if self.allowed(r["host"], r["port"])]
+        if not allowed:
+            raise AddressRefused(f"{host}:{port} is not an address this route may contact")
+        return allowed
 
 
 def contactable_url(url: str) -> bool:
@@ -66,6 +178,12 @@ def check_layer_location(config: Config, url: str, field: str) -> None:
     host = (parts.hostname or "").lower()
     if parts.scheme not in ("http", "https") or not host:
         raise invalid_argument(field, "must be an http(s) URL with a host")
+    if not plain_host_name(host):
+        raise invalid_argument(
+            field,
+            f"host {host[:64]} is an address, not a host name; layer_hosts match host names only, so "
+            "upload the layer (data: or UploadLayer) or use a URL on a host listed in [upstream].layer_hosts",
+        )
     if parts.username or parts.password:
         raise invalid_argument(field, "must not carry credentials (user:password@); use a presigned URL or upload")
     if forbidden_host(host) or not any(host_matches(p, host, port) for p in config.upstream.layer_hosts):

@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
@@ -32,6 +33,7 @@ from wave_grpc import __version__
 from wave_grpc.config import Config, RegistryRoute
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.registry.auth import hint_credentials
+from wave_grpc.registry.policy import AddressRefused, Listeners, PolicyConnector
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 # the caller gets TOOMANYREQUESTS at once, with the wait in the message.
 MAX_RETRY_AFTER = 10.0
 USER_AGENT = f"wave-grpc/{__version__}"
+_ERROR_CODE = re.compile(r"^[A-Z_]{1,40}$")
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -64,7 +67,11 @@ class Transport:
 
     def __init__(self, config: Config, *, max_backoff: float, scrub: Callable[[str], str]) -> None:
         self._config = config
-        self._session: aiohttp.ClientSession | None = None
+        # Two pools: one for the registries the operator listed (they, their realms and
+        # redirects may be anywhere), one that reaches public addresses only.
+        self._listed: aiohttp.ClientSession | None = None
+        self._unlisted: aiohttp.ClientSession | None = None
+        self._listeners = Listeners((config.service.listen, config.gateway.listen))
         self._max_backoff = max_backoff
         self._scrub = scrub
         # ca_file -> its verifying context, built once.
@@ -82,27 +89,43 @@ class Transport:
             self._tls_contexts[route.ca_file] = context
         return context
 
+    def _new_session(self, *, public_only: bool) -> aiohttp.ClientSession:
+        connector = PolicyConnector(
+            public_only=public_only, listeners=self._listeners, limit=256, limit_per_host=64, ttl_dns_cache=300
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            headers={"User-Agent": USER_AGENT},
+            # Blobs stream through: a larger read buffer means fewer, bigger socket reads.
+            read_bufsize=1 << 20,
+        )
+
     async def start(self) -> None:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,
-                headers={"User-Agent": USER_AGENT},
-                # Blobs stream through: a larger read buffer means fewer, bigger socket reads.
-                read_bufsize=1 << 20,
-            )
+        if self._listed is None:
+            self._listed = self._new_session(public_only=False)
+            self._unlisted = self._new_session(public_only=True)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._listed, self._unlisted):
+            if session is not None:
+                await session.close()
+        self._listed = self._unlisted = None
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def session(self, route: RegistryRoute) -> aiohttp.ClientSession:
+        session = self._listed if route.listed else self._unlisted
+        if session is None:
             raise RuntimeError("Transport.start() was not called")
-        return self._session
+        return session
+
+    def refused(self, route: RegistryRoute, label: str) -> WaveError:
+        return WaveError(
+            Errors.NOT_ROUTED,
+            f"{label}: registry {route.name} has no [[registries]] entry, so it (and any token service or "
+            "redirect it names) may be contacted only at public addresses, and it led to a loopback, private, "
+            "link-local or otherwise internal address; if this registry is meant to be reached, ask the "
+            f"operator to add a [[registries]] entry with name = {route.name!r}",
+        )
 
     def timeout_error(self, route: RegistryRoute, label: str, exc: BaseException, what: str) -> WaveError:
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
@@ -124,8 +147,12 @@ class Transport:
             f"running and that the endpoint of [[registries]] {route.name!r} is right",
         )
 
-    async def upstream_said(self, resp: aiohttp.ClientResponse) -> str:
-        """The upstream's own error (``CODE: message``), short and scrubbed; '' if none."""
+    async def upstream_said(self, resp: aiohttp.ClientResponse, route: RegistryRoute) -> str:
+        """The upstream's own error (``CODE: message``), short and scrubbed; '' if none.
+
+        For a registry no ``[[registries]]`` entry lists, at most its error code:
+        a host an anonymous caller pointed us at may not speak through our errors.
+        """
         if resp.method == "HEAD":
             return ""
         try:
@@ -136,8 +163,14 @@ class Transport:
         try:
             doc = json.loads(text)
             first = doc["errors"][0]
-            text = f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")
+            code = str(first.get("code", ""))
+            if not route.listed:
+                code = code if _ERROR_CODE.match(code) else ""
+                return f" ({code})" if code else ""
+            text = f"{code}: {first.get('message', '')}".strip(": ")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            if not route.listed:
+                return ""
             text = text.splitlines()[0] if text else ""
             if text.startswith("<"):  # an HTML error page says nothing useful
                 text = ""
@@ -180,7 +213,7 @@ class Transport:
         while True:
             attempt += 1
             try:
-                resp = await self.session.request(
+                resp = await self.session(route).request(
                     method,
                     url,
                     headers=headers,
@@ -202,6 +235,13 @@ class Transport:
                     Errors.UPSTREAM_UNAVAILABLE,
                     f"{label}: the TLS certificate of {what} could not be verified; {hint}",
                 ) from None
+            except aiohttp.ClientConnectorDNSError as exc:
+                if isinstance(exc.os_error, AddressRefused):
+                    raise self.refused(route, label) from None
+                if attempt <= retries:
+                    await asyncio.sleep(self._backoff(attempt, None))
+                    continue
+                raise self.unreachable(route, label, exc, what, attempt) from None
             except aiohttp.ClientError as exc:
                 if attempt <= retries:
                     log.debug("%s %s: %s; retrying", method, _without_query(str(url)), type(exc).__name__)
@@ -217,7 +257,7 @@ class Transport:
                 resp.release()
                 await asyncio.sleep(self._backoff(attempt, wait))
                 continue
-            said = await self.upstream_said(resp)
+            said = await self.upstream_said(resp, route)
             resp.release()
             if resp.status == 429:
                 later = f"retry after {wait:.0f}s" if wait is not None else "retry later"

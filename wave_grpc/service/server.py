@@ -13,9 +13,8 @@ from grpc_reflection.v1alpha import reflection
 
 from wave_grpc.config import Config
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
-from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
 from wave_grpc.registry.client import RegistryClient
-from wave_grpc.service.servicer import AugmentServicer
+from wave_grpc.service.servicer import AugmentServicer, add_to_server
 from wave_grpc.stores.open import open_layer_store, open_token_store
 from wave_grpc.stores.tokens import TokenStore
 
@@ -60,7 +59,7 @@ async def serve(config: Config, *, listen: str | None = None) -> RunningService:
             ("grpc.max_send_message_length", size),
         ]
     )
-    pb_grpc.add_AugmentServiceServicer_to_server(servicer, server)
+    add_to_server(servicer, server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

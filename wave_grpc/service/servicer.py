@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import secrets
@@ -9,14 +10,16 @@ import string
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from wave_grpc.config import Config
-from wave_grpc.errors import Errors, WaveError, invalid_argument
+from wave_grpc.errors import Errors, WaveError, brief, invalid_argument
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.layers import decode_data_location
 from wave_grpc.image.platform import Platform
@@ -25,6 +28,7 @@ from wave_grpc.image.rewrite import augment
 from wave_grpc.pinning import augmentation_from_record, resolve_source
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
+from wave_grpc.redaction import token_id
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.registry.policy import check_layer_location
 from wave_grpc.service.auth import Authenticator, bearer_token
@@ -37,11 +41,54 @@ TOKEN_ALPHABET = string.ascii_lowercase + string.digits
 TOKEN_LENGTH = 12  # 36**12 is about 2**62
 MAX_LAYERS = 100
 REQUEST_ID_LENGTH = 32  # uuid4().hex
+# C0 controls and DEL; tab stays allowed (a value may hold one, runtimes cope).
+_CONTROL = frozenset(chr(c) for c in (*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F))
+# An upload that sends nothing for this long is abandoned, so an idle client cannot pin a stream.
+UPLOAD_IDLE_TIMEOUT = 60.0
 
 _S = TypeVar("_S", bound="AugmentServicer")
 _In = TypeVar("_In")  # the request, or the request stream of a client-streaming RPC
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """What a request's bytes decode to when they are not the message (see ``add_to_server``)."""
+
+    message: str
+
+
+def tolerant(message_class: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    """A request deserializer that turns undecodable bytes into :class:`Malformed` instead of
+    raising: grpc would answer a raising deserializer with a bare INTERNAL/UNKNOWN."""
+
+    def parse(data: bytes) -> Message | Malformed:
+        try:
+            return message_class.FromString(data)
+        except DecodeError:
+            return Malformed(
+                f"the request is not a valid {message_class.DESCRIPTOR.full_name} message (malformed protobuf bytes)"
+            )
+
+    return parse
+
+
+def add_to_server(servicer: AugmentServicer, server: grpc.aio.Server) -> None:
+    """Register the servicer like the generated ``add_AugmentServiceServicer_to_server``,
+    with tolerant request deserializers."""
+    service = pb.DESCRIPTOR.services_by_name["AugmentService"]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        request_class = getattr(pb, method.input_type.name)
+        response_class = getattr(pb, method.output_type.name)
+        make = grpc.stream_unary_rpc_method_handler if method.client_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=tolerant(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
 def new_token() -> str:
@@ -55,6 +102,8 @@ def _rpc(
 
     @functools.wraps(method)
     async def wrapper(self: _S, request: _In, context: grpc.aio.ServicerContext[_Req, _Resp]) -> _Resp:
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         try:
             return await method(self, request, context)
         except WaveError as exc:
@@ -112,8 +161,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         if record.owner != ANONYMOUS and record.owner != caller:
             raise WaveError(
                 Errors.DENIED,
-                f"container token {record.container_token} belongs to another user; "
-                "use the token of the caller that created it",
+                "the container token belongs to another user; use the token of the caller that created it",
             )
 
     # -- layers -------------------------------------------------------------
@@ -183,12 +231,27 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
 
     @staticmethod
     def _check_config(cfg: pb.ContainerConfig) -> None:
+        # NUL and control characters in a config value break runtimes (an exec
+        # argv or an environment cannot hold NUL) or hide what a value says.
+        for field, values in (
+            ("env", cfg.env),
+            ("entrypoint", cfg.entrypoint),
+            ("cmd", cfg.cmd),
+            ("working_dir", [cfg.working_dir]),
+        ):
+            for i, value in enumerate(values):
+                bad = next((c for c in value if c in _CONTROL), None)
+                if bad is not None:
+                    where = f"container_config.{field}" + ("" if field == "working_dir" else f"[{i}]")
+                    raise invalid_argument(
+                        where, f"holds the control character U+{ord(bad):04X}; remove NUL and control characters"
+                    )
         for i, entry in enumerate(cfg.env):
             name, sep, _ = entry.partition("=")
             if not sep or not name or any(c.isspace() for c in name):
-                raise invalid_argument(f"container_config.env[{i}]", f"{entry!r} is not NAME=value")
+                raise invalid_argument(f"container_config.env[{i}]", f"{brief(entry)} is not NAME=value")
         if cfg.working_dir and not cfg.working_dir.startswith("/"):
-            raise invalid_argument("container_config.working_dir", f"{cfg.working_dir!r} must be an absolute path")
+            raise invalid_argument("container_config.working_dir", f"{brief(cfg.working_dir)} must be an absolute path")
         if len(cfg.layers) > MAX_LAYERS:
             raise invalid_argument("container_config.layers", f"at most {MAX_LAYERS} layers, got {len(cfg.layers)}")
 
@@ -246,7 +309,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
                 break
         else:
             raise WaveError(Errors.INTERNAL, "could not allocate a unique token")
-        log.info("created %s for %s (%s, %s) owner=%s", token, ref, record.source_digest, platform, owner)
+        log.info("created %s for %s (%s, %s) owner=%s", token_id(token), ref, record.source_digest, platform, owner)
         return pb.CreateContainerResponse(
             container_token=token,
             target_image=record.target_image,
@@ -259,10 +322,10 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
 
     async def _live_record(self, token: str) -> pb.ContainerRecord:
         if len(token) != TOKEN_LENGTH or any(c not in TOKEN_ALPHABET for c in token):
-            raise invalid_argument("container_token", f"{token!r} is not a token (12 lowercase letters and digits)")
+            raise invalid_argument("container_token", "is not a token (12 lowercase letters and digits)")
         record = await self._tokens.get(token)
         if record is None:
-            raise WaveError(Errors.NAME_UNKNOWN, f"container token {token} is unknown, expired or revoked")
+            raise WaveError(Errors.NAME_UNKNOWN, "the container token is unknown, expired or revoked")
         return record
 
     @_rpc
@@ -284,11 +347,8 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         record = await self._live_record(request.container_token)
         self._check_owner(record, caller)
         if not await self._tokens.revoke(request.container_token):
-            raise WaveError(
-                Errors.NAME_UNKNOWN,
-                f"container token {request.container_token} is unknown, expired or revoked",
-            )
-        log.info("revoked %s", request.container_token)
+            raise WaveError(Errors.NAME_UNKNOWN, "the container token is unknown, expired or revoked")
+        log.info("revoked %s", token_id(request.container_token))
         return pb.RevokeContainerResponse(container_token=request.container_token)
 
     @_rpc
@@ -312,7 +372,9 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         # known only to the creator, and the answer carries neither token nor image.
         request_id = request.request_id.strip()
         if len(request_id) != REQUEST_ID_LENGTH or any(c not in "0123456789abcdef" for c in request_id):
-            raise invalid_argument("request_id", f"{request_id!r} is not a request id (32 lowercase hex characters)")
+            raise invalid_argument(
+                "request_id", f"{brief(request_id)} is not a request id (32 lowercase hex characters)"
+            )
         record = await self._tokens.get_by_request_id(request_id)
         if record is None:
             raise WaveError(Errors.NAME_UNKNOWN, f"container request {request_id} is unknown, expired or revoked")
@@ -362,9 +424,17 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
                             "chunk", f"the layer is over this service's {limit} byte limit ([service].max_layer_size)"
                         )
                     yield message.chunk
-                next_message = await anext(request_iterator, None)
+                try:
+                    next_message = await asyncio.wait_for(anext(request_iterator, None), UPLOAD_IDLE_TIMEOUT)
+                except TimeoutError:
+                    raise WaveError(
+                        Errors.INVALID_ARGUMENT,
+                        f"chunk: nothing arrived for {UPLOAD_IDLE_TIMEOUT:g}s; the upload was abandoned, send it again",
+                    ) from None
                 if next_message is None:
                     return
+                if isinstance(next_message, Malformed):
+                    raise invalid_argument("chunk", next_message.message)
                 message = next_message
 
         digests, created = await self._layers.put(chunks(), expected)
