@@ -28,6 +28,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+
 from wave_grpc.errors import Errors
 from wave_grpc.image.digest import Digest
 from wave_grpc.registry.client import REDIRECT_STATUSES, RegistryClient
@@ -93,19 +95,23 @@ async def registry_blob(
     proxy = client.route(registry).blobs == "proxy"
     ranged = single_range(method, range_header)
     stack = AsyncExitStack()
-    try:
-        resp = await stack.enter_async_context(
+
+    async def send(follow: bool) -> aiohttp.ClientResponse:
+        return await stack.enter_async_context(
             client.request(
                 registry,
                 repository,
                 method,
                 f"blobs/{digest}",
-                allow_redirects=proxy,
+                allow_redirects=follow,
                 not_found=Errors.BLOB_UNKNOWN,
                 what=label,
                 headers=ranged,
             )
         )
+
+    try:
+        resp = await send(follow=proxy)
         if resp.status in REDIRECT_STATUSES:
             location = client.relayable_location(resp)
             await stack.aclose()
@@ -114,17 +120,7 @@ async def registry_blob(
             # A redirect we must not hand out (it carries a credential, or points
             # somewhere no runtime should go): fetch through it ourselves.
             log.info("%s: upstream redirect not relayable; streaming instead", label)
-            resp = await stack.enter_async_context(
-                client.request(
-                    registry,
-                    repository,
-                    method,
-                    f"blobs/{digest}",
-                    not_found=Errors.BLOB_UNKNOWN,
-                    what=label,
-                    headers=ranged,
-                )
-            )
+            resp = await send(follow=True)
     except BaseException:
         await stack.aclose()
         raise
