@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from tests import components
 from tests.stack import WaveStack, registry_route
+from wave_grpc.addresses import ip_literal, plain_host_name, public_unicast
 from wave_grpc.config import parse_config
 from wave_grpc.errors import WaveError, brief
 from wave_grpc.image.digest import Digest
@@ -28,7 +29,7 @@ from wave_grpc.image.platform import Platform
 from wave_grpc.image.ref import ImageRef
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.redaction import redact_path, token_id
-from wave_grpc.registry.policy import Listeners, PolicyConnector, ip_literal, plain_host_name, public_unicast
+from wave_grpc.registry.policy import Listeners, PolicyConnector
 
 
 class CountingListener:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from wave_grpc.addresses import ip_literal
 from wave_grpc.image.ref import DOCKER_HUB
 
 
@@ -318,7 +319,7 @@ def _layer_hosts(section: _Section) -> tuple[str, ...]:
                 f"layer_hosts[{i}]", f"{entry!r} is not a host: use 'host', 'host:port' or '*.domain' (no scheme/path)"
             )
         host = value[1:].partition("]")[0] if value.startswith("[") else value.rsplit(":", 1)[0]
-        if value.startswith("[") or re.fullmatch(r"[0-9.]+|0x[0-9a-f.x]+", host):
+        if ip_literal(host) is not None:
             raise section.error(
                 f"layer_hosts[{i}]",
                 f"{entry!r} is an IP address; layer_hosts match host names only (a runtime is redirected there, "

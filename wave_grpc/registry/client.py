@@ -37,6 +37,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from wave_grpc.addresses import ip_literal, public_unicast
 from wave_grpc.config import Config, RegistryRoute
 from wave_grpc.errors import ErrorKind, Errors, WaveError
 from wave_grpc.image.digest import Digest
@@ -50,7 +51,7 @@ from wave_grpc.registry.auth import (
     basic_authorization,
     denied,
 )
-from wave_grpc.registry.policy import contactable_url, ip_literal, public_unicast
+from wave_grpc.registry.policy import contactable_url
 from wave_grpc.registry.transport import Transport
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,6 @@ relayed to a runtime.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
-import re
 import socket
 from collections.abc import Sequence
 from typing import Any
@@ -19,54 +17,19 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp.abc import ResolveResult
 
+from wave_grpc.addresses import as_ipv4, ip_literal, plain_host_name, public_unicast
 from wave_grpc.config import Config
 from wave_grpc.errors import invalid_argument
 
-_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-
 
 def forbidden_host(host: str) -> bool:
-    """Addresses no route may reach even by redirect: link-local (cloud metadata
-    endpoints live at 169.254.169.254 and fe80::), unspecified and multicast."""
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
+    """Addresses no route may reach even by redirect, in any spelling: link-local (cloud
+    metadata endpoints live at 169.254.169.254 and fe80::), unspecified and multicast."""
+    literal = ip_literal(host)
+    if literal is None:
         return False
+    address = as_ipv4(literal)
     return address.is_link_local or address.is_unspecified or address.is_multicast
-
-
-def ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address a host string spells, in any spelling a resolver accepts
-    (``127.1``, ``0x7f.0.0.1``, ``2130706433``, ``[::ffff:127.0.0.1]``), or None for a name."""
-    bare = host.strip("[]").split("%", 1)[0]
-    try:
-        return ipaddress.ip_address(bare)
-    except ValueError:
-        pass
-    try:
-        # inet_aton takes the BSD spellings (hex, octal, fewer than four parts).
-        return ipaddress.IPv4Address(socket.inet_aton(bare))
-    except (OSError, ValueError):
-        return None
-
-
-def public_unicast(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """A globally routable unicast address: not loopback, private, link-local, unique-local,
-    shared (CGNAT), reserved, multicast or unspecified. IPv4-mapped IPv6 is judged as IPv4."""
-    if isinstance(address, ipaddress.IPv6Address):
-        mapped = address.ipv4_mapped or address.sixtofour
-        if mapped is not None:
-            address = mapped
-    return address.is_global and not address.is_multicast
-
-
-def plain_host_name(host: str) -> bool:
-    """A DNS name, not an address in any spelling (layer_hosts match only these)."""
-    name = host.lower().rstrip(".")
-    if not name or ip_literal(name) is not None:
-        return False
-    labels = name.split(".")
-    return all(_HOST_LABEL.match(label) for label in labels) and not labels[-1].isdigit()
 
 
 class AddressRefused(OSError):
@@ -88,22 +51,18 @@ class Listeners:
                 self._any_ports.add(int(port_text))
             else:
                 self._pairs.add((host, int(port_text)))
-        self._local: set[str] | None = None
-
-    def _local_addresses(self) -> set[str]:
-        if self._local is None:
-            found = {"127.0.0.1", "::1"}
+        # Looked up once, here at startup: never a blocking lookup in the connect path.
+        self._local: set[str] = set()
+        if self._any_ports:
             with contextlib.suppress(OSError):
-                found |= {str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None)}
-            self._local = found
-        return self._local
+                self._local = {str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None)}
 
     def include(self, address: str, port: int) -> bool:
         if (address, port) in self._pairs:
             return True
         if port in self._any_ports:
             literal = ip_literal(address)
-            return literal is not None and (literal.is_loopback or str(literal) in self._local_addresses())
+            return literal is not None and (literal.is_loopback or str(literal) in self._local)
         return False
 
 
@@ -186,7 +145,7 @@ def check_layer_location(config: Config, url: str, field: str) -> None:
         )
     if parts.username or parts.password:
         raise invalid_argument(field, "must not carry credentials (user:password@); use a presigned URL or upload")
-    if forbidden_host(host) or not any(host_matches(p, host, port) for p in config.upstream.layer_hosts):
+    if not any(host_matches(p, host, port) for p in config.upstream.layer_hosts):
         listed = ", ".join(config.upstream.layer_hosts) or "none"
         raise invalid_argument(
             field,

@@ -235,14 +235,10 @@ class Transport:
                     Errors.UPSTREAM_UNAVAILABLE,
                     f"{label}: the TLS certificate of {what} could not be verified; {hint}",
                 ) from None
-            except aiohttp.ClientConnectorDNSError as exc:
-                if isinstance(exc.os_error, AddressRefused):
-                    raise self.refused(route, label) from None
-                if attempt <= retries:
-                    await asyncio.sleep(self._backoff(attempt, None))
-                    continue
-                raise self.unreachable(route, label, exc, what, attempt) from None
             except aiohttp.ClientError as exc:
+                if isinstance(getattr(exc, "os_error", None), AddressRefused):
+                    # The policy's answer, not a failure: retrying would change nothing.
+                    raise self.refused(route, label) from None
                 if attempt <= retries:
                     log.debug("%s %s: %s; retrying", method, _without_query(str(url)), type(exc).__name__)
                     await asyncio.sleep(self._backoff(attempt, None))
