@@ -306,3 +306,17 @@ def test_deeply_nested_json_is_a_bad_request(stack: WaveStack) -> None:
     )
     assert answer.status == 400
     assert "nested too deeply" in answer.json()["message"]
+
+
+def test_a_malformed_first_upload_message_is_invalid_argument(stack: WaveStack) -> None:
+    with grpc.insecure_channel(stack.grpc_address) as channel:
+        raw = channel.stream_unary(
+            "/wave.augment.v1.AugmentService/UploadLayer",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            raw(iter([b"\x0a\xff\xff\xff\xff\x0f"]), timeout=10)
+    error: Any = caught.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("chunk: the request is not a valid wave.augment.v1.UploadLayerRequest")

@@ -398,6 +398,8 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None:
             raise invalid_argument("chunk", "the upload stream is empty; send the tar.gz bytes in chunk")
+        if isinstance(first, Malformed):
+            raise invalid_argument("chunk", first.message)
         limit = self._config.service.max_layer_size
         declared = first.gzip_size
         if declared > limit:
