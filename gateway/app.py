@@ -50,6 +50,7 @@ def create_app(config: Config, *, service_address: str | None = None) -> web.App
             content,
             record_ttl=config.gateway.record_cache_ttl.total_seconds(),
             max_entries=config.gateway.rewrite_cache_size,
+            max_bytes=config.gateway.content_cache_bytes,
         )
         try:
             yield

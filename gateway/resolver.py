@@ -49,6 +49,13 @@ class TokenImage:
     def expires_at(self) -> float:
         return expiry_seconds(self.record)
 
+    @property
+    def weight(self) -> int:
+        """Bytes this entry holds in memory, near enough to bound a cache by."""
+        index = self.image.index
+        blobs = len(self.image.manifest.data) + len(self.image.config.data) + (len(index.data) if index else 0)
+        return blobs + self.record.ByteSize() + 512
+
 
 def matches_record(image: AugmentedImage, record: pb.ContainerRecord) -> bool:
     """Does this augmented image have the digests recorded at creation?"""
@@ -77,12 +84,16 @@ class TokenResolver:
         *,
         record_ttl: float,
         max_entries: int,
+        max_bytes: int,
     ) -> None:
         self._stub = stub
         self._upstream = upstream
         self._content = content
         self._record_ttl = record_ttl
         self._max_entries = max_entries
+        # Bounded in count and in bytes: a few tokens with huge configs must not grow the process.
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._images: OrderedDict[str, tuple[TokenImage, float]] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[TokenImage]] = {}
 
@@ -145,7 +156,7 @@ class TokenResolver:
         if cached is not None:
             entry, checked_at = cached
             if entry.expires_at <= time.time():
-                self._images.pop(token, None)
+                self._forget(token)
                 raise self._unknown(token)
             if now - checked_at < self._record_ttl:
                 self._images.move_to_end(token)
@@ -159,12 +170,25 @@ class TokenResolver:
             entry = await asyncio.shield(pending)
         except WaveError as exc:
             if exc.kind is Errors.NAME_UNKNOWN:
-                self._images.pop(token, None)
+                self._forget(token)
             raise
         if entry.expires_at <= time.time():
             raise self._unknown(token)
-        self._images[token] = (entry, time.monotonic())
-        self._images.move_to_end(token)
-        while len(self._images) > self._max_entries:
-            self._images.popitem(last=False)
+        self._remember(token, entry)
         return entry
+
+    def _forget(self, token: str) -> None:
+        old = self._images.pop(token, None)
+        if old is not None:
+            self._bytes -= old[0].weight
+
+    def _remember(self, token: str, entry: TokenImage) -> None:
+        self._forget(token)
+        weight = entry.weight
+        if weight > self._max_bytes // 4:
+            return  # served, not kept: one entry may not take a quarter of the budget
+        self._images[token] = (entry, time.monotonic())
+        self._bytes += weight
+        while len(self._images) > self._max_entries or self._bytes > self._max_bytes:
+            _, (evicted, _checked) = self._images.popitem(last=False)
+            self._bytes -= evicted.weight

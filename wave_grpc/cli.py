@@ -21,7 +21,15 @@ from google.protobuf.json_format import MessageToDict
 from wave_grpc import __version__
 from wave_grpc.channel import service_channel
 from wave_grpc.config import ConfigError, default_config_path, load_config
-from wave_grpc.image.layers import LayerDigester, LayerDigests, LayerFormatError, directory_size, pack_directory
+from wave_grpc.image.layers import (
+    LayerDigester,
+    LayerDigests,
+    LayerFormatError,
+    LayerLimits,
+    directory_size,
+    pack_directory,
+)
+from wave_grpc.image.tarcheck import TarCheckError
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
 from wave_grpc.serving import run_gateway_worker, run_servers
@@ -107,18 +115,28 @@ class Progress:
             self.stream.write("\n")
 
 
+# The CLI checks the tar's structure before uploading; the service's own limits
+# (inflation, devices) are the service's to enforce.
+_CLIENT_LIMITS = LayerLimits(max_inflated_size=1 << 50, max_inflation_ratio=0, allow_devices=True)
+
+
 def _digest_file(path: Path) -> LayerDigests:
-    digester = LayerDigester()
+    digester = LayerDigester(_CLIENT_LIMITS)
     progress = Progress(f"hashing {path.name}", path.stat().st_size)
-    with path.open("rb") as handle:
-        while chunk := handle.read(UPLOAD_CHUNK):
-            digester.update(chunk)
-            progress.advance(len(chunk))
-    progress.close()
     try:
-        return digester.finish()
+        with path.open("rb") as handle:
+            while chunk := handle.read(UPLOAD_CHUNK):
+                digester.update(chunk)
+                progress.advance(len(chunk))
+        digests = digester.finish()
+        digester.check_tar()
     except LayerFormatError as exc:
         raise CliError(f"--layer {path}: {exc}; give a directory or a .tar.gz file") from None
+    except TarCheckError as exc:
+        raise CliError(f"--layer {path}: the layer {exc}; give a directory or a .tar.gz of a tar archive") from None
+    finally:
+        progress.close()
+    return digests
 
 
 def pack_layer(spec: str, scratch: Path) -> tuple[Path, LayerDigests]:

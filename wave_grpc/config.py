@@ -21,6 +21,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from wave_grpc.addresses import ip_literal
+from wave_grpc.image.layers import LayerLimits
 from wave_grpc.image.ref import DOCKER_HUB
 
 
@@ -140,6 +141,13 @@ class ServiceConfig:
     max_message_size: int = 128 << 20
     # Layers up to this size may come inline as data:; bigger ones go through UploadLayer.
     inline_layer_limit: int = 64 << 20
+    # Largest token record (the config, the layer list, the digests): every gateway must
+    # be able to fetch it back, and a record is read on every pull's cache miss.
+    max_record_size: int = 1 << 20
+    # RPCs in flight at once (more are answered RESOURCE_EXHAUSTED), and how long a client
+    # connection with no RPC in flight is kept (clients reconnect transparently).
+    max_concurrent_rpcs: int = 1024
+    idle_timeout: timedelta = timedelta(minutes=2)
     # Largest layer UploadLayer takes (compressed bytes): bounds the disk one upload can fill.
     max_layer_size: int = 16 << 30
     # PEM files: with both set the AugmentService speaks TLS only.
@@ -168,6 +176,14 @@ class GatewayConfig:
     # Largest Wave REST body: room for Wave's 14,000,000-character inline layer field,
     # refused from Content-Length before any byte is read.
     max_body_size: int = 16 << 20
+    # A connection with no request in flight (before its first request too) is closed
+    # after this; so is one whose request head does not arrive within it.
+    idle_timeout: timedelta = timedelta(seconds=15)
+    # A REST body must arrive within this; a blob chunk must be taken by the client within this.
+    body_timeout: timedelta = timedelta(seconds=60)
+    send_timeout: timedelta = timedelta(seconds=60)
+    # Open connections per gateway process; past it a new one gets 503 with Retry-After.
+    max_connections: int = 2048
 
 
 @dataclass(frozen=True)
@@ -176,6 +192,18 @@ class LayersConfig:
     store: str = "file://.wave-grpc/layers"
     # Where uploads are verified before they go to an oci:// store.
     staging: str = ".wave-grpc/staging"
+    # Decompression bombs end early: a layer may inflate to at most this many bytes, and
+    # (past 64 MiB) to at most this many times its compressed size (0: no ratio limit).
+    max_inflated_size: int = 32 << 30
+    max_inflation_ratio: int = 200
+    # Character and block devices in a layer's tar: refused unless allowed.
+    allow_devices: bool = False
+    # Threads that hash, inflate and check uploaded layers (their own pool).
+    verify_workers: int = 2
+
+    @property
+    def limits(self) -> LayerLimits:
+        return LayerLimits(self.max_inflated_size, self.max_inflation_ratio, self.allow_devices)
 
     @property
     def file_root(self) -> Path:
@@ -460,6 +488,9 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         tokens=tuple(tokens),
         max_message_size=s.integer("max_message_size", ServiceConfig.max_message_size),
         inline_layer_limit=s.integer("inline_layer_limit", ServiceConfig.inline_layer_limit),
+        max_record_size=s.integer("max_record_size", ServiceConfig.max_record_size),
+        max_concurrent_rpcs=s.integer("max_concurrent_rpcs", ServiceConfig.max_concurrent_rpcs),
+        idle_timeout=s.duration("idle_timeout", ServiceConfig.idle_timeout),
         max_layer_size=s.integer("max_layer_size", ServiceConfig.max_layer_size),
         tls_cert=_readable_file(s, "tls_cert"),
         tls_key=_readable_file(s, "tls_key"),
@@ -486,7 +517,13 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         workers=g.integer("workers", GatewayConfig.workers),
         access_log=g.boolean("access_log", GatewayConfig.access_log),
         max_body_size=g.integer("max_body_size", GatewayConfig.max_body_size),
+        idle_timeout=g.duration("idle_timeout", GatewayConfig.idle_timeout),
+        body_timeout=g.duration("body_timeout", GatewayConfig.body_timeout),
+        send_timeout=g.duration("send_timeout", GatewayConfig.send_timeout),
+        max_connections=g.integer("max_connections", GatewayConfig.max_connections),
     )
+    if gateway.max_connections < 1:
+        raise g.error("max_connections", "must be 1 or more")
     if gateway.max_body_size < 1024:
         raise g.error("max_body_size", "must be at least 1024 bytes")
     if gateway.shared_cache and not gateway.shared_cache.startswith(("redis://", "rediss://")):
@@ -501,7 +538,17 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
     layers = LayersConfig(
         store=_store_url(lay, "store", LayersConfig.store, ("file://", "oci://")),
         staging=lay.string("staging", LayersConfig.staging),
+        max_inflated_size=lay.integer("max_inflated_size", LayersConfig.max_inflated_size),
+        max_inflation_ratio=lay.integer("max_inflation_ratio", LayersConfig.max_inflation_ratio),
+        allow_devices=lay.boolean("allow_devices", LayersConfig.allow_devices),
+        verify_workers=lay.integer("verify_workers", LayersConfig.verify_workers),
     )
+    if layers.max_inflated_size < 1 << 20:
+        raise lay.error("max_inflated_size", "must be at least 1048576 bytes")
+    if layers.max_inflation_ratio < 0:
+        raise lay.error("max_inflation_ratio", "must be 0 (no ratio limit) or more")
+    if layers.verify_workers < 1:
+        raise lay.error("verify_workers", "must be 1 or more")
     if layers.store.startswith("oci://"):
         registry, _, repository = layers.store[len("oci://") :].partition("/")
         if not registry or not repository:

@@ -43,6 +43,10 @@ class Errors:
     UNAUTHORIZED = ErrorKind("UNAUTHORIZED", 401, grpc.StatusCode.UNAUTHENTICATED, "authentication required")
     DENIED = ErrorKind("DENIED", 403, grpc.StatusCode.PERMISSION_DENIED, "requested access to the resource is denied")
     UNSUPPORTED = ErrorKind("UNSUPPORTED", 405, grpc.StatusCode.UNIMPLEMENTED, "the operation is unsupported")
+    REQUEST_TIMEOUT = ErrorKind("UNKNOWN", 408, grpc.StatusCode.DEADLINE_EXCEEDED, "the request did not arrive in time")
+    RANGE_NOT_SATISFIABLE = ErrorKind(
+        "RANGE_INVALID", 416, grpc.StatusCode.OUT_OF_RANGE, "the requested range is not satisfiable"
+    )
     TOO_MANY_REQUESTS = ErrorKind("TOOMANYREQUESTS", 429, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests")
     # The source registry failed us: not the caller's fault, worth a retry.
     UPSTREAM_UNAVAILABLE = ErrorKind("UNAVAILABLE", 502, grpc.StatusCode.UNAVAILABLE, "upstream registry unavailable")

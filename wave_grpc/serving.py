@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from aiohttp import web
 
 from gateway.access_log import AccessLog
 from gateway.app import create_app
+from gateway.connections import ConnectionGuard, serve_guarded
 from wave_grpc.config import Config
 from wave_grpc.service.server import serve
 
@@ -47,12 +49,49 @@ def _bind(listen: str) -> socket.socket:
     return sock
 
 
-async def _gateway_on_socket(config: Config, sock: socket.socket) -> web.AppRunner:
+class GatewayListener:
+    """The gateway app on a listening socket: aiohttp's runner behind the connection guard."""
+
+    def __init__(self, runner: web.AppRunner, server: asyncio.Server) -> None:
+        self.runner = runner
+        self.server = server
+
+    async def cleanup(self) -> None:
+        self.server.close()
+        await self.runner.cleanup()
+
+
+async def _gateway_on_socket(config: Config, sock: socket.socket) -> GatewayListener:
     access_log = logging.getLogger("gateway.access") if config.gateway.access_log else None
-    runner = web.AppRunner(create_app(config), access_log=access_log, access_log_class=AccessLog)
+    runner = web.AppRunner(
+        create_app(config),
+        access_log=access_log,
+        access_log_class=AccessLog,
+        # Also runs before a connection's first request: a request head that does not
+        # arrive in time (a slow or idle client) ends the connection.
+        keepalive_timeout=config.gateway.idle_timeout.total_seconds(),
+    )
     await runner.setup()
-    await web.SockSite(runner, sock).start()
-    return runner
+    assert runner.server is not None
+    guard = ConnectionGuard(config.gateway.max_connections)
+    server = await serve_guarded(runner.server, sock, guard)
+    return GatewayListener(runner, server)
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; answer the limit in force.
+
+    Every connection holds a descriptor: the default soft limit (often 1024) is what
+    a flood of idle connections exhausted.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft
+        return hard
+    return soft
 
 
 class WorkerPool:
@@ -103,8 +142,15 @@ async def run_servers(config: Config, only: str | None, ready: Callable[[str], N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    limit = raise_open_file_limit()
+    if limit < config.gateway.max_connections + 256:
+        log.warning(
+            "open-file limit %d leaves little room above [gateway].max_connections = %d; raise the limit (ulimit -n)",
+            limit,
+            config.gateway.max_connections,
+        )
     service = None
-    runner: web.AppRunner | None = None
+    runner: GatewayListener | None = None
     pool: WorkerPool | None = None
     watcher: asyncio.Task[None] | None = None
     sock: socket.socket | None = None
@@ -148,6 +194,7 @@ async def run_gateway_worker(config: Config, fd: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    raise_open_file_limit()
     sock = socket.socket(fileno=fd)
     runner = await _gateway_on_socket(config, sock)
     try:

@@ -13,16 +13,18 @@ never accepts a wrong or short blob.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 
 from aiohttp import web
 
+from gateway.errors import API_VERSION_HEADER
 from gateway.handlers.common import content_headers, token_image
 from gateway.keys import CONFIG, LAYERS, UPSTREAM
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.image.digest import Digest
-from wave_grpc.registry.blobs import BlobAnswer, LocalFile, Redirect, Stream, registry_blob
+from wave_grpc.registry.blobs import BlobAnswer, LocalFile, Redirect, Stream, honoured_range, registry_blob
 from wave_grpc.registry.policy import check_layer_location
 from wave_grpc.stores.layers import STORE_SCHEME
 
@@ -34,6 +36,7 @@ OCTET_STREAM = "application/octet-stream"
 async def get_blob(request: web.Request) -> web.StreamResponse:
     image = await token_image(request)
     digest = Digest.parse(request.match_info["digest"], field="digest")
+    range_header = honoured_range(request.method, request.headers.get("Range", ""))
     if digest == image.image.config.digest:
         config = image.image.config
         headers = content_headers(OCTET_STREAM, str(digest), len(config.data))
@@ -42,7 +45,6 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
             if request.method == "HEAD"
             else web.Response(body=config.data, headers=headers)
         )
-    range_header = request.headers.get("Range", "")
     layer = image.injected.get(digest)
     answer: BlobAnswer
     if layer is not None:
@@ -79,7 +81,16 @@ async def render(request: web.Request, answer: BlobAnswer, digest: Digest) -> we
         # FileResponse stats the file itself for Content-Length (and ranges).
         headers = content_headers(OCTET_STREAM, str(digest), 0)
         headers.pop("Content-Length")
-        return web.FileResponse(answer.path, headers=headers)
+        response = web.FileResponse(answer.path, headers=headers)
+        if "Range" in request.headers and not honoured_range(request.method, request.headers["Range"]):
+            # A Range we ignore (several ranges, a malformed one): FileResponse would answer
+            # 416; HTTP says serve the whole blob. It reads the Range of the request it is
+            # prepared with, so it is prepared here with one that has none.
+            response.headers.update(API_VERSION_HEADER)
+            headers_without_range = request.headers.copy()
+            del headers_without_range["Range"]
+            await response.prepare(request.clone(headers=headers_without_range))
+        return response
     if isinstance(answer, Redirect):
         return redirect(answer, digest)
     try:
@@ -113,11 +124,18 @@ async def _stream(request: web.Request, answer: Stream, digest: Digest) -> web.S
         return response
     # A slice cannot be checked against the blob's digest; the runtime checks the whole.
     hasher = None if answer.partial else hashlib.sha256()
+    send_timeout = request.app[CONFIG].gateway.send_timeout.total_seconds()
     try:
         async for chunk in answer.chunks:
             if hasher is not None:
                 hasher.update(chunk)
-            await response.write(chunk)
+            # A client that stops reading would hold this connection and the upstream one forever.
+            async with asyncio.timeout(send_timeout):
+                await response.write(chunk)
+    except TimeoutError:
+        log.info("%s: the client took nothing for %gs ([gateway].send_timeout); closing", answer.label, send_timeout)
+        _cut(request)
+        return response
     except WaveError as exc:
         # The status line is out: the only honest signal left is a cut connection.
         log.warning("%s; cutting the connection to the client", exc.message)

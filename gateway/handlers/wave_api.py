@@ -12,6 +12,7 @@ JSON spelling the client sent.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -115,10 +116,17 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     # for a body we will refuse only holds a connection.
     if request.content_length is not None and request.content_length > limit:
         raise too_large
+    timeout = request.app[CONFIG].gateway.body_timeout.total_seconds()
     try:
-        raw = await request.read()
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
+    except TimeoutError:
+        raise WaveError(
+            Errors.REQUEST_TIMEOUT,
+            f"the request body did not arrive within {timeout:g}s ([gateway].body_timeout); send it again",
+        ) from None
     try:
         body = json.loads(raw)
     except RecursionError:

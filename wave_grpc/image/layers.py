@@ -16,6 +16,7 @@ from typing import IO
 
 from wave_grpc.errors import invalid_argument
 from wave_grpc.image.digest import Digest
+from wave_grpc.image.tarcheck import TarChecker, TarPolicy
 
 # Bound on bytes inflated per zlib call: a small gzip member can expand
 # enormously, and the verifier must keep memory flat whatever it is fed.
@@ -30,7 +31,24 @@ class LayerDigests:
 
 
 class LayerFormatError(ValueError):
-    """The bytes are not a complete gzip stream."""
+    """The bytes are not a complete gzip stream, or inflate past a limit."""
+
+
+# Below this inflated size the ratio is not judged: small layers of zeros are ordinary.
+RATIO_FLOOR = 64 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class LayerLimits:
+    """What a layer may inflate to, and what its tar may hold (``[layers]`` in the config)."""
+
+    max_inflated_size: int = 32 << 30
+    max_inflation_ratio: int = 200
+    allow_devices: bool = False
+
+    @property
+    def tar_policy(self) -> TarPolicy:
+        return TarPolicy(allow_devices=self.allow_devices)
 
 
 class LayerDigester:
@@ -38,14 +56,43 @@ class LayerDigester:
 
     Handles multi-member gzip (as ``gzip -d`` does) and trailing zero padding.
     Memory stays flat: inflated output is hashed in bounded steps and dropped.
+
+    With ``limits``, the same pass also checks the tar a runtime will unpack
+    (wave_grpc/image/tarcheck.py) and ends a decompression bomb early: past
+    ``max_inflated_size``, or past ``max_inflation_ratio`` times the compressed
+    bytes read so far, :meth:`update` raises at once. Tar problems are reported
+    by :meth:`check_tar` after the digests, so a caller who sent other bytes than
+    they claimed hears that first.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limits: LayerLimits | None = None) -> None:
         self._gzip = hashlib.sha256()
         self._tar = hashlib.sha256()
         self._size = 0
+        self._inflated = 0
         self._inflater: zlib._Decompress | None = None
         self._members = 0
+        self._limits = limits
+        self._checker = TarChecker(limits.tar_policy) if limits is not None else None
+
+    def _inflated_bytes(self, out: bytes) -> None:
+        self._tar.update(out)
+        if self._checker is not None:
+            self._checker.feed(out)
+        self._inflated += len(out)
+        limits = self._limits
+        if limits is None:
+            return
+        if self._inflated > limits.max_inflated_size:
+            raise LayerFormatError(
+                f"inflates past {limits.max_inflated_size} bytes, the limit of [layers].max_inflated_size"
+            )
+        ratio = limits.max_inflation_ratio
+        if ratio and self._inflated > RATIO_FLOOR and self._inflated > ratio * self._size:
+            raise LayerFormatError(
+                f"inflates more than {ratio} times its compressed size "
+                f"({self._inflated} bytes from {self._size}), the limit of [layers].max_inflation_ratio"
+            )
 
     @property
     def size(self) -> int:
@@ -66,7 +113,7 @@ class LayerDigester:
                     out = inflater.decompress(data, _INFLATE_STEP)
                 except zlib.error as exc:
                     raise LayerFormatError(f"not a gzip stream ({exc})") from None
-                self._tar.update(out)
+                self._inflated_bytes(out)
                 if inflater.eof:
                     data = inflater.unused_data
                     self._inflater = None
@@ -82,6 +129,11 @@ class LayerDigester:
         return LayerDigests(
             Digest("sha256", self._gzip.hexdigest()), self._size, Digest("sha256", self._tar.hexdigest())
         )
+
+    def check_tar(self) -> None:
+        """Raise :class:`TarCheckError` when the tar would not unpack as it says (no-op without limits)."""
+        if self._checker is not None:
+            self._checker.finish()
 
 
 def digest_layer(data: bytes) -> LayerDigests:

@@ -30,14 +30,14 @@ from pathlib import Path
 
 import aiohttp
 
-from wave_grpc.errors import Errors
+from wave_grpc.errors import Errors, WaveError
 from wave_grpc.image.digest import Digest
 from wave_grpc.registry.client import REDIRECT_STATUSES, RegistryClient
 
 log = logging.getLogger(__name__)
 
 STREAM_CHUNK = 1 << 18
-_BYTE_RANGE = re.compile(r"^bytes=\d+-\d*$")
+_BYTE_RANGE = re.compile(r"^bytes=(?:\d+-\d*|-\d+)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +76,19 @@ class Stream:
 BlobAnswer = LocalFile | Redirect | Stream
 
 
-def single_range(method: str, range_header: str) -> dict[str, str] | None:
-    """A single ``bytes=start-[end]`` range to forward upstream (runtimes resume
-    interrupted layer downloads this way); anything else is served whole, which
-    HTTP allows."""
+def honoured_range(method: str, range_header: str) -> str:
+    """The one ``Range`` a blob answer honours: a single ``bytes=start-[end]`` or ``bytes=-suffix``
+    on a GET (runtimes resume interrupted layer downloads this way), else "" for the whole blob.
+
+    Several ranges, other units and malformed values are ignored, which HTTP allows
+    (the whole blob is sent); ``bytes=-0`` asks for nothing and is RANGE_NOT_SATISFIABLE.
+    """
     value = range_header.strip()
-    return {"Range": value} if method == "GET" and _BYTE_RANGE.match(value) else None
+    if method != "GET" or not value:
+        return ""
+    if value.replace(" ", "") == "bytes=-0":
+        raise WaveError(Errors.RANGE_NOT_SATISFIABLE, "Range bytes=-0 asks for no bytes; omit Range for the whole blob")
+    return value if _BYTE_RANGE.match(value) else ""
 
 
 async def registry_blob(
@@ -93,7 +100,8 @@ async def registry_blob(
         return Redirect(direct)
     label = f"blob {registry}/{repository}@{digest}"
     proxy = client.route(registry).blobs == "proxy"
-    ranged = single_range(method, range_header)
+    honoured = honoured_range(method, range_header)
+    ranged = {"Range": honoured} if honoured else None
     stack = AsyncExitStack()
 
     async def send(follow: bool) -> aiohttp.ClientResponse:

@@ -57,7 +57,12 @@ async def serve(config: Config, *, listen: str | None = None) -> RunningService:
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
-        ]
+            # Idle client connections are closed (each holds a descriptor); a TLS or HTTP/2
+            # handshake that does not finish in time is dropped.
+            ("grpc.max_connection_idle_ms", int(config.service.idle_timeout.total_seconds() * 1000)),
+            ("grpc.server_handshake_timeout_ms", 10_000),
+        ],
+        maximum_concurrent_rpcs=config.service.max_concurrent_rpcs,
     )
     add_to_server(servicer, server)
     health = HealthServicer()

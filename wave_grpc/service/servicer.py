@@ -45,6 +45,8 @@ REQUEST_ID_LENGTH = 32  # uuid4().hex
 _CONTROL = frozenset(chr(c) for c in (*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F))
 # An upload that sends nothing for this long is abandoned, so an idle client cannot pin a stream.
 UPLOAD_IDLE_TIMEOUT = 60.0
+MIN_AVERAGE_CHUNK = 16 << 10
+SMALL_CHUNK_ALLOWANCE = 64  # messages before the average is judged
 
 _S = TypeVar("_S", bound="AugmentServicer")
 _In = TypeVar("_In")  # the request, or the request stream of a client-streaming RPC
@@ -301,6 +303,16 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         augmented = augment(resolved.image, augmentation_from_record(record))
         record.target_manifest_digest = str(augmented.manifest.digest)
         record.target_digest = str(augmented.top_level(accepts_index=True).digest)
+        # Checked with the longest target image name, before anything is stored: a record the
+        # gateways cannot fetch back would make every pull of the token fail.
+        size = record.ByteSize() + len(self._config.gateway.public_host) + len(ref.repository) + 64
+        limit = self._config.service.max_record_size
+        if size > limit:
+            raise invalid_argument(
+                "container_config",
+                f"the token record would be about {size} bytes, over the {limit}-byte limit "
+                "([service].max_record_size); put big values (scripts, long env values) into a layer",
+            )
         for _ in range(5):
             token = new_token()
             record.container_token = token
@@ -413,8 +425,18 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
             # Sizes are enforced as bytes arrive, so an over-long stream is cut off
             # at the limit instead of filling the disk before the final check.
             received = 0
+            messages = 0
             message = first
             while True:
+                messages += 1
+                # Tiny messages cost a gRPC frame, a hash call and a write each: a stream of
+                # them is a way to burn CPU, not to upload.
+                if messages > SMALL_CHUNK_ALLOWANCE and received < messages * MIN_AVERAGE_CHUNK:
+                    raise invalid_argument(
+                        "chunk",
+                        f"the upload's messages average under {MIN_AVERAGE_CHUNK} bytes; send chunks of at least "
+                        "16 KiB (wave-grpc augment sends 1 MiB)",
+                    )
                 if message.chunk:
                     received += len(message.chunk)
                     if declared and received > declared:

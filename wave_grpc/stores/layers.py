@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.image.digest import Digest
-from wave_grpc.image.layers import LayerDigester, LayerDigests, LayerFormatError, check_layer_digests
+from wave_grpc.image.layers import LayerDigester, LayerDigests, LayerFormatError, LayerLimits, check_layer_digests
+from wave_grpc.image.tarcheck import TarCheckError
 from wave_grpc.registry.blobs import BlobAnswer, LocalFile
+
+log = logging.getLogger(__name__)
 
 STORE_SCHEME = "wave-layer-store:"
 
@@ -57,18 +62,49 @@ class LayerStore(Protocol):
 
 
 class FileLayerStore:
-    def __init__(self, root: Path) -> None:
+    """Blobs under ``root/blobs``, their verified tar digests under ``root/tar-digests``.
+
+    Verification (hashing, inflating, the tar check) runs on a small pool of its
+    own, so a burst of big or hostile uploads cannot starve the default executor
+    that token lookups and file serving use. Temporary files carry the writing
+    process's id: at startup, those of processes that no longer run (a ``kill
+    -9`` mid-upload) are removed, and nobody else's upload in flight is touched.
+    """
+
+    def __init__(self, root: Path, limits: LayerLimits | None = None, *, verify_workers: int = 2) -> None:
         self.root = root
+        self._limits = limits or LayerLimits()
         (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir(parents=True, exist_ok=True)
         (root / "tar-digests" / "sha256").mkdir(parents=True, exist_ok=True)
+        self._pool = ThreadPoolExecutor(max_workers=verify_workers, thread_name_prefix="layer-verify")
+        self.swept = self._sweep_orphans()
+
+    def _temp_name(self) -> str:
+        return f"{os.getpid()}-{uuid.uuid4().hex}.part"
+
+    def _sweep_orphans(self) -> int:
+        """Remove the temporary files of writers that are gone; answer how many."""
+        removed = 0
+        for folder in (self.root / "tmp", self.root / "tar-digests" / "sha256"):
+            for path in folder.glob("*.part"):
+                # "<pid>-<uuid>.part", or "<hex>.<pid>-<uuid>.part" for a tar digest being written.
+                writer = path.name.removesuffix(".part").rsplit(".", 1)[-1].split("-", 1)[0]
+                if writer.isdigit() and _process_alive(int(writer)):
+                    continue
+                _unlink_if_present(path)
+                removed += 1
+        if removed:
+            log.info("layer store %s: removed %d temporary file(s) left by stopped writers", self.root, removed)
+        return removed
 
     def _blob_path(self, digest: Digest) -> Path:
         return self.root / "blobs" / digest.algorithm / digest.hex
 
     async def put(self, chunks: AsyncIterator[bytes], expected: ExpectedLayer) -> tuple[LayerDigests, bool]:
-        temp = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
-        digester = LayerDigester()
+        temp = self.root / "tmp" / self._temp_name()
+        digester = LayerDigester(self._limits)
+        loop = asyncio.get_running_loop()
 
         def write(handle: BinaryIO, chunk: bytes) -> None:
             digester.update(chunk)
@@ -84,7 +120,7 @@ class FileLayerStore:
             with await asyncio.to_thread(temp.open, "wb") as handle:
                 async for chunk in chunks:
                     # Hashing and inflating are CPU work: keep them off the event loop too.
-                    await asyncio.to_thread(write, handle, chunk)
+                    await loop.run_in_executor(self._pool, write, handle, chunk)
                 try:
                     digests = digester.finish()
                 except LayerFormatError as exc:
@@ -92,6 +128,10 @@ class FileLayerStore:
                 check_layer_digests(
                     expected.field, digests, expected.gzip_digest, expected.gzip_size, expected.tar_digest
                 )
+                try:
+                    digester.check_tar()
+                except TarCheckError as exc:
+                    raise WaveError(Errors.INVALID_ARGUMENT, f"{expected.field}: the layer {exc}") from None
                 final = self._blob_path(digests.gzip_digest)
                 if final.exists():
                     return digests, False
@@ -100,7 +140,7 @@ class FileLayerStore:
             # The tar digest is written first: a blob that exists always has one.
             # Temp names are unique, so concurrent uploads of one blob do not collide.
             meta = self._meta_path(digests.gzip_digest)
-            meta_temp = meta.with_name(f"{meta.name}.{uuid.uuid4().hex}.part")
+            meta_temp = meta.with_name(f"{meta.name}.{self._temp_name()}")
             meta_temp.write_text(str(digests.tar_digest))
             os.replace(meta_temp, meta)
             os.replace(temp, final)
@@ -140,6 +180,16 @@ class FileLayerStore:
         if path is None:
             raise WaveError(Errors.BLOB_UNKNOWN, f"layer {digest} is missing from the layer store")
         return LocalFile(path)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True
 
 
 def _unlink_if_present(path: Path) -> None:

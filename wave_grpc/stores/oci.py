@@ -47,11 +47,11 @@ def _tag(digest: Digest) -> str:
 
 
 class RegistryLayerStore:
-    def __init__(self, client: RegistryClient, registry: str, repository: str, staging: Path) -> None:
+    def __init__(self, client: RegistryClient, registry: str, repository: str, staging: FileLayerStore) -> None:
         self.client = client
         self.registry = registry
         self.repository = repository
-        self._staging = FileLayerStore(staging)
+        self._staging = staging
 
     @property
     def _label(self) -> str:

@@ -25,5 +25,8 @@ def open_layer_store(config: Config, upstream: RegistryClient) -> LayerStore:
     """The configured layer store; an oci:// store talks through ``upstream`` (its route holds any credentials)."""
     if config.layers.store.startswith("oci://"):
         registry, repository = parse_store_url(config.layers.store)
-        return RegistryLayerStore(upstream, registry, repository, Path(config.layers.staging))
-    return FileLayerStore(config.layers.file_root)
+        staging = FileLayerStore(
+            Path(config.layers.staging), config.layers.limits, verify_workers=config.layers.verify_workers
+        )
+        return RegistryLayerStore(upstream, registry, repository, staging)
+    return FileLayerStore(config.layers.file_root, config.layers.limits, verify_workers=config.layers.verify_workers)
