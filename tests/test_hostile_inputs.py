@@ -320,3 +320,25 @@ def test_a_malformed_first_upload_message_is_invalid_argument(stack: WaveStack) 
     error: Any = caught.value
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details().startswith("chunk: the request is not a valid wave.augment.v1.UploadLayerRequest")
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_body_of_tiny_json_objects_is_refused_without_inflating(stack: WaveStack) -> None:
+    assert stack.process is not None
+    before = _peak_rss_mib(stack.process.pid)
+    body = b'{"containerImage":"busybox","junk":[' + b"{}," * (5 << 20) + b"{}]}"  # about 15 MiB
+    for _ in range(3):
+        answer = components.http_request(
+            "POST", f"{stack.gateway_url}/v1alpha2/container", headers=[("Content-Type", "application/json")], body=body
+        )
+        assert answer.status == 400
+        assert "JSON objects and arrays" in answer.json()["message"]
+    grown = _peak_rss_mib(stack.process.pid) - before
+    print(f"gateway peak RSS grew {grown:.1f} MiB for three 15 MiB bodies of tiny objects")
+    assert grown < 256

@@ -29,6 +29,7 @@ class ConfigError(ValueError):
     """A config problem; the message names the file and key."""
 
 
+_MAX_DURATION_SECONDS = 10 * 366 * 86400
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -79,13 +80,20 @@ class _Section:
             return default
         value = self.data[key]
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return timedelta(seconds=value)
-        match = _DURATION.match(str(value)) if isinstance(value, str) else None
-        if not match:
-            raise self.error(key, f'{value!r} is not a duration; use e.g. "36h", "90m", "30s", "500ms"')
-        result = timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-        if result <= timedelta(0):
+            seconds = float(value)
+        else:
+            match = _DURATION.match(value) if isinstance(value, str) else None
+            if not match:
+                raise self.error(key, f'{value!r} is not a duration; use e.g. "36h", "90m", "30s", "500ms"')
+            seconds = float(match.group(1)) * _UNITS[match.group(2)]
+        # Both spellings are judged alike: a number of seconds is no way around the bounds.
+        if not seconds > 0:
             raise self.error(key, "must be positive")
+        if not seconds <= _MAX_DURATION_SECONDS:
+            raise self.error(key, "must be at most 10 years")
+        result = timedelta(seconds=seconds)
+        if result <= timedelta(0):  # also what rounds to nothing below a microsecond
+            raise self.error(key, "must be positive (at least 1 microsecond)")
         return result
 
     def address(self, key: str, default: str) -> str:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 CREATE_TIMEOUT = 120.0  # creation resolves the source image upstream, with retries
 CALL_TIMEOUT = 30.0
+MAX_JSON_CONTAINERS = 100_000
 
 _Response = TypeVar("_Response")
 
@@ -127,6 +128,15 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
             Errors.REQUEST_TIMEOUT,
             f"the request body did not arrive within {timeout:g}s ([gateway].body_timeout); send it again",
         ) from None
+    # Each decoded object or array costs about a hundred bytes: a body of tiny ones
+    # would inflate many times over in memory. Counting brackets is one C pass.
+    containers = raw.count(b"{") + raw.count(b"[")
+    if containers > MAX_JSON_CONTAINERS:
+        raise WaveError(
+            Errors.INVALID_ARGUMENT,
+            f"the request body holds more than {MAX_JSON_CONTAINERS} JSON objects and arrays; a Wave request "
+            "needs a few dozen",
+        )
     try:
         body = json.loads(raw)
     except RecursionError:
