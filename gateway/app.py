@@ -7,26 +7,34 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.errors import render_errors
-from gateway.keys import CONFIG, LAYERS, RESOLVER, SERVICE, UPSTREAM
+from gateway.keys import CONFIG, LAYERS, METRICS, RESOLVER, SERVICE, UPSTREAM
+from gateway.observe import count_requests
 from gateway.resolver import TokenResolver
 from gateway.routes import add_routes
 from wave_grpc.channel import service_channel
 from wave_grpc.config import Config
+from wave_grpc.metrics import Metrics
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
 from wave_grpc.registry.client import RegistryClient
-from wave_grpc.stores.content import LocalContentCache, TieredContentCache
+from wave_grpc.stores.content import CountedCache, LocalContentCache, TieredContentCache
 from wave_grpc.stores.open import open_layer_store
 from wave_grpc.stores.redis import RedisContentCache, redis_client
 
 
-def create_app(config: Config, *, service_address: str | None = None) -> web.Application:
+def create_app(
+    config: Config, *, service_address: str | None = None, metrics: Metrics | None = None
+) -> web.Application:
     """The gateway app. ``service_address`` overrides ``[gateway].service`` (tests use port 0 servers)."""
+    counted = metrics or Metrics()
     # Wave REST bodies carry data: layers inline, up to [gateway].max_body_size.
-    app = web.Application(middlewares=[render_errors], client_max_size=config.gateway.max_body_size)
+    app = web.Application(
+        middlewares=[count_requests(counted), render_errors], client_max_size=config.gateway.max_body_size
+    )
     app[CONFIG] = config
+    app[METRICS] = counted
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        upstream = RegistryClient(config)
+        upstream = RegistryClient(config, metrics=counted)
         await upstream.start()
         size = config.service.max_message_size
         channel = service_channel(
@@ -42,8 +50,9 @@ def create_app(config: Config, *, service_address: str | None = None) -> web.App
         redis = None
         if config.gateway.shared_cache:
             redis, prefix = redis_client(config.gateway.shared_cache)
-            shared = RedisContentCache(redis, prefix + "cache:")
-        content = TieredContentCache(LocalContentCache(config.gateway.content_cache_bytes), shared)
+            shared = CountedCache(RedisContentCache(redis, prefix + "cache:"), counted, "shared")
+        local = CountedCache(LocalContentCache(config.gateway.content_cache_bytes), counted, "local")
+        content = TieredContentCache(local, shared)
         app[RESOLVER] = TokenResolver(
             stub,
             upstream,
@@ -51,6 +60,7 @@ def create_app(config: Config, *, service_address: str | None = None) -> web.App
             record_ttl=config.gateway.record_cache_ttl.total_seconds(),
             max_entries=config.gateway.rewrite_cache_size,
             max_bytes=config.gateway.content_cache_bytes,
+            metrics=counted,
         )
         try:
             yield

@@ -17,6 +17,8 @@ import logging
 import socket
 from collections.abc import Callable
 
+from prometheus_client import Gauge
+
 log = logging.getLogger("gateway")
 
 _BUSY = (
@@ -27,10 +29,21 @@ _BUSY = (
 
 
 class ConnectionGuard:
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, gauge: Gauge | None = None) -> None:
         self.limit = limit
         self.active = 0
         self.refused = 0
+        self._gauge = gauge
+
+    def admit(self) -> None:
+        self.active += 1
+        if self._gauge is not None:
+            self._gauge.inc()
+
+    def release(self) -> None:
+        self.active -= 1
+        if self._gauge is not None:
+            self._gauge.dec()
 
 
 class _Counted(asyncio.Protocol):
@@ -51,7 +64,7 @@ class _Counted(asyncio.Protocol):
             transport.close()
             return
         self._admitted = True
-        self._guard.active += 1
+        self._guard.admit()
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -72,7 +85,7 @@ class _Counted(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._admitted:
             self._admitted = False
-            self._guard.active -= 1
+            self._guard.release()
             self._inner.connection_lost(exc)
 
 

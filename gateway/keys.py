@@ -8,6 +8,7 @@ from aiohttp import web
 
 from gateway.resolver import TokenResolver
 from wave_grpc.config import Config
+from wave_grpc.metrics import Metrics
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.stores.layers import LayerStore
 
@@ -19,5 +20,6 @@ CONFIG = web.AppKey("config", Config)
 RESOLVER = web.AppKey("resolver", TokenResolver)
 UPSTREAM = web.AppKey("upstream", RegistryClient)
 LAYERS = web.AppKey("layers", LayerStore)
+METRICS = web.AppKey("metrics", Metrics)
 # The AugmentService, over the gateway's one gRPC channel (the Wave REST API calls it).
 SERVICE: web.AppKey[AugmentServiceAsyncStub] = web.AppKey("service")

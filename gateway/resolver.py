@@ -25,6 +25,7 @@ from wave_grpc.errors import Errors, WaveError
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.ref import ImageRef
 from wave_grpc.image.rewrite import AugmentedImage, augment
+from wave_grpc.metrics import Metrics
 from wave_grpc.pinning import augmentation_from_record, fetch_pinned
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
@@ -85,7 +86,10 @@ class TokenResolver:
         record_ttl: float,
         max_entries: int,
         max_bytes: int,
+        metrics: Metrics,
     ) -> None:
+        self._record_hits = metrics.cache_requests.labels("record", "hit")
+        self._record_misses = metrics.cache_requests.labels("record", "miss")
         self._stub = stub
         self._upstream = upstream
         self._content = content
@@ -160,7 +164,9 @@ class TokenResolver:
                 raise self._unknown(token)
             if now - checked_at < self._record_ttl:
                 self._images.move_to_end(token)
+                self._record_hits.inc()
                 return entry
+        self._record_misses.inc()
         pending = self._inflight.get(token)
         if pending is None:
             pending = asyncio.ensure_future(self._build(token))

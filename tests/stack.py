@@ -60,6 +60,8 @@ class WaveStack(components.Component):
     gateway: dict[str, Any] = field(default_factory=dict)
     upstream: dict[str, Any] = field(default_factory=dict)
     layers: dict[str, Any] = field(default_factory=dict)
+    admin: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     # Serve with debug logging (``wave-grpc -v serve``): leak tests read every line.
     verbose: bool = False
@@ -109,6 +111,8 @@ class WaveStack(components.Component):
                 "layers": {"store": f"file://{data}/layers", **self.layers},
                 "upstream": {"connect_timeout": "3s", "read_timeout": "10s", **self.upstream},
                 "registries": self.registries,
+                **({"admin": self.admin} if self.admin else {}),
+                **({"limits": self.limits} if self.limits else {}),
             },
         )
 

@@ -273,6 +273,20 @@ class UpstreamConfig:
     layer_hosts: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class AdminConfig:
+    # host:port for /metrics, /healthz and /readyz; empty: no admin endpoints.
+    listen: str = ""
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    # Per caller (the authenticated user, else the client address); 0: no limit.
+    creates_per_minute: int = 0
+    # Manifest GETs per token owner (per creating client address for anonymous tokens); 0: no limit.
+    pulls_per_minute: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     service: ServiceConfig = ServiceConfig()
@@ -282,6 +296,8 @@ class Config:
     registries: tuple[RegistryRoute, ...] = ()
     source: str = "<defaults>"
     auth: AuthConfig = AuthConfig()
+    admin: AdminConfig = AdminConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     def route_for(self, registry: str) -> RegistryRoute | None:
         """The route for a registry name: its [[registries]] entry, else the default policy."""
@@ -472,11 +488,12 @@ def _auth(data: Any, source: str, service: ServiceConfig) -> AuthConfig:
 
 def parse_config(data: Mapping[str, Any], source: str) -> Config:
     root = _Section(data, "<top>", source)
-    root.used.update({"service", "gateway", "layers", "upstream", "registries", "auth"})
+    root.used.update({"service", "gateway", "layers", "upstream", "registries", "auth", "admin", "limits"})
     unknown = sorted(set(data) - root.used)
     if unknown:
         raise ConfigError(
-            f"{source}: [{unknown[0]}]: unknown section; known: service, gateway, layers, upstream, registries, auth"
+            f"{source}: [{unknown[0]}]: unknown section; known: "
+            "service, gateway, layers, upstream, registries, auth, admin, limits"
         )
 
     s = _Section(data.get("service", {}), "[service]", source)
@@ -583,7 +600,19 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(f"{source}: [[registries]].name: {name!r} is listed twice")
-    return Config(service, gateway, layers, upstream, routes, source, auth=auth)
+    adm = _Section(data.get("admin", {}), "[admin]", source)
+    admin = AdminConfig(listen=adm.address("listen", "") if adm.data.get("listen") else adm.string("listen", ""))
+    adm.done()
+    lim = _Section(data.get("limits", {}), "[limits]", source)
+    limits = LimitsConfig(
+        creates_per_minute=lim.integer("creates_per_minute", LimitsConfig.creates_per_minute),
+        pulls_per_minute=lim.integer("pulls_per_minute", LimitsConfig.pulls_per_minute),
+    )
+    for key in ("creates_per_minute", "pulls_per_minute"):
+        if getattr(limits, key) < 0:
+            raise lim.error(key, "must be 0 (no limit) or more")
+    lim.done()
+    return Config(service, gateway, layers, upstream, routes, source, auth=auth, admin=admin, limits=limits)
 
 
 def load_config(path: Path) -> Config:

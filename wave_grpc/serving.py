@@ -17,15 +17,23 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 
 from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.access_log import AccessLog
 from gateway.app import create_app
 from gateway.connections import ConnectionGuard, serve_guarded
+from wave_grpc.admin import CHECK_TIMEOUT, ReadinessCheck, create_admin_app
+from wave_grpc.channel import service_channel
 from wave_grpc.config import Config
-from wave_grpc.service.server import serve
+from wave_grpc.errors import WaveError
+from wave_grpc.metrics import MULTIPROCESS_ENV, Metrics, enable_multiprocess, forget_process
+from wave_grpc.service.server import SERVICE_NAME, RunningService, serve
+from wave_grpc.stores.layers import FileLayerStore
+from wave_grpc.stores.redis import redis_client, safe_url
 
 log = logging.getLogger("wave_grpc")
 
@@ -61,10 +69,10 @@ class GatewayListener:
         await self.runner.cleanup()
 
 
-async def _gateway_on_socket(config: Config, sock: socket.socket) -> GatewayListener:
+async def _gateway_on_socket(config: Config, sock: socket.socket, metrics: Metrics) -> GatewayListener:
     access_log = logging.getLogger("gateway.access") if config.gateway.access_log else None
     runner = web.AppRunner(
-        create_app(config),
+        create_app(config, metrics=metrics),
         access_log=access_log,
         access_log_class=AccessLog,
         # Also runs before a connection's first request: a request head that does not
@@ -73,7 +81,7 @@ async def _gateway_on_socket(config: Config, sock: socket.socket) -> GatewayList
     )
     await runner.setup()
     assert runner.server is not None
-    guard = ConnectionGuard(config.gateway.max_connections)
+    guard = ConnectionGuard(config.gateway.max_connections, metrics.live_connections)
     server = await serve_guarded(runner.server, sock, guard)
     return GatewayListener(runner, server)
 
@@ -120,6 +128,7 @@ class WorkerPool:
             await asyncio.sleep(1)
             for i, proc in enumerate(self._procs):
                 if proc.poll() is not None and not self._stopping:
+                    forget_process(proc.pid)
                     log.error("gateway worker %d exited with %s; restarting it", proc.pid, proc.returncode)
                     self._procs[i] = self._spawn()
 
@@ -136,6 +145,55 @@ class WorkerPool:
                 await asyncio.to_thread(proc.wait)
 
 
+def _readiness(config: Config, service: RunningService | None, gateway: bool) -> list[ReadinessCheck]:
+    """What this process needs to answer, each named with its address and config key."""
+    checks: list[ReadinessCheck] = []
+    if service is not None:
+        checks.append(
+            ReadinessCheck("token store", safe_url(config.service.store), "[service].store", service.tokens.ping)
+        )
+    if gateway:
+
+        async def augment_service() -> None:
+            async with service_channel(config.gateway.service, config.gateway.service_tls_ca) as channel:
+                answer = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=CHECK_TIMEOUT
+                )
+            if answer.status != health_pb2.HealthCheckResponse.SERVING:
+                raise RuntimeError(f"health is {health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)}")
+
+        checks.append(ReadinessCheck("AugmentService", config.gateway.service, "[gateway].service", augment_service))
+        if config.gateway.shared_cache:
+
+            async def shared_cache() -> None:
+                client, _ = redis_client(config.gateway.shared_cache)
+                try:
+                    await client.ping()
+                finally:
+                    await client.aclose()
+
+            checks.append(
+                ReadinessCheck(
+                    "shared cache", safe_url(config.gateway.shared_cache), "[gateway].shared_cache", shared_cache
+                )
+            )
+    return checks
+
+
+async def _start_admin(config: Config, metrics: Metrics, checks: list[ReadinessCheck]) -> web.AppRunner:
+    host, _, port = config.admin.listen.rpartition(":")
+    runner = web.AppRunner(create_admin_app(metrics, checks), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ServeError(
+            f"cannot listen on {config.admin.listen} for the admin endpoints ([admin].listen): {exc.strerror}"
+        ) from None
+    return runner
+
+
 async def run_servers(config: Config, only: str | None, ready: Callable[[str], None] = print) -> None:
     """Run what ``serve`` asks for until SIGTERM or SIGINT, then shut down gracefully."""
     stop = asyncio.Event()
@@ -149,20 +207,36 @@ async def run_servers(config: Config, only: str | None, ready: Callable[[str], N
             limit,
             config.gateway.max_connections,
         )
-    service = None
+    workers = config.gateway.workers or os.cpu_count() or 1
+    pooled = only in (None, "gateway") and workers > 1
+    metrics_dir = tempfile.TemporaryDirectory(prefix="wave-grpc-metrics-") if pooled else None
+    if metrics_dir is not None:
+        # Before any metric exists: the workers inherit the directory and write there too.
+        enable_multiprocess(metrics_dir.name)
+    metrics = Metrics()
+    service: RunningService | None = None
     runner: GatewayListener | None = None
+    admin: web.AppRunner | None = None
     pool: WorkerPool | None = None
     watcher: asyncio.Task[None] | None = None
     sock: socket.socket | None = None
     try:
         if only in (None, "service"):
-            service = await serve(config)
+            service = await serve(config, metrics=metrics)
+            if isinstance(service.layers, FileLayerStore):
+                store = service.layers
+                metrics.sample(
+                    "wave_grpc_layer_store_bytes", "Bytes of layers in the layer store", lambda: store.stored_bytes
+                )
             ready(f"AugmentService listening on {config.service.listen.rsplit(':', 1)[0]}:{service.port}")
+            try:
+                await service.tokens.ping()
+            except WaveError as exc:
+                log.warning("%s; creations and pulls fail until it answers", exc.message)
         if only in (None, "gateway"):
             sock = _bind(config.gateway.listen)
-            workers = config.gateway.workers or os.cpu_count() or 1
-            if workers == 1:
-                runner = await _gateway_on_socket(config, sock)
+            if not pooled:
+                runner = await _gateway_on_socket(config, sock, metrics)
             else:
                 if config.source.startswith("<"):
                     raise ServeError("gateway workers need a config file: pass --config")
@@ -173,9 +247,14 @@ async def run_servers(config: Config, only: str | None, ready: Callable[[str], N
                 f"gateway listening on {config.gateway.listen} with {workers} worker(s) "
                 f"(images named {config.gateway.public_host}/wt/...)"
             )
+        if config.admin.listen:
+            admin = await _start_admin(config, metrics, _readiness(config, service, only in (None, "gateway")))
+            ready(f"admin endpoints on {config.admin.listen} (/metrics, /healthz, /readyz)")
         await stop.wait()
         log.info("shutting down")
     finally:
+        if admin is not None:
+            await admin.cleanup()
         if watcher is not None:
             watcher.cancel()
         if pool is not None:
@@ -186,6 +265,8 @@ async def run_servers(config: Config, only: str | None, ready: Callable[[str], N
             sock.close()
         if service is not None:
             await service.stop()
+        if metrics_dir is not None:
+            metrics_dir.cleanup()
 
 
 async def run_gateway_worker(config: Config, fd: int) -> None:
@@ -195,8 +276,11 @@ async def run_gateway_worker(config: Config, fd: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     raise_open_file_limit()
+    directory = os.environ.get(MULTIPROCESS_ENV)
+    if directory:
+        enable_multiprocess(directory)
     sock = socket.socket(fileno=fd)
-    runner = await _gateway_on_socket(config, sock)
+    runner = await _gateway_on_socket(config, sock, Metrics())
     try:
         await stop.wait()
     finally:

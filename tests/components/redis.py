@@ -19,10 +19,11 @@ class RedisServer(Component):
         self.process.stop()
 
 
-def start_redis(workdir: Path) -> RedisServer:
+def start_redis(workdir: Path, port: int = 0) -> RedisServer:
+    """``port`` 0 picks a free one; give a stopped server's port to start it again there."""
     server = require_tool("redis-server")
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     process = ManagedProcess([*argv, "--dir", workdir], log_path=workdir / "redis.log", name="redis-server")
     try:

@@ -42,6 +42,7 @@ from wave_grpc.config import Config, RegistryRoute
 from wave_grpc.errors import ErrorKind, Errors, WaveError
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.manifest import MANIFEST_MEDIA_TYPES, MediaType, manifest_media_type
+from wave_grpc.metrics import Metrics
 from wave_grpc.registry.auth import (
     DEFAULT_TOKEN_SECONDS,
     AuthScheme,
@@ -88,11 +89,12 @@ class RegistryClient:
         *,
         max_backoff: float = 4.0,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
         self._tokens = BearerTokens(clock)
         self._secrets = Secrets(config, self._tokens)
-        self._transport = Transport(config, max_backoff=max_backoff, scrub=self._secrets.scrub)
+        self._transport = Transport(config, max_backoff=max_backoff, scrub=self._secrets.scrub, metrics=metrics)
         # registry -> its auth scheme, from the /v2/ challenge or the last 401.
         self._schemes: dict[str, AuthScheme] = {}
         # (registry, upstream repository) that answered 401 to a request without credentials.

@@ -32,6 +32,7 @@ from yarl import URL
 from wave_grpc import __version__
 from wave_grpc.config import Config, RegistryRoute
 from wave_grpc.errors import Errors, WaveError
+from wave_grpc.metrics import Metrics
 from wave_grpc.registry.auth import hint_credentials
 from wave_grpc.registry.policy import AddressRefused, Listeners, PolicyConnector
 
@@ -65,13 +66,16 @@ def _without_query(url: str) -> str:
 class Transport:
     """One per process: the pooled session and the TLS contexts."""
 
-    def __init__(self, config: Config, *, max_backoff: float, scrub: Callable[[str], str]) -> None:
+    def __init__(
+        self, config: Config, *, max_backoff: float, scrub: Callable[[str], str], metrics: Metrics | None = None
+    ) -> None:
         self._config = config
+        self._metrics = metrics
         # Two pools: one for the registries the operator listed (they, their realms and
         # redirects may be anywhere), one that reaches public addresses only.
         self._listed: aiohttp.ClientSession | None = None
         self._unlisted: aiohttp.ClientSession | None = None
-        self._listeners = Listeners((config.service.listen, config.gateway.listen))
+        self._listeners = Listeners((config.service.listen, config.gateway.listen, config.admin.listen))
         self._max_backoff = max_backoff
         self._scrub = scrub
         # ca_file -> its verifying context, built once.
@@ -190,6 +194,34 @@ class Transport:
             sock_read=route.read_timeout.total_seconds(),
         )
 
+    async def _counted(
+        self,
+        route: RegistryRoute,
+        method: str,
+        url: str | URL,
+        headers: CIMultiDict[str],
+        body: Callable[[], Any] | None,
+    ) -> aiohttp.ClientResponse:
+        """One HTTP exchange, counted in wave_grpc_upstream_requests_total."""
+        registry = route.name if route.listed else "unlisted"
+        try:
+            resp = await self.session(route).request(
+                method,
+                url,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeout(route),
+                data=body() if body is not None else None,
+                ssl=self._tls(route),
+            )
+        except BaseException:
+            if self._metrics is not None:
+                self._metrics.upstream_requests.labels(registry, "error").inc()
+            raise
+        if self._metrics is not None:
+            self._metrics.upstream_requests.labels(registry, str(resp.status)).inc()
+        return resp
+
     async def send(
         self,
         route: RegistryRoute,
@@ -213,15 +245,7 @@ class Transport:
         while True:
             attempt += 1
             try:
-                resp = await self.session(route).request(
-                    method,
-                    url,
-                    headers=headers,
-                    allow_redirects=False,
-                    timeout=self._timeout(route),
-                    data=body() if body is not None else None,
-                    ssl=self._tls(route),
-                )
+                resp = await self._counted(route, method, url, headers, body)
             except TimeoutError as exc:
                 raise self.timeout_error(route, label, exc, what) from None
             except aiohttp.ClientConnectorCertificateError:

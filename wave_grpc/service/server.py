@@ -12,9 +12,11 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from wave_grpc.config import Config
+from wave_grpc.metrics import Metrics
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.service.servicer import AugmentServicer, add_to_server
+from wave_grpc.stores.layers import LayerStore
 from wave_grpc.stores.open import open_layer_store, open_token_store
 from wave_grpc.stores.tokens import TokenStore
 
@@ -35,6 +37,7 @@ class RunningService:
     health: HealthServicer
     tokens: TokenStore
     upstream: RegistryClient
+    layers: LayerStore
 
     async def stop(self, grace: float = 5.0) -> None:
         """Graceful: report NOT_SERVING, let calls in flight finish, then release resources."""
@@ -44,12 +47,13 @@ class RunningService:
         await self.tokens.close()
 
 
-async def serve(config: Config, *, listen: str | None = None) -> RunningService:
+async def serve(config: Config, *, listen: str | None = None, metrics: Metrics | None = None) -> RunningService:
     """Start the service on ``listen`` (``host:0`` picks a free port)."""
-    upstream = RegistryClient(config)
+    upstream = RegistryClient(config, metrics=metrics)
     await upstream.start()
     tokens = open_token_store(config.service.store)
-    servicer = AugmentServicer(config, tokens, open_layer_store(config, upstream), upstream)
+    layers = open_layer_store(config, upstream)
+    servicer = AugmentServicer(config, tokens, layers, upstream, metrics=metrics)
     size = config.service.max_message_size
     server = grpc.aio.server(
         options=[
@@ -85,4 +89,4 @@ async def serve(config: Config, *, listen: str | None = None) -> RunningService:
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     log.info("AugmentService listening on %s", address.rsplit(":", 1)[0] + f":{port}")
-    return RunningService(server, port, health, tokens, upstream)
+    return RunningService(server, port, health, tokens, upstream, layers)

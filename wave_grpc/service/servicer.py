@@ -25,6 +25,7 @@ from wave_grpc.image.layers import decode_data_location
 from wave_grpc.image.platform import Platform
 from wave_grpc.image.ref import ImageRef
 from wave_grpc.image.rewrite import augment
+from wave_grpc.metrics import Metrics
 from wave_grpc.pinning import augmentation_from_record, resolve_source
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
@@ -137,6 +138,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         upstream: RegistryClient,
         clock: Callable[[], float] = time.time,
         auth: Authenticator | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
         self._tokens = tokens
@@ -144,6 +146,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         self._upstream = upstream
         self._clock = clock
         self._auth = auth or Authenticator.from_config(config)
+        self._metrics = metrics or Metrics()
 
     # -- callers ------------------------------------------------------------
 
@@ -261,6 +264,23 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
 
     @_rpc
     async def CreateContainer(
+        self,
+        request: pb.CreateContainerRequest,
+        context: grpc.aio.ServicerContext[pb.CreateContainerRequest, pb.CreateContainerResponse],
+    ) -> pb.CreateContainerResponse:
+        counted = self._metrics.containers_created
+        try:
+            response = await self._create(request, context)
+        except WaveError as exc:
+            counted.labels(exc.kind.oci_code.lower()).inc()
+            raise
+        except Exception:
+            counted.labels("internal").inc()
+            raise
+        counted.labels("created").inc()
+        return response
+
+    async def _create(
         self,
         request: pb.CreateContainerRequest,
         context: grpc.aio.ServicerContext[pb.CreateContainerRequest, pb.CreateContainerResponse],

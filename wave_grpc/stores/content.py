@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Protocol
 
+from wave_grpc.metrics import Metrics
+
 
 class ContentCache(Protocol):
     """A byte cache with per-entry expiry. Pinned upstream bytes are cached by digest: content that never changes."""
@@ -68,3 +70,20 @@ class TieredContentCache:
         await self._local.put(key, value, ttl_seconds)
         if self._shared is not None:
             await self._shared.put(key, value, ttl_seconds)
+
+
+class CountedCache:
+    """A cache tier whose lookups are counted in wave_grpc_cache_requests_total{cache=name}."""
+
+    def __init__(self, inner: ContentCache, metrics: Metrics, name: str) -> None:
+        self._inner = inner
+        self._hits = metrics.cache_requests.labels(name, "hit")
+        self._misses = metrics.cache_requests.labels(name, "miss")
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._inner.get(key)
+        (self._misses if value is None else self._hits).inc()
+        return value
+
+    async def put(self, key: str, value: bytes, ttl_seconds: float) -> None:
+        await self._inner.put(key, value, ttl_seconds)

@@ -79,6 +79,8 @@ class FileLayerStore:
         (root / "tar-digests" / "sha256").mkdir(parents=True, exist_ok=True)
         self._pool = ThreadPoolExecutor(max_workers=verify_workers, thread_name_prefix="layer-verify")
         self.swept = self._sweep_orphans()
+        # Kept current by put (and garbage collection), so a scrape costs nothing.
+        self.stored_bytes = sum(path.stat().st_size for path in (root / "blobs" / "sha256").iterdir())
 
     def _temp_name(self) -> str:
         return f"{os.getpid()}-{uuid.uuid4().hex}.part"
@@ -144,6 +146,7 @@ class FileLayerStore:
             meta_temp.write_text(str(digests.tar_digest))
             os.replace(meta_temp, meta)
             os.replace(temp, final)
+            self.stored_bytes += digests.gzip_size
             return digests, True
         except LayerFormatError as exc:
             raise WaveError(Errors.INVALID_ARGUMENT, f"{expected.field}: {exc}") from None
@@ -172,7 +175,11 @@ class FileLayerStore:
 
     def discard(self, digest: Digest) -> None:
         """Drop a blob (a staging store does, once the blob is safely elsewhere)."""
-        _unlink_if_present(self._blob_path(digest))
+        path = self._blob_path(digest)
+        with contextlib.suppress(FileNotFoundError):
+            size = path.stat().st_size
+            path.unlink()
+            self.stored_bytes -= size
         _unlink_if_present(self._meta_path(digest))
 
     async def answer(self, digest: Digest, method: str, range_header: str = "") -> BlobAnswer:

@@ -99,6 +99,13 @@ class SqliteTokenStore:
     async def get_by_request_id(self, request_id: str) -> pb.ContainerRecord | None:
         return await asyncio.to_thread(self._get_by_request_id, request_id)
 
+    def _ping(self) -> None:
+        with self._lock:
+            self._db.execute("SELECT 1").fetchone()
+
+    async def ping(self) -> None:
+        await asyncio.to_thread(self._ping)
+
     async def revoke(self, token: str) -> bool:
         return await asyncio.to_thread(self._revoke, token)
 

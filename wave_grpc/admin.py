@@ -1,0 +1,70 @@
+"""The admin endpoints (``[admin] listen``): ``/metrics``, ``/healthz``, ``/readyz``.
+
+``/healthz`` says the process is alive. ``/readyz`` asks what this process
+needs, each with a short deadline: for a service, its token store; for a
+gateway, the AugmentService (gRPC health) and the shared cache when one is set.
+A failure answers ``503`` with a body naming the dependency, its address and
+the config key that sets it, so the fix is obvious from the probe's output.
+The checks are given by the entry point, which knows what runs in the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from wave_grpc.metrics import Metrics
+
+CHECK_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadinessCheck:
+    dependency: str  # "token store", "AugmentService", "shared cache"
+    address: str  # where it is (never a credential: URLs are given without passwords)
+    key: str  # the config key that sets it
+    check: Callable[[], Awaitable[None]]  # raises when the dependency does not answer
+
+
+async def _run(check: ReadinessCheck) -> dict[str, str] | None:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            await check.check()
+    except TimeoutError:
+        problem = f"no answer within {CHECK_TIMEOUT:g}s"
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {str(exc)[:200]}"
+    else:
+        return None
+    return {"dependency": check.dependency, "address": check.address, "key": check.key, "problem": problem}
+
+
+def create_admin_app(metrics: Metrics, checks: Sequence[ReadinessCheck]) -> web.Application:
+    app = web.Application()
+
+    async def get_metrics(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(request: web.Request) -> web.Response:
+        failing = [result for result in await asyncio.gather(*(_run(c) for c in checks)) if result is not None]
+        if not failing:
+            return web.Response(text="ready\n")
+        body = {
+            "ready": False,
+            "failing": failing,
+            "message": "; ".join(f"{f['dependency']} at {f['address']} ({f['key']}): {f['problem']}" for f in failing),
+        }
+        return web.Response(status=503, body=json.dumps(body).encode(), content_type="application/json")
+
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

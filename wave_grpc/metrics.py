@@ -1,0 +1,109 @@
+"""The process's metrics, with prometheus-client: one object passed to whoever counts.
+
+With several gateway worker processes, prometheus-client's multiprocess mode is
+switched on before any metric exists (:func:`enable_multiprocess`): every
+process writes its values to files in one directory, and the parent's
+``/metrics`` sums them, so one scrape covers the whole pool.
+
+Label values are bounded: routes are the route table's patterns (never a
+token), registries are the names of ``[[registries]]`` entries or
+``unlisted`` (an anonymous caller chooses unlisted names, and would otherwise
+grow the label set without bound).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def enable_multiprocess(directory: str) -> None:
+    """Values go to files in ``directory`` from now on (this process and the children it starts)."""
+    os.environ[MULTIPROCESS_ENV] = directory
+    values.ValueClass = values.MultiProcessValue()
+
+
+def forget_process(pid: int) -> None:
+    """A worker that exited: its live gauges no longer count."""
+    if os.environ.get(MULTIPROCESS_ENV):
+        mark_process_dead(pid)
+
+
+class _Sampled(Collector):
+    """A gauge read when scraped (a value this process knows, such as the layer store's size)."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], float | None]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        value = self._read()
+        if value is not None:
+            yield GaugeMetricFamily(self._name, self._documentation, value=value)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._sampled: list[_Sampled] = []
+        r = self.registry
+        self.http_requests = Counter(
+            "wave_grpc_http_requests", "Gateway HTTP requests", ["route", "method", "status"], registry=r
+        )
+        self.http_duration = Histogram(
+            "wave_grpc_http_request_duration_seconds",
+            "Gateway HTTP request duration, until the last byte was handed to the socket",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_requests = Counter(
+            "wave_grpc_upstream_requests",
+            "Requests to source registries (status 'error' when no answer came)",
+            ["registry", "status"],
+            registry=r,
+        )
+        self.containers_created = Counter(
+            "wave_grpc_containers_created",
+            "CreateContainer calls by outcome ('created', or the error code)",
+            ["outcome"],
+            registry=r,
+        )
+        self.cache_requests = Counter(
+            "wave_grpc_cache_requests", "Cache lookups by cache and result", ["cache", "result"], registry=r
+        )
+        self.rate_limited = Counter("wave_grpc_rate_limited", "Requests refused by [limits]", ["limit"], registry=r)
+        self.layers_collected = Counter(
+            "wave_grpc_layers_collected", "Layers removed by garbage collection", registry=r
+        )
+        self.live_connections = Gauge(
+            "wave_grpc_gateway_connections", "Open gateway connections", registry=r, multiprocess_mode="livesum"
+        )
+
+    def sample(self, name: str, documentation: str, read: Callable[[], float | None]) -> None:
+        """Export ``read()`` as a gauge at every scrape of this process's /metrics."""
+        self._sampled.append(_Sampled(name, documentation, read))
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format: this process's metrics, or the whole pool's in multiprocess mode."""
+        directory = os.environ.get(MULTIPROCESS_ENV)
+        if directory:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=directory)
+        else:
+            registry = self.registry
+        text = generate_latest(registry)
+        for sampled in self._sampled:
+            extra = CollectorRegistry()
+            extra.register(sampled)
+            text += generate_latest(extra)
+        return text
