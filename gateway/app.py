@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.errors import render_errors
-from gateway.keys import CONFIG, LAYERS, METRICS, RESOLVER, SERVICE, UPSTREAM
+from gateway.keys import CONFIG, LAYERS, LIMITER, METRICS, RESOLVER, SERVICE, UPSTREAM
 from gateway.observe import count_requests
 from gateway.resolver import TokenResolver
 from gateway.routes import add_routes
@@ -17,7 +17,7 @@ from wave_grpc.metrics import Metrics
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.stores.content import CountedCache, LocalContentCache, TieredContentCache
-from wave_grpc.stores.open import open_layer_store
+from wave_grpc.stores.open import open_layer_store, open_rate_limiter
 from wave_grpc.stores.redis import RedisContentCache, redis_client
 
 
@@ -32,6 +32,7 @@ def create_app(
     )
     app[CONFIG] = config
     app[METRICS] = counted
+    app[LIMITER] = open_rate_limiter(config.gateway.shared_cache)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         upstream = RegistryClient(config, metrics=counted)

@@ -44,6 +44,8 @@ def error_response(error: WaveError) -> web.Response:
     headers = dict(API_VERSION_HEADER)
     if error.kind is Errors.UNSUPPORTED:
         headers["Allow"] = "GET, HEAD"
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(error.retry_after)))
     return web.Response(status=error.kind.http_status, body=body, content_type="application/json", headers=headers)
 
 
@@ -54,6 +56,8 @@ def wave_error_response(error: WaveError, allow: str = "") -> web.Response:
         headers["WWW-Authenticate"] = 'Bearer realm="wave-grpc"'
     if allow:
         headers["Allow"] = allow
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(error.retry_after)))
     body = json.dumps({"message": error.message}).encode()
     return web.Response(status=error.kind.http_status, body=body, content_type="application/json", headers=headers)
 

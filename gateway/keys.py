@@ -11,6 +11,7 @@ from wave_grpc.config import Config
 from wave_grpc.metrics import Metrics
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.stores.layers import LayerStore
+from wave_grpc.stores.limits import RateLimiter
 
 if TYPE_CHECKING:
     # The async stub type exists only in the generated .pyi.
@@ -21,5 +22,6 @@ RESOLVER = web.AppKey("resolver", TokenResolver)
 UPSTREAM = web.AppKey("upstream", RegistryClient)
 LAYERS = web.AppKey("layers", LayerStore)
 METRICS = web.AppKey("metrics", Metrics)
+LIMITER = web.AppKey("limiter", RateLimiter)
 # The AugmentService, over the gateway's one gRPC channel (the Wave REST API calls it).
 SERVICE: web.AppKey[AugmentServiceAsyncStub] = web.AppKey("service")

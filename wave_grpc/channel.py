@@ -6,6 +6,10 @@ from pathlib import Path
 
 import grpc
 
+# Metadata a trusted proxy (the gateway's REST API) sends with its client's address;
+# the service believes it only from [service].trusted_proxies.
+CLIENT_ADDRESS_METADATA = "x-wave-client-address"
+
 
 def service_channel(address: str, ca_file: str = "", options: list[tuple[str, int]] | None = None) -> grpc.aio.Channel:
     """A channel to the AugmentService: TLS verified against ``ca_file`` when given, else plaintext."""

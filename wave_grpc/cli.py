@@ -37,12 +37,48 @@ from wave_grpc.serving import run_gateway_worker, run_servers
 log = logging.getLogger("wave_grpc")
 
 DEFAULT_SERVER = "127.0.0.1:50051"
+WORKER_COMMAND = "gateway-worker"
 INLINE_LIMIT = 1 << 20
 UPLOAD_CHUNK = 1 << 20
 
 
 class CliError(Exception):
-    """A user-facing failure: printed without a traceback, exit code 2."""
+    """A usage error (what was typed cannot work): printed without a traceback, exit code 2."""
+
+
+class RequestFailed(Exception):
+    """The request was made and failed (the service said no, or could not be reached): exit code 1."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def explain_rpc_error(exc: grpc.aio.AioRpcError, server: str) -> RequestFailed:
+    """A gRPC failure as one line that says what to change."""
+    code, details = exc.code(), exc.details() or ""
+    lowered = f"{details} {exc.debug_error_string()}".lower()
+    if "http1.x server" in lowered or "http/1" in lowered:
+        return RequestFailed(
+            f"{server} answered with HTTP/1 (is it the gateway's port?); --server takes the AugmentService's "
+            f"address, [service].listen ({DEFAULT_SERVER} by default)",
+            code.name,
+        )
+    if "ssl" in lowered or "tls" in lowered or "handshake" in lowered or "certificate" in lowered:
+        return RequestFailed(
+            f"TLS with the AugmentService at {server} failed ({details or code.name}); pass --tls-ca CA.pem "
+            "when the service has [service].tls_cert, and omit it when it does not",
+            code.name,
+        )
+    if code == grpc.StatusCode.UNAVAILABLE and (
+        "failed to connect" in lowered or "connection refused" in lowered or "socket closed" in lowered
+    ):
+        return RequestFailed(
+            f"cannot reach the AugmentService at {server} ({details}); check --server (env WAVE_GRPC_SERVER) "
+            "and that `wave-grpc serve` is running",
+            code.name,
+        )
+    return RequestFailed(f"{code.name}: {details}", code.name)
 
 
 # -- serve ---------------------------------------------------------------------
@@ -86,9 +122,7 @@ async def _stub(args: argparse.Namespace) -> AsyncIterator[pb_grpc.AugmentServic
         try:
             yield pb_grpc.AugmentServiceStub(channel)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                raise CliError(f"cannot reach the AugmentService at {args.server}: {exc.details()}") from None
-            raise CliError(f"{exc.code().name}: {exc.details()}") from None
+            raise explain_rpc_error(exc, args.server) from None
 
 
 class Progress:
@@ -221,20 +255,71 @@ async def _augment(args: argparse.Namespace) -> int:
     return 0
 
 
+def token_of(value: str) -> str:
+    """A token, or the target image name that carries one (``host/wt/<token>/path:tag``)."""
+    parts = value.strip().split("/")
+    if "wt" in parts[:-1]:
+        return parts[parts.index("wt") + 1]
+    return value.strip()
+
+
 async def _inspect(args: argparse.Namespace) -> int:
     async with _stub(args) as stub:
         # DescribeContainer, not GetContainer: a description is the token owner's.
         response = await stub.DescribeContainer(
-            pb.DescribeContainerRequest(container_token=args.token_id), metadata=_metadata(args)
+            pb.DescribeContainerRequest(container_token=token_of(args.token_id)), metadata=_metadata(args)
         )
-    print(json.dumps(MessageToDict(response.container), indent=2))
+    record = response.container
+    layers = ", ".join(f"{layer.gzip_digest} ({layer.gzip_size} bytes)" for layer in record.container_config.layers)
+    text = "\n".join(
+        f"{label:<12} {value}"
+        for label, value in (
+            ("token", record.container_token),
+            ("image", record.target_image),
+            ("source", f"{record.container_image} ({record.source_digest})"),
+            ("platform", record.container_platform),
+            ("digest", record.target_digest),
+            ("created", record.create_time.ToJsonString()),
+            ("expires", record.expiration.ToJsonString()),
+            ("layers", layers or "none"),
+        )
+    )
+    _print(record, args, text)
+    return 0
+
+
+async def _list(args: argparse.Namespace) -> int:
+    summaries: list[pb.ContainerSummary] = []
+    async with _stub(args) as stub:
+        page = ""
+        while True:
+            response = await stub.ListContainers(
+                pb.ListContainersRequest(page_size=1000, page_token=page), metadata=_metadata(args)
+            )
+            summaries.extend(response.containers)
+            page = response.next_page_token
+            if not page:
+                break
+    if args.output == "json":
+        print(json.dumps([MessageToDict(item) for item in summaries], indent=2))
+        return 0
+    if not summaries:
+        print("no live tokens")
+        return 0
+    rows = [("TOKEN", "EXPIRES", "SOURCE", "TARGET")] + [
+        (item.container_token, item.expiration.ToJsonString(), item.container_image, item.target_image)
+        for item in summaries
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
     return 0
 
 
 async def _revoke(args: argparse.Namespace) -> int:
     async with _stub(args) as stub:
         response = await stub.RevokeContainer(
-            pb.RevokeContainerRequest(container_token=args.token_id), metadata=_metadata(args)
+            pb.RevokeContainerRequest(container_token=token_of(args.token_id)), metadata=_metadata(args)
         )
     _print(response, args, f"revoked {response.container_token}")
     return 0
@@ -257,25 +342,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wave-grpc", description="Extend container images without rebuilding them.")
     parser.add_argument("--version", action="version", version=f"wave-grpc {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{serve,augment,inspect,list,revoke}", title="commands"
+    )
 
     serve = sub.add_parser("serve", help="run the AugmentService and the gateway")
     serve.add_argument("--config", help="TOML config (default: the embedded configs/local.toml)")
     serve.add_argument("--only", choices=("service", "gateway"), help="run just one of them")
     serve.set_defaults(func=cmd_serve)
 
-    # Internal: one process of the gateway worker pool (see wave_grpc/serving.py).
-    worker = sub.add_parser("gateway-worker")
-    worker.add_argument("--config", required=True)
-    worker.add_argument("--fd", type=int, required=True)
-    worker.set_defaults(func=cmd_gateway_worker)
-
     def client(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument(
             "--server",
             default=os.environ.get("WAVE_GRPC_SERVER", DEFAULT_SERVER),
-            help="AugmentService address host:port (env WAVE_GRPC_SERVER)",
+            help=f"AugmentService address host:port (default {DEFAULT_SERVER}; env WAVE_GRPC_SERVER)",
         )
         p.add_argument("--tls-ca", help="PEM CA bundle: reach the service over TLS (env WAVE_GRPC_TLS_CA)")
         p.add_argument("--token", help="caller token sent as 'authorization: Bearer' (env WAVE_GRPC_TOKEN)")
@@ -301,30 +382,56 @@ def build_parser() -> argparse.ArgumentParser:
     augment.set_defaults(func=lambda a: asyncio.run(_augment(a)))
 
     inspect = client("inspect", "describe a token")
-    inspect.add_argument("token_id", metavar="TOKEN")
+    inspect.add_argument("token_id", metavar="TOKEN", help="a token, or the target image name that carries it")
     inspect.set_defaults(func=lambda a: asyncio.run(_inspect(a)))
 
     revoke = client("revoke", "revoke a token")
-    revoke.add_argument("token_id", metavar="TOKEN")
+    revoke.add_argument("token_id", metavar="TOKEN", help="a token, or the target image name that carries it")
     revoke.set_defaults(func=lambda a: asyncio.run(_revoke(a)))
+
+    listing = client("list", "list your live tokens (anonymous callers: those created from this address)")
+    listing.set_defaults(func=lambda a: asyncio.run(_list(a)))
     return parser
 
 
+def worker_parser() -> argparse.ArgumentParser:
+    """The internal ``gateway-worker`` command: one process of the gateway pool (wave_grpc/serving.py),
+    started by ``serve``; kept out of the user-facing parser and its --help."""
+    worker = argparse.ArgumentParser(prog="wave-grpc gateway-worker")
+    worker.add_argument("--config", required=True)
+    worker.add_argument("--fd", type=int, required=True)
+    worker.add_argument("-v", "--verbose", action="store_true")
+    worker.set_defaults(func=cmd_gateway_worker)
+    return worker
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    internal = words[:1] == [WORKER_COMMAND]
+    args = worker_parser().parse_args(words[1:]) if internal else build_parser().parse_args(words)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    as_json = getattr(args, "output", "text") == "json"
     try:
         return int(args.func(args))
     except (CliError, ConfigError) as exc:
-        print(f"wave-grpc: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), "USAGE", 2, as_json)
+    except RequestFailed as exc:
+        return _fail(str(exc), exc.code, 1, as_json)
     except KeyboardInterrupt:
+        print("wave-grpc: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(message: str, code: str, status: int, as_json: bool) -> int:
+    """One line on stderr; with ``-o json``, a JSON object on stdout as well (scripts parse that)."""
+    if as_json:
+        print(json.dumps({"error": message, "code": code}))
+    print(f"wave-grpc: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -156,6 +156,9 @@ class ServiceConfig:
     # connection with no RPC in flight is kept (clients reconnect transparently).
     max_concurrent_rpcs: int = 1024
     idle_timeout: timedelta = timedelta(minutes=2)
+    # Peers whose forwarded client address (the gateway's, for REST callers) is believed;
+    # every other caller is known by its own address.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     # Largest layer UploadLayer takes (compressed bytes): bounds the disk one upload can fill.
     max_layer_size: int = 16 << 30
     # PEM files: with both set the AugmentService speaks TLS only.
@@ -516,6 +519,7 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         max_record_size=s.integer("max_record_size", ServiceConfig.max_record_size),
         max_concurrent_rpcs=s.integer("max_concurrent_rpcs", ServiceConfig.max_concurrent_rpcs),
         idle_timeout=s.duration("idle_timeout", ServiceConfig.idle_timeout),
+        trusted_proxies=tuple(str(v) for v in s.get("trusted_proxies", list, list(ServiceConfig.trusted_proxies))),
         max_layer_size=s.integer("max_layer_size", ServiceConfig.max_layer_size),
         tls_cert=_readable_file(s, "tls_cert"),
         tls_key=_readable_file(s, "tls_key"),

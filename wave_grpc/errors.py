@@ -76,11 +76,13 @@ class WaveError(Exception):
     credential.
     """
 
-    def __init__(self, kind: ErrorKind, message: str, detail: Any = None) -> None:
+    def __init__(self, kind: ErrorKind, message: str, detail: Any = None, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.detail = detail
+        # Seconds a client should wait before asking again (a rate limit): a Retry-After header.
+        self.retry_after = retry_after
 
     def oci_body(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"code": self.kind.oci_code, "message": self.message}

@@ -5,9 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.handlers.common import content_headers, token_image
+from gateway.keys import CONFIG, LIMITER, METRICS
 from wave_grpc.errors import Errors, WaveError, brief
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.manifest import MediaType
+from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
+from wave_grpc.stores.tokens import record_listing_key
 
 _INDEX_TYPES = {str(MediaType.OCI_INDEX), str(MediaType.DOCKER_LIST), "*/*", "application/*"}
 
@@ -25,8 +28,24 @@ def accepts_index(request: web.Request) -> bool:
     return False
 
 
+async def _count_pull(request: web.Request, record: pb.ContainerRecord) -> None:
+    """Manifest GETs count against the token's owner, as Seqera Wave counts pulls (blobs do not)."""
+    limit = request.app[CONFIG].limits.pulls_per_minute
+    if not limit or request.method != "GET":
+        return
+    wait = await request.app[LIMITER].hit(f"pull:{record_listing_key(record)}", limit)
+    if wait is not None:
+        request.app[METRICS].rate_limited.labels("pull").inc()
+        raise WaveError(
+            Errors.TOO_MANY_REQUESTS,
+            f"this token's owner is over {limit} pulls a minute ([limits].pulls_per_minute); retry in {wait:.0f}s",
+            retry_after=wait,
+        )
+
+
 async def get_manifest(request: web.Request) -> web.StreamResponse:
     image = await token_image(request)
+    await _count_pull(request, image.record)
     reference = request.match_info["reference"]
     if ":" in reference:
         blob = image.image.manifest_by_digest(Digest.parse(reference, field="reference"))

@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.keys import CONFIG, SERVICE
+from wave_grpc.channel import CLIENT_ADDRESS_METADATA
 from wave_grpc.errors import ErrorKind, Errors, WaveError, brief, invalid_argument
 
 if TYPE_CHECKING:
@@ -57,9 +58,14 @@ def service(request: web.Request) -> AugmentServiceAsyncStub:
 
 
 def metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
-    """The caller's ``Authorization`` header, forwarded as gRPC metadata; the service checks it."""
+    """The caller's ``Authorization`` header and address, forwarded as gRPC metadata.
+
+    The service checks the credential, and believes the address only from peers
+    in its ``[service].trusted_proxies`` (it limits and lists anonymous callers by it).
+    """
+    forwarded: tuple[tuple[str, str], ...] = ((CLIENT_ADDRESS_METADATA, request.remote),) if request.remote else ()
     value = request.headers.get("Authorization", "").strip()
-    return (("authorization", value),) if value else ()
+    return ((("authorization", value),) if value else ()) + forwarded
 
 
 def _camel(segment: str) -> str:

@@ -17,7 +17,7 @@ from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.service.servicer import AugmentServicer, add_to_server
 from wave_grpc.stores.layers import LayerStore
-from wave_grpc.stores.open import open_layer_store, open_token_store
+from wave_grpc.stores.open import open_layer_store, open_rate_limiter, open_token_store
 from wave_grpc.stores.tokens import TokenStore
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ async def serve(config: Config, *, listen: str | None = None, metrics: Metrics |
     await upstream.start()
     tokens = open_token_store(config.service.store)
     layers = open_layer_store(config, upstream)
-    servicer = AugmentServicer(config, tokens, layers, upstream, metrics=metrics)
+    limiter = open_rate_limiter(config.service.store)
+    servicer = AugmentServicer(config, tokens, layers, upstream, metrics=metrics, limiter=limiter)
     size = config.service.max_message_size
     server = grpc.aio.server(
         options=[

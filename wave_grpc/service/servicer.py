@@ -18,6 +18,8 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from wave_grpc.addresses import ip_literal
+from wave_grpc.channel import CLIENT_ADDRESS_METADATA
 from wave_grpc.config import Config
 from wave_grpc.errors import Errors, WaveError, brief, invalid_argument
 from wave_grpc.image.digest import Digest
@@ -34,7 +36,8 @@ from wave_grpc.registry.client import RegistryClient
 from wave_grpc.registry.policy import check_layer_location
 from wave_grpc.service.auth import Authenticator, bearer_token
 from wave_grpc.stores.layers import STORE_SCHEME, ExpectedLayer, LayerStore, iterate_bytes, store_location
-from wave_grpc.stores.tokens import ANONYMOUS, TokenStore
+from wave_grpc.stores.limits import LocalRateLimiter, RateLimiter
+from wave_grpc.stores.tokens import ANONYMOUS, TokenStore, listing_key
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,9 @@ _CONTROL = frozenset(chr(c) for c in (*range(0x00, 0x09), *range(0x0A, 0x20), 0x
 # An upload that sends nothing for this long is abandoned, so an idle client cannot pin a stream.
 UPLOAD_IDLE_TIMEOUT = 60.0
 MIN_AVERAGE_CHUNK = 16 << 10
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
 SMALL_CHUNK_ALLOWANCE = 64  # messages before the average is judged
 
 _S = TypeVar("_S", bound="AugmentServicer")
@@ -139,6 +145,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         clock: Callable[[], float] = time.time,
         auth: Authenticator | None = None,
         metrics: Metrics | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._config = config
         self._tokens = tokens
@@ -147,6 +154,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         self._clock = clock
         self._auth = auth or Authenticator.from_config(config)
         self._metrics = metrics or Metrics()
+        self._limiter = limiter or LocalRateLimiter()
 
     # -- callers ------------------------------------------------------------
 
@@ -159,6 +167,29 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         """The caller's user id (wave_grpc/auth.py); 'authorization' metadata wins over tower_access_token."""
         token = bearer_token(context.invocation_metadata()) or tower_access_token.strip()
         return await self._auth.authenticate(token, tower_endpoint)
+
+    def client_address(self, context: grpc.aio.ServicerContext[_Req, _Resp]) -> str:
+        """The caller's address: its own, or the one a trusted proxy (the gateway) forwarded."""
+        peer = context.peer() or ""
+        kind, _, rest = peer.partition(":")
+        address = rest.rsplit(":", 1)[0].strip("[]") if kind in ("ipv4", "ipv6") else kind or "unknown"
+        if address in self._config.service.trusted_proxies:
+            for key, value in context.invocation_metadata() or ():
+                if key == CLIENT_ADDRESS_METADATA and isinstance(value, str) and ip_literal(value) is not None:
+                    return str(ip_literal(value))
+        return address
+
+    async def _check_rate(self, counter: str, key: str, limit: int, config_key: str) -> None:
+        if not limit:
+            return
+        wait = await self._limiter.hit(f"{counter}:{key}", limit)
+        if wait is not None:
+            self._metrics.rate_limited.labels(counter).inc()
+            raise WaveError(
+                Errors.TOO_MANY_REQUESTS,
+                f"{key} is over {limit} {counter}s a minute ({config_key}); retry in {wait:.0f}s",
+                retry_after=wait,
+            )
 
     @staticmethod
     def _check_owner(record: pb.ContainerRecord, caller: str) -> None:
@@ -286,6 +317,10 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         context: grpc.aio.ServicerContext[pb.CreateContainerRequest, pb.CreateContainerResponse],
     ) -> pb.CreateContainerResponse:
         owner = await self.authenticate(context, request.tower_access_token, request.tower_endpoint)
+        address = self.client_address(context)
+        await self._check_rate(
+            "create", listing_key(owner, address), self._config.limits.creates_per_minute, "[limits].creates_per_minute"
+        )
         ref = ImageRef.parse(request.container_image)
         platform = Platform.parse(request.container_platform)
         self._check_config(request.container_config)
@@ -317,6 +352,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
             expiration=_timestamp(now + self._config.service.token_ttl.total_seconds()),
             owner=owner,
             workflow_id=request.workflow_id,
+            creator_address=address,
         )
         # Compute the augmented image once now, so a broken upstream config is a
         # creation error rather than a pull-time surprise.
@@ -393,6 +429,38 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         record = await self._live_record(request.container_token)
         self._check_owner(record, caller)
         return pb.DescribeContainerResponse(container=record)
+
+    @_rpc
+    async def ListContainers(
+        self,
+        request: pb.ListContainersRequest,
+        context: grpc.aio.ServicerContext[pb.ListContainersRequest, pb.ListContainersResponse],
+    ) -> pb.ListContainersResponse:
+        caller = await self.authenticate(context)
+        size = request.page_size or DEFAULT_PAGE
+        if not 0 < size <= MAX_PAGE:
+            raise invalid_argument("page_size", f"must be between 1 and {MAX_PAGE}, got {request.page_size}")
+        text = request.page_token.strip()
+        if text and not (text.isdigit() and len(text) < 10):
+            raise invalid_argument("page_token", "is not a page token; pass the next_page_token of the last page")
+        offset = int(text or 0)
+        # One more than the page, to know whether another page follows.
+        records = await self._tokens.list(listing_key(caller, self.client_address(context)), offset, size + 1)
+        return pb.ListContainersResponse(
+            containers=[
+                pb.ContainerSummary(
+                    container_token=r.container_token,
+                    target_image=r.target_image,
+                    container_image=r.container_image,
+                    container_platform=r.container_platform,
+                    create_time=r.create_time,
+                    expiration=r.expiration,
+                    request_id=r.request_id,
+                )
+                for r in records[:size]
+            ],
+            next_page_token=str(offset + size) if len(records) > size else "",
+        )
 
     @_rpc
     async def GetContainerStatus(

@@ -7,8 +7,9 @@ from pathlib import Path
 from wave_grpc.config import Config
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.stores.layers import FileLayerStore, LayerStore
+from wave_grpc.stores.limits import LocalRateLimiter, RateLimiter
 from wave_grpc.stores.oci import RegistryLayerStore, parse_store_url
-from wave_grpc.stores.redis import RedisTokenStore
+from wave_grpc.stores.redis import RedisRateLimiter, RedisTokenStore, redis_client
 from wave_grpc.stores.sqlite import SqliteTokenStore
 from wave_grpc.stores.tokens import TokenStore
 
@@ -30,3 +31,11 @@ def open_layer_store(config: Config, upstream: RegistryClient) -> LayerStore:
         )
         return RegistryLayerStore(upstream, registry, repository, staging)
     return FileLayerStore(config.layers.file_root, config.layers.limits, verify_workers=config.layers.verify_workers)
+
+
+def open_rate_limiter(redis_url: str) -> RateLimiter:
+    """Shared through Redis when the deployment has one (``redis_url``), else this process's own."""
+    if redis_url.startswith(("redis://", "rediss://")):
+        client, prefix = redis_client(redis_url)
+        return RedisRateLimiter(client, prefix)
+    return LocalRateLimiter()

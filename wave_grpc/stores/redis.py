@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
-from wave_grpc.stores.tokens import expiry_seconds
+from wave_grpc.stores.tokens import expiry_seconds, record_listing_key
 
 DEFAULT_PREFIX = "wave-grpc:"
 
@@ -84,16 +84,47 @@ class RedisTokenStore:
     def _request_key(self, request_id: str) -> str:
         return f"{self._prefix}request:{request_id}"
 
+    def _listing_key(self, listing: str) -> str:
+        return f"{self._prefix}listing:{listing}"
+
     async def put(self, record: pb.ContainerRecord) -> bool:
         async with _answering(self._url):
-            ttl = _seconds_left(expiry_seconds(record))
+            expires_at = expiry_seconds(record)
+            ttl = _seconds_left(expires_at)
             created = await self._redis.set(
                 self._key(record.container_token), record.SerializeToString(), ex=ttl, nx=True
             )
             if created and record.request_id:
                 # The request id -> token index expires with the record (same TTL, in its own write).
                 await self._redis.set(self._request_key(record.request_id), record.container_token.encode(), ex=ttl)
+            if created:
+                # The listing: a sorted set by expiry, pruned of the expired on every write,
+                # that itself expires with its last token (EXPIRE ... GT only ever extends it).
+                listing = self._listing_key(record_listing_key(record))
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.zadd(listing, {record.container_token: expires_at})
+                    pipe.zremrangebyscore(listing, "-inf", time.time())
+                    pipe.expire(listing, ttl, nx=True)
+                    pipe.expire(listing, ttl, gt=True)
+                    await pipe.execute()
             return bool(created)
+
+    async def list(self, listing: str, offset: int, limit: int) -> list[pb.ContainerRecord]:
+        async with _answering(self._url):
+            found = await self._redis.zrangebyscore(
+                self._listing_key(listing), time.time(), "+inf", start=offset, num=limit
+            )
+            tokens = [token for token in found if isinstance(token, bytes)]
+            if not tokens:
+                return []
+            values = await self._redis.mget([self._key(t.decode()) for t in tokens])
+        records = []
+        for data in values:
+            if isinstance(data, bytes):  # a revoked token's record is gone
+                record = pb.ContainerRecord.FromString(data)
+                if expiry_seconds(record) > time.time():
+                    records.append(record)
+        return records
 
     async def get_by_request_id(self, request_id: str) -> pb.ContainerRecord | None:
         if not request_id:
@@ -118,7 +149,10 @@ class RedisTokenStore:
             return record
 
     async def revoke(self, token: str) -> bool:
+        record = await self.get(token)
         async with _answering(self._url):
+            if record is not None:
+                await self._redis.zrem(self._listing_key(record_listing_key(record)), token)
             return bool(await self._redis.delete(self._key(token)))
 
     async def close(self) -> None:
@@ -137,3 +171,24 @@ class RedisContentCache:
 
     async def put(self, key: str, value: bytes, ttl_seconds: float) -> None:
         await self._redis.set(self._prefix + key, value, ex=max(1, int(ttl_seconds)))
+
+
+class RedisRateLimiter:
+    """Fixed one-minute windows shared by every replica: ``INCR`` and the key's expiry in one transaction."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._redis = client
+        self._prefix = prefix
+
+    async def hit(self, key: str, limit: int, window: float = 60.0) -> float | None:
+        now = time.time()
+        start = int(now // window)
+        name = f"{self._prefix}limit:{key}:{start}"
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.incr(name)
+                pipe.expire(name, int(window) + 1)
+                count, _ = await pipe.execute()
+        except RedisError:
+            return None  # a limiter that cannot count lets requests through rather than failing them
+        return (start + 1) * window - now if int(count) > limit else None

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
-from wave_grpc.stores.tokens import expiry_seconds
+from wave_grpc.stores.tokens import expiry_seconds, record_listing_key
 
 
 class SqliteTokenStore:
@@ -29,6 +29,11 @@ class SqliteTokenStore:
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS containers_expiry ON containers (expires_at)")
             self._db.execute("CREATE INDEX IF NOT EXISTS containers_request_id ON containers (request_id)")
+            # Added for ListContainers; a database from before has rows without it (never listed).
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(containers)")}
+            if "listing" not in columns:
+                self._db.execute("ALTER TABLE containers ADD COLUMN listing TEXT")
+            self._db.execute("CREATE INDEX IF NOT EXISTS containers_listing ON containers (listing, expires_at)")
 
     @classmethod
     def from_url(cls, url: str) -> SqliteTokenStore:
@@ -47,13 +52,15 @@ class SqliteTokenStore:
             )
             try:
                 self._db.execute(
-                    "INSERT INTO containers (token, owner, expires_at, record, request_id) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO containers (token, owner, expires_at, record, request_id, listing)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
                     (
                         record.container_token,
                         record.owner,
                         expiry_seconds(record),
                         record.SerializeToString(),
                         record.request_id or None,
+                        record_listing_key(record),
                     ),
                 )
             except sqlite3.IntegrityError:
@@ -98,6 +105,18 @@ class SqliteTokenStore:
 
     async def get_by_request_id(self, request_id: str) -> pb.ContainerRecord | None:
         return await asyncio.to_thread(self._get_by_request_id, request_id)
+
+    def _list(self, listing: str, offset: int, limit: int) -> list[pb.ContainerRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT record FROM containers WHERE listing = ? AND revoked = 0 AND expires_at > ?"
+                " ORDER BY expires_at, token LIMIT ? OFFSET ?",
+                (listing, time.time(), limit, offset),
+            ).fetchall()
+        return [pb.ContainerRecord.FromString(row[0]) for row in rows]
+
+    async def list(self, listing: str, offset: int, limit: int) -> list[pb.ContainerRecord]:
+        return await asyncio.to_thread(self._list, listing, offset, limit)
 
     def _ping(self) -> None:
         with self._lock:

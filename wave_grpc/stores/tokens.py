@@ -14,6 +14,15 @@ from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 ANONYMOUS = "anonymous"
 
 
+def listing_key(owner: str, client_address: str) -> str:
+    """Whose tokens a listing shows: the user's, or an anonymous caller's from one address."""
+    return owner if owner != ANONYMOUS else f"{ANONYMOUS}@{client_address}"
+
+
+def record_listing_key(record: pb.ContainerRecord) -> str:
+    return listing_key(record.owner, record.creator_address)
+
+
 def expiry_seconds(record: pb.ContainerRecord) -> float:
     return record.expiration.seconds + record.expiration.nanos / 1e9
 
@@ -43,6 +52,10 @@ class TokenStore(Protocol):
         ...
 
     async def revoke(self, token: str) -> bool: ...
+
+    async def list(self, listing: str, offset: int, limit: int) -> list[pb.ContainerRecord]:
+        """Live records whose :func:`record_listing_key` is ``listing``, soonest to expire first."""
+        ...
 
     async def ping(self) -> None:
         """Raise unless the store answers (``/readyz``); a store that is down raises SERVICE_UNAVAILABLE."""

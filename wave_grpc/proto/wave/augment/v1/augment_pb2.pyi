@@ -275,6 +275,7 @@ class ContainerRecord(_message.Message):
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
     TARGET_MANIFEST_DIGEST_FIELD_NUMBER: _builtins.int
     TARGET_DIGEST_FIELD_NUMBER: _builtins.int
+    CREATOR_ADDRESS_FIELD_NUMBER: _builtins.int
     container_token: _builtins.str
     request_id: _builtins.str
     container_image: _builtins.str
@@ -298,6 +299,10 @@ class ContainerRecord(_message.Message):
     target_digest: _builtins.str
     """Digest of the one-entry augmented index when the source is an index,
     else equal to target_manifest_digest: what the tag resolves to.
+    """
+    creator_address: _builtins.str
+    """The client address the creation came from (as a trusted gateway forwarded
+    it, for REST callers). Anonymous tokens are listed and rate-limited by it.
     """
     @_builtins.property
     def container_config(self) -> Global___ContainerConfig:
@@ -324,10 +329,11 @@ class ContainerRecord(_message.Message):
         workflow_id: _builtins.str = ...,
         target_manifest_digest: _builtins.str = ...,
         target_digest: _builtins.str = ...,
+        creator_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config", "create_time", b"create_time", "expiration", b"expiration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config", "container_image", b"container_image", "container_platform", b"container_platform", "container_token", b"container_token", "create_time", b"create_time", "expiration", b"expiration", "owner", b"owner", "request_id", b"request_id", "source_digest", b"source_digest", "source_manifest_digest", b"source_manifest_digest", "target_digest", b"target_digest", "target_image", b"target_image", "target_manifest_digest", b"target_manifest_digest", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config", "container_image", b"container_image", "container_platform", b"container_platform", "container_token", b"container_token", "create_time", b"create_time", "creator_address", b"creator_address", "expiration", b"expiration", "owner", b"owner", "request_id", b"request_id", "source_digest", b"source_digest", "source_manifest_digest", b"source_manifest_digest", "target_digest", b"target_digest", "target_image", b"target_image", "target_manifest_digest", b"target_manifest_digest", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -501,6 +507,99 @@ class DescribeContainerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DescribeContainerResponse: _TypeAlias = DescribeContainerResponse  # noqa: Y015
+
+@_typing.final
+class ListContainersRequest(_message.Message):
+    """ListContainersRequest pages through the caller's live tokens."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many per page (default 100, at most 1000)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty for the first."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListContainersRequest: _TypeAlias = ListContainersRequest  # noqa: Y015
+
+@_typing.final
+class ContainerSummary(_message.Message):
+    """ContainerSummary is one live token, as a listing shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_TOKEN_FIELD_NUMBER: _builtins.int
+    TARGET_IMAGE_FIELD_NUMBER: _builtins.int
+    CONTAINER_IMAGE_FIELD_NUMBER: _builtins.int
+    CONTAINER_PLATFORM_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRATION_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    container_token: _builtins.str
+    target_image: _builtins.str
+    container_image: _builtins.str
+    container_platform: _builtins.str
+    request_id: _builtins.str
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expiration(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        container_token: _builtins.str = ...,
+        target_image: _builtins.str = ...,
+        container_image: _builtins.str = ...,
+        container_platform: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        expiration: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expiration", b"expiration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_image", b"container_image", "container_platform", b"container_platform", "container_token", b"container_token", "create_time", b"create_time", "expiration", b"expiration", "request_id", b"request_id", "target_image", b"target_image"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContainerSummary: _TypeAlias = ContainerSummary  # noqa: Y015
+
+@_typing.final
+class ListContainersResponse(_message.Message):
+    """ListContainersResponse is one page of live tokens."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def containers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContainerSummary]: ...
+    def __init__(
+        self,
+        *,
+        containers: _abc.Iterable[Global___ContainerSummary] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListContainersResponse: _TypeAlias = ListContainersResponse  # noqa: Y015
 
 @_typing.final
 class GetContainerStatusRequest(_message.Message):

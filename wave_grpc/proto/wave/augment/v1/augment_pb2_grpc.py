@@ -65,6 +65,11 @@ class AugmentServiceStub:
                 request_serializer=wave_dot_augment_dot_v1_dot_augment__pb2.GetContainerStatusRequest.SerializeToString,
                 response_deserializer=wave_dot_augment_dot_v1_dot_augment__pb2.GetContainerStatusResponse.FromString,
                 _registered_method=True)
+        self.ListContainers = channel.unary_unary(
+                '/wave.augment.v1.AugmentService/ListContainers',
+                request_serializer=wave_dot_augment_dot_v1_dot_augment__pb2.ListContainersRequest.SerializeToString,
+                response_deserializer=wave_dot_augment_dot_v1_dot_augment__pb2.ListContainersResponse.FromString,
+                _registered_method=True)
 
 
 class AugmentServiceServicer:
@@ -120,6 +125,14 @@ class AugmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListContainers(self, request, context):
+        """The caller's live tokens, soonest to expire first. An anonymous caller sees
+        the anonymous tokens created from its own client address.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AugmentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +165,11 @@ def add_AugmentServiceServicer_to_server(servicer, server):
                     servicer.GetContainerStatus,
                     request_deserializer=wave_dot_augment_dot_v1_dot_augment__pb2.GetContainerStatusRequest.FromString,
                     response_serializer=wave_dot_augment_dot_v1_dot_augment__pb2.GetContainerStatusResponse.SerializeToString,
+            ),
+            'ListContainers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListContainers,
+                    request_deserializer=wave_dot_augment_dot_v1_dot_augment__pb2.ListContainersRequest.FromString,
+                    response_serializer=wave_dot_augment_dot_v1_dot_augment__pb2.ListContainersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -317,6 +335,33 @@ class AugmentService:
             '/wave.augment.v1.AugmentService/GetContainerStatus',
             wave_dot_augment_dot_v1_dot_augment__pb2.GetContainerStatusRequest.SerializeToString,
             wave_dot_augment_dot_v1_dot_augment__pb2.GetContainerStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListContainers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wave.augment.v1.AugmentService/ListContainers',
+            wave_dot_augment_dot_v1_dot_augment__pb2.ListContainersRequest.SerializeToString,
+            wave_dot_augment_dot_v1_dot_augment__pb2.ListContainersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,10 @@ class AugmentServiceStub:
     """GetContainerStatus reports a creation request by its request_id (Wave's
     /v1alpha2/container/{requestId}/status). It never reveals the token.
     """
+    ListContainers: _grpc.UnaryUnaryMultiCallable[_augment_pb2.ListContainersRequest, _augment_pb2.ListContainersResponse]
+    """The caller's live tokens, soonest to expire first. An anonymous caller sees
+    the anonymous tokens created from its own client address.
+    """
 
 @_typing.type_check_only
 class AugmentServiceAsyncStub(AugmentServiceStub):
@@ -91,6 +95,10 @@ class AugmentServiceAsyncStub(AugmentServiceStub):
     GetContainerStatus: _aio.UnaryUnaryMultiCallable[_augment_pb2.GetContainerStatusRequest, _augment_pb2.GetContainerStatusResponse]  # type: ignore[assignment]
     """GetContainerStatus reports a creation request by its request_id (Wave's
     /v1alpha2/container/{requestId}/status). It never reveals the token.
+    """
+    ListContainers: _aio.UnaryUnaryMultiCallable[_augment_pb2.ListContainersRequest, _augment_pb2.ListContainersResponse]  # type: ignore[assignment]
+    """The caller's live tokens, soonest to expire first. An anonymous caller sees
+    the anonymous tokens created from its own client address.
     """
 
 class AugmentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -154,6 +162,16 @@ class AugmentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_augment_pb2.GetContainerStatusResponse, _abc.Awaitable[_augment_pb2.GetContainerStatusResponse]]:
         """GetContainerStatus reports a creation request by its request_id (Wave's
         /v1alpha2/container/{requestId}/status). It never reveals the token.
+        """
+
+    @_abc_1.abstractmethod
+    def ListContainers(
+        self,
+        request: _augment_pb2.ListContainersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_augment_pb2.ListContainersResponse, _abc.Awaitable[_augment_pb2.ListContainersResponse]]:
+        """The caller's live tokens, soonest to expire first. An anonymous caller sees
+        the anonymous tokens created from its own client address.
         """
 
 def add_AugmentServiceServicer_to_server(servicer: AugmentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
