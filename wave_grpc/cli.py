@@ -21,6 +21,7 @@ from google.protobuf.json_format import MessageToDict
 from wave_grpc import __version__
 from wave_grpc.channel import service_channel
 from wave_grpc.config import ConfigError, default_config_path, load_config
+from wave_grpc.errors import WaveError
 from wave_grpc.image.layers import (
     LayerDigester,
     LayerDigests,
@@ -32,7 +33,10 @@ from wave_grpc.image.layers import (
 from wave_grpc.image.tarcheck import TarCheckError
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
+from wave_grpc.registry.client import RegistryClient
 from wave_grpc.serving import run_gateway_worker, run_servers
+from wave_grpc.stores.gc import collect_layers
+from wave_grpc.stores.open import open_layer_store, open_token_store
 
 log = logging.getLogger("wave_grpc")
 
@@ -92,6 +96,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(run_servers(config, args.only, ready=lambda line: print(line, flush=True)))
     except OSError as exc:
         raise CliError(str(exc)) from None
+    return 0
+
+
+async def _gc(args: argparse.Namespace) -> int:
+    config = load_config(Path(args.config))
+    upstream = RegistryClient(config)
+    await upstream.start()
+    tokens = open_token_store(config.service.store)
+    try:
+        layers = open_layer_store(config, upstream)
+        collected = await collect_layers(tokens, layers, config.layers.gc_grace.total_seconds(), dry_run=args.dry_run)
+    except WaveError as exc:
+        raise RequestFailed(exc.message, exc.kind.oci_code) from None
+    finally:
+        await tokens.close()
+        await upstream.close()
+    if collected is None:
+        raise RequestFailed("another garbage collection is running (a service replica or `wave-grpc gc`); try later")
+    verb = "would remove" if args.dry_run else "removed"
+    for digest, size in collected.removed:
+        print(f"{verb} {digest} ({size} bytes)")
+    total = "would free" if args.dry_run else "freed"
+    print(f"{verb} {len(collected.removed)} layer(s), {total} {collected.freed} bytes; kept {collected.kept}")
     return 0
 
 
@@ -343,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wave-grpc {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{serve,augment,inspect,list,revoke}", title="commands"
+        dest="command", required=True, metavar="{serve,augment,inspect,list,revoke,gc}", title="commands"
     )
 
     serve = sub.add_parser("serve", help="run the AugmentService and the gateway")
@@ -388,6 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = client("revoke", "revoke a token")
     revoke.add_argument("token_id", metavar="TOKEN", help="a token, or the target image name that carries it")
     revoke.set_defaults(func=lambda a: asyncio.run(_revoke(a)))
+
+    gc = sub.add_parser("gc", help="garbage-collect the layer store now (as the service does every gc_interval)")
+    gc.add_argument("--config", required=True, help="the service's TOML config")
+    gc.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
+    gc.set_defaults(func=lambda a: asyncio.run(_gc(a)))
 
     listing = client("list", "list your live tokens (anonymous callers: those created from this address)")
     listing.set_defaults(func=lambda a: asyncio.run(_list(a)))

@@ -211,6 +211,11 @@ class LayersConfig:
     allow_devices: bool = False
     # Threads that hash, inflate and check uploaded layers (their own pool).
     verify_workers: int = 2
+    # Garbage collection: a stored layer is kept while a live token references it and
+    # for gc_grace after the last reference (or its upload) was seen; the service
+    # collects every gc_interval (None: only `wave-grpc gc`).
+    gc_grace: timedelta = timedelta(hours=6)
+    gc_interval: timedelta | None = timedelta(hours=1)
 
     @property
     def limits(self) -> LayerLimits:
@@ -322,6 +327,14 @@ class Config:
             read_timeout=self.upstream.read_timeout,
             listed=False,
         )
+
+
+def _duration_or_off(section: _Section, key: str, default: timedelta) -> timedelta | None:
+    """A duration, or "off"."""
+    if section.data.get(key) == "off":
+        section.used.add(key)
+        return None
+    return section.duration(key, default)
 
 
 def _readable_file(section: _Section, key: str) -> str:
@@ -571,6 +584,8 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         max_inflation_ratio=lay.integer("max_inflation_ratio", LayersConfig.max_inflation_ratio),
         allow_devices=lay.boolean("allow_devices", LayersConfig.allow_devices),
         verify_workers=lay.integer("verify_workers", LayersConfig.verify_workers),
+        gc_grace=lay.duration("gc_grace", LayersConfig.gc_grace),
+        gc_interval=_duration_or_off(lay, "gc_interval", timedelta(hours=1)),
     )
     if layers.max_inflated_size < 1 << 20:
         raise lay.error("max_inflated_size", "must be at least 1048576 bytes")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from wave_grpc.metrics import Metrics
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.service.servicer import AugmentServicer, add_to_server
+from wave_grpc.stores.gc import collect_layers
 from wave_grpc.stores.layers import LayerStore
 from wave_grpc.stores.open import open_layer_store, open_rate_limiter, open_token_store
 from wave_grpc.stores.tokens import TokenStore
@@ -38,9 +41,14 @@ class RunningService:
     tokens: TokenStore
     upstream: RegistryClient
     layers: LayerStore
+    collector: asyncio.Task[None] | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         """Graceful: report NOT_SERVING, let calls in flight finish, then release resources."""
+        if self.collector is not None:
+            self.collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.collector
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.upstream.close()
@@ -90,4 +98,35 @@ async def serve(config: Config, *, listen: str | None = None, metrics: Metrics |
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     log.info("AugmentService listening on %s", address.rsplit(":", 1)[0] + f":{port}")
-    return RunningService(server, port, health, tokens, upstream, layers)
+    running = RunningService(server, port, health, tokens, upstream, layers)
+    if config.layers.gc_interval is not None:
+        running.collector = asyncio.create_task(
+            collect_periodically(tokens, layers, config, metrics), name="layer garbage collection"
+        )
+    return running
+
+
+async def collect_periodically(tokens: TokenStore, layers: LayerStore, config: Config, metrics: Metrics | None) -> None:
+    """Garbage-collect the layer store every [layers].gc_interval; a failed run is logged and retried."""
+    assert config.layers.gc_interval is not None
+    interval = config.layers.gc_interval.total_seconds()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            collected = await collect_layers(
+                tokens, layers, config.layers.gc_grace.total_seconds(), lock_ttl=max(interval, 60.0)
+            )
+        except Exception:
+            log.exception("layer garbage collection failed; retrying in %gs", interval)
+            continue
+        if collected is None:
+            log.info("layer garbage collection: another replica is collecting")
+            continue
+        if metrics is not None:
+            metrics.layers_collected.inc(len(collected.removed))
+        log.info(
+            "layer garbage collection removed %d layer(s), freed %d bytes, kept %d",
+            len(collected.removed),
+            collected.freed,
+            collected.kept,
+        )

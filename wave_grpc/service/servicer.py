@@ -225,6 +225,14 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
             )
         if location.startswith(STORE_SCHEME):
             digest = Digest.parse(location[len(STORE_SCHEME) :], field=f"{field}.location")
+            # Marked referenced before the record exists: garbage collection keeps the layer
+            # from now on, or it is already gone and the caller is told to upload it again.
+            if not await self._layers.reference(digest):
+                raise invalid_argument(
+                    f"{field}.location",
+                    f"layer {digest} is not in the layer store (never uploaded, or collected after "
+                    "[layers].gc_grace without a token); upload it with UploadLayer again",
+                )
             size = await self._layers.size(digest)
             tar_digest = await self._layers.tar_digest(digest)
             if size is None or tar_digest is None:
@@ -445,7 +453,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
             raise invalid_argument("page_token", "is not a page token; pass the next_page_token of the last page")
         offset = int(text or 0)
         # One more than the page, to know whether another page follows.
-        records = await self._tokens.list(listing_key(caller, self.client_address(context)), offset, size + 1)
+        records = await self._tokens.listed(listing_key(caller, self.client_address(context)), offset, size + 1)
         return pb.ListContainersResponse(
             containers=[
                 pb.ContainerSummary(

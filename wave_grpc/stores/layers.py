@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +61,34 @@ class LayerStore(Protocol):
     async def answer(self, digest: Digest, method: str, range_header: str = "") -> BlobAnswer:
         """How the gateway serves the blob (a local file, a redirect or a stream); BLOB_UNKNOWN if absent."""
         ...
+
+    async def reference(self, digest: Digest) -> bool:
+        """A creation is about to reference the blob: mark it referenced now; False if it is gone.
+
+        Against a concurrent collection this either wins (the blob is kept) or sees the
+        blob gone (the creation fails cleanly): a token never references a removed layer.
+        """
+        ...
+
+    async def collect(self, referenced: set[Digest], grace: float, *, dry_run: bool = False) -> Collection | None:
+        """Remove what no live token references and nothing marked for ``grace`` seconds.
+
+        ``referenced`` are the stored layers of live tokens (marked referenced now).
+        None when another collector holds the store.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Collection:
+    """What one collection removed (or, with ``dry_run``, would remove)."""
+
+    removed: tuple[tuple[Digest, int], ...]
+    kept: int
+
+    @property
+    def freed(self) -> int:
+        return sum(size for _, size in self.removed)
 
 
 class FileLayerStore:
@@ -135,7 +165,7 @@ class FileLayerStore:
                 except TarCheckError as exc:
                     raise WaveError(Errors.INVALID_ARGUMENT, f"{expected.field}: the layer {exc}") from None
                 final = self._blob_path(digests.gzip_digest)
-                if final.exists():
+                if await self.reference(digests.gzip_digest):
                     return digests, False
                 # Only a verified blob that is kept is worth the fsync.
                 await asyncio.to_thread(sync, handle)
@@ -145,7 +175,8 @@ class FileLayerStore:
             meta_temp = meta.with_name(f"{meta.name}.{self._temp_name()}")
             meta_temp.write_text(str(digests.tar_digest))
             os.replace(meta_temp, meta)
-            os.replace(temp, final)
+            with self._locked("refs.lock", fcntl.LOCK_SH):
+                os.replace(temp, final)  # a new file: its mtime is now, fresh for gc_grace
             self.stored_bytes += digests.gzip_size
             return digests, True
         except LayerFormatError as exc:
@@ -182,11 +213,81 @@ class FileLayerStore:
             self.stored_bytes -= size
         _unlink_if_present(self._meta_path(digest))
 
+    # -- garbage collection ----------------------------------------------------------
+    #
+    # A blob's mtime is when it was last seen referenced (or uploaded). Creations mark
+    # under a shared flock on "refs.lock", the sweep decides and removes under an
+    # exclusive one: a mark either lands before the sweep looks (the blob is fresh and
+    # kept) or after it (the blob is gone, and the creation is told to upload again).
+
+    def _locked(self, name: str, mode: int) -> contextlib.AbstractContextManager[bool]:
+        return file_lock(self.root / name, mode)
+
+    def _mark(self, digest: Digest) -> bool:
+        with self._locked("refs.lock", fcntl.LOCK_SH):
+            try:
+                os.utime(self._blob_path(digest))
+            except FileNotFoundError:
+                return False
+            return True
+
+    async def reference(self, digest: Digest) -> bool:
+        return await asyncio.to_thread(self._mark, digest)
+
+    def _collect(self, referenced: set[Digest], grace: float, dry_run: bool) -> Collection | None:
+        with self._locked("collect.lock", fcntl.LOCK_EX | fcntl.LOCK_NB) as alone:
+            if not alone:
+                return None
+            blobs = self.root / "blobs" / "sha256"
+            removed: list[tuple[Digest, int]] = []
+            kept = 0
+            now = time.time()
+            for path in sorted(blobs.iterdir()):
+                try:
+                    digest = Digest("sha256", path.name)
+                except ValueError:
+                    continue
+                if digest in referenced:
+                    if not dry_run:
+                        self._mark(digest)
+                    kept += 1
+                    continue
+                with self._locked("refs.lock", fcntl.LOCK_EX):
+                    try:
+                        stat = path.stat()
+                    except FileNotFoundError:
+                        continue
+                    if stat.st_mtime + grace > now:
+                        kept += 1
+                        continue
+                    if not dry_run:
+                        self.discard(digest)
+                removed.append((digest, stat.st_size))
+            return Collection(tuple(removed), kept)
+
+    async def collect(self, referenced: set[Digest], grace: float, *, dry_run: bool = False) -> Collection | None:
+        return await asyncio.to_thread(self._collect, referenced, grace, dry_run)
+
     async def answer(self, digest: Digest, method: str, range_header: str = "") -> BlobAnswer:
         path = self.staged_path(digest)
         if path is None:
             raise WaveError(Errors.BLOB_UNKNOWN, f"layer {digest} is missing from the layer store")
         return LocalFile(path)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, mode: int) -> Iterator[bool]:
+    """``flock`` ``path`` with ``mode``; yields False when ``LOCK_NB`` found it held elsewhere."""
+    with path.open("a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), mode)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _process_alive(pid: int) -> bool:

@@ -29,7 +29,9 @@ def open_layer_store(config: Config, upstream: RegistryClient) -> LayerStore:
         staging = FileLayerStore(
             Path(config.layers.staging), config.layers.limits, verify_workers=config.layers.verify_workers
         )
-        return RegistryLayerStore(upstream, registry, repository, staging)
+        return RegistryLayerStore(
+            upstream, registry, repository, staging, gc_grace=config.layers.gc_grace.total_seconds()
+        )
     return FileLayerStore(config.layers.file_root, config.layers.limits, verify_workers=config.layers.verify_workers)
 
 

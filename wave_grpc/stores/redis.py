@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
 
@@ -109,7 +110,7 @@ class RedisTokenStore:
                     await pipe.execute()
             return bool(created)
 
-    async def list(self, listing: str, offset: int, limit: int) -> list[pb.ContainerRecord]:
+    async def listed(self, listing: str, offset: int, limit: int) -> list[pb.ContainerRecord]:
         async with _answering(self._url):
             found = await self._redis.zrangebyscore(
                 self._listing_key(listing), time.time(), "+inf", start=offset, num=limit
@@ -147,6 +148,33 @@ class RedisTokenStore:
             if expiry_seconds(record) <= time.time():
                 return None
             return record
+
+    async def live_records(self) -> AsyncIterator[pb.ContainerRecord]:
+        cursor = 0
+        while True:
+            async with _answering(self._url):
+                cursor, keys = await self._redis.scan(cursor, match=f"{self._prefix}token:*", count=1000)
+                values = await self._redis.mget(keys) if keys else []
+            for data in values:
+                if isinstance(data, bytes):
+                    record = pb.ContainerRecord.FromString(data)
+                    if expiry_seconds(record) > time.time():
+                        yield record
+            if not cursor:
+                return
+
+    async def lock(self, name: str, ttl: float) -> str | None:
+        """A lock every replica sees (``SET NX EX``): its holder's id, or None when taken."""
+        holder = uuid.uuid4().hex
+        async with _answering(self._url):
+            taken = await self._redis.set(f"{self._prefix}lock:{name}", holder, ex=max(1, int(ttl)), nx=True)
+        return holder if taken else None
+
+    async def unlock(self, name: str, holder: str) -> None:
+        key = f"{self._prefix}lock:{name}"
+        async with _answering(self._url):
+            if await self._redis.get(key) == holder.encode():
+                await self._redis.delete(key)
 
     async def revoke(self, token: str) -> bool:
         record = await self.get(token)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import sqlite3
 import threading
 import time
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.stores.tokens import expiry_seconds, record_listing_key
@@ -17,6 +21,8 @@ class SqliteTokenStore:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        self._locks: dict[str, BinaryIO] = {}
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:
@@ -115,8 +121,43 @@ class SqliteTokenStore:
             ).fetchall()
         return [pb.ContainerRecord.FromString(row[0]) for row in rows]
 
-    async def list(self, listing: str, offset: int, limit: int) -> list[pb.ContainerRecord]:
+    async def listed(self, listing: str, offset: int, limit: int) -> list[pb.ContainerRecord]:
         return await asyncio.to_thread(self._list, listing, offset, limit)
+
+    def _live_page(self, after: str, limit: int) -> list[tuple[str, bytes]]:
+        with self._lock:
+            rows: list[tuple[str, bytes]] = self._db.execute(
+                "SELECT token, record FROM containers WHERE token > ? AND revoked = 0 AND expires_at > ?"
+                " ORDER BY token LIMIT ?",
+                (after, time.time(), limit),
+            ).fetchall()
+        return rows
+
+    async def live_records(self) -> AsyncIterator[pb.ContainerRecord]:
+        after = ""
+        while rows := await asyncio.to_thread(self._live_page, after, 1000):
+            for _, data in rows:
+                yield pb.ContainerRecord.FromString(data)
+            after = rows[-1][0]
+
+    async def lock(self, name: str, ttl: float) -> str | None:
+        # Replicas of a SQLite deployment share one machine: a file lock beside the
+        # database, released by the kernel if its holder dies (ttl is not needed).
+        handle = (self._path.parent / f"{self._path.name}.{name}.lock").open("a+b")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        holder = uuid.uuid4().hex
+        self._locks[holder] = handle
+        return holder
+
+    async def unlock(self, name: str, holder: str) -> None:
+        handle = self._locks.pop(holder, None)
+        if handle is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            handle.close()
 
     def _ping(self) -> None:
         with self._lock:

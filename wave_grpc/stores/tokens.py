@@ -6,6 +6,7 @@ understand only the token, the request id, the owner and the expiry.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
@@ -53,9 +54,22 @@ class TokenStore(Protocol):
 
     async def revoke(self, token: str) -> bool: ...
 
-    async def list(self, listing: str, offset: int, limit: int) -> list[pb.ContainerRecord]:
+    async def listed(self, listing: str, offset: int, limit: int) -> list[pb.ContainerRecord]:
         """Live records whose :func:`record_listing_key` is ``listing``, soonest to expire first."""
         ...
+
+    def live_records(self) -> AsyncIterator[pb.ContainerRecord]:
+        """Every live record (garbage collection marks the layers they reference)."""
+        ...
+
+    async def lock(self, name: str, ttl: float) -> str | None:
+        """A lock every replica of this deployment sees: its holder's id, or None when taken.
+
+        It lapses after ``ttl`` seconds if its holder dies; :meth:`unlock` releases it.
+        """
+        ...
+
+    async def unlock(self, name: str, holder: str) -> None: ...
 
     async def ping(self) -> None:
         """Raise unless the store answers (``/readyz``); a store that is down raises SERVICE_UNAVAILABLE."""
