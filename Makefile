@@ -1,11 +1,13 @@
 # The two commands the README promises:
 #   make run    install into .venv and run service + gateway on configs/local.toml
 #   make test   install everything the tests need and run the whole suite
+# and the worked example, offline (a local registry, a base image built here,
+# the service, an augmentation, a pull): make example
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install deps lint protos check-protos buf pytest clean
+.PHONY: run test example install deps lint protos check-protos buf pytest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +18,9 @@ install: $(BIN)/python
 
 run: install
 	$(BIN)/wave-grpc serve --config configs/local.toml
+
+example: install
+	VENV=$(VENV) bash scripts/example.sh
 
 deps:
 	scripts/install-test-deps.sh

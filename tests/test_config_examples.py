@@ -1,9 +1,19 @@
-"""Every example config in configs/examples/ loads, so the examples stay valid."""
+"""Every example config in configs/examples/ loads, so the examples stay valid.
+
+The examples start as shipped: only private.toml needs something from the
+environment (its credentials are the point of it). The others carry their
+optional credentials as commented-out lines (``# username = ...``,
+``# password_env = ...``, ``# docker_config = ...``); the tests also load each
+file with those lines enabled, so what a user uncomments works too.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
+import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -12,6 +22,40 @@ import pytest
 from wave_grpc.config import Config, load_config
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "configs" / "examples").glob("*.toml"))
+
+# The one example that needs its credentials' environment variables to start.
+NEEDS_ENVIRONMENT = "private"
+
+_COMMENTED_CREDENTIAL = re.compile(r"^# ((?:username|password_env|docker_config) = .*)$", re.MULTILINE)
+
+_LOAD_SNIPPET = """
+import sys
+from pathlib import Path
+from wave_grpc.config import ConfigError, load_config
+try:
+    load_config(Path(sys.argv[1]))
+except ConfigError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def _header(path: Path) -> str:
+    """The comment block a file starts with."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _with_credentials(path: Path, directory: Path) -> Path:
+    """A copy of ``path`` with its commented-out credential lines enabled."""
+    directory.mkdir(parents=True, exist_ok=True)
+    enabled = directory / path.name
+    enabled.write_text(_COMMENTED_CREDENTIAL.sub(r"\1", path.read_text()))
+    return enabled
 
 
 def _load(path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
@@ -31,16 +75,22 @@ def _load(path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
     return load_config(path)
 
 
-def test_there_are_examples_for_the_common_registries() -> None:
-    names = {p.stem for p in EXAMPLES}
-    assert {"dockerhub", "ghcr", "quay", "private"} <= names
+def _load_in_empty_environment(
+    path: Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Load ``path`` in a fresh interpreter whose environment is ``env`` (default: empty)."""
+    return subprocess.run(
+        [sys.executable, "-c", _LOAD_SNIPPET, str(path)],
+        env=env or {},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_example_loads(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    text = path.read_text()
-    assert text.startswith("#"), f"{path.name}: start with a comment that says what the example is for"
-    config = _load(path, tmp_path, monkeypatch)
+def _check(path: Path, config: Config) -> None:
     assert config.registries, f"{path.name} routes no registry"
     for route in config.registries:
         assert route.endpoint.startswith("https://"), f"{path.name}: {route.name} must use https"
@@ -50,16 +100,76 @@ def test_example_loads(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert config.upstream.default_route == "deny" or path.stem == "dockerhub-mirror"
 
 
+def test_there_are_examples_for_the_common_registries() -> None:
+    names = {p.stem for p in EXAMPLES}
+    assert {"dockerhub", "ghcr", "quay", "private"} <= names
+    assert NEEDS_ENVIRONMENT in names
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_loads(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = path.read_text()
+    assert text.startswith("#"), f"{path.name}: start with a comment that says what the example is for"
+    _check(path, _load(path, tmp_path / "home", monkeypatch))
+    # With the commented-out credentials enabled, as a user would.
+    _check(path, _load(_with_credentials(path, tmp_path / "enabled"), tmp_path / "home-enabled", monkeypatch))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_says_at_its_top_what_it_needs_and_how_to_run_it(path: Path, tmp_path: Path) -> None:
+    header = _header(path)
+    assert "Needs" in header, f"{path.name}: the top comment says what the example needs"
+    assert f"wave-grpc serve --config configs/examples/{path.name}" in header, (
+        f"{path.name}: the top comment shows how to run it"
+    )
+    raw = tomllib.loads(_with_credentials(path, tmp_path).read_text())
+    for route in raw.get("registries", []):
+        if "password_env" in route:
+            assert route["password_env"] in header, f"{path.name}: the top comment names {route['password_env']}"
+
+
+@pytest.mark.parametrize("path", [p for p in EXAMPLES if p.stem != NEEDS_ENVIRONMENT], ids=lambda p: p.name)
+def test_example_starts_as_shipped_with_an_empty_environment(path: Path, tmp_path: Path) -> None:
+    result = _load_in_empty_environment(path, tmp_path)
+    assert result.returncode == 0, f"{path.name} needs something from the environment:\n{result.stderr}"
+
+
+def test_private_example_names_the_variable_it_needs(tmp_path: Path) -> None:
+    (path,) = (p for p in EXAMPLES if p.stem == NEEDS_ENVIRONMENT)
+    variables = [
+        r["password_env"] for r in tomllib.loads(path.read_text()).get("registries", []) if "password_env" in r
+    ]
+    assert variables, f"{path.name} keeps its credentials"
+    result = _load_in_empty_environment(path, tmp_path)
+    assert result.returncode != 0
+    assert f"environment variable {variables[0]} is not set" in result.stderr, result.stderr
+    # Each variable, when it is the only one missing, is the one the failure names.
+    for missing in variables:
+        env = {name: "secret" for name in variables if name != missing}
+        result = _load_in_empty_environment(path, tmp_path, env)
+        assert result.returncode != 0
+        assert f"environment variable {missing} is not set" in result.stderr, result.stderr
+    everything = _load_in_empty_environment(path, tmp_path, dict.fromkeys(variables, "secret"))
+    assert everything.returncode == 0, everything.stderr
+
+
 def test_examples_route_what_they_say(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     by_name = {p.stem: p for p in EXAMPLES}
-    hub = _load(by_name["dockerhub"], tmp_path / "a", monkeypatch).route_for("docker.io")
+    shipped_hub = _load(by_name["dockerhub"], tmp_path / "a0", monkeypatch).route_for("docker.io")
+    assert shipped_hub is not None
+    assert not shipped_hub.has_credentials  # anonymous as shipped
+    hub_file = _with_credentials(by_name["dockerhub"], tmp_path / "e")
+    hub = _load(hub_file, tmp_path / "a", monkeypatch).route_for("docker.io")
     assert hub is not None
     assert hub.endpoint == "https://registry-1.docker.io"
     assert hub.has_credentials
     mirror = _load(by_name["dockerhub-mirror"], tmp_path / "b", monkeypatch).route_for("docker.io")
     assert mirror is not None
     assert mirror.repository_prefix == "dockerhub-proxy"
-    quay = _load(by_name["quay"], tmp_path / "c", monkeypatch).route_for("quay.io")
+    shipped_quay = _load(by_name["quay"], tmp_path / "c0", monkeypatch).route_for("quay.io")
+    assert shipped_quay is not None
+    assert not shipped_quay.has_credentials
+    quay = _load(_with_credentials(by_name["quay"], tmp_path / "e"), tmp_path / "c", monkeypatch).route_for("quay.io")
     assert quay is not None
     assert quay.username == "robot+user"
     assert quay.credentials_from.startswith("docker_config")
@@ -69,3 +179,4 @@ def test_examples_route_what_they_say(tmp_path: Path, monkeypatch: pytest.Monkey
     route = private.route_for("registry.example.com")
     assert route is not None
     assert route.blobs == "proxy"
+    assert route.has_credentials
