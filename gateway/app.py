@@ -62,6 +62,7 @@ def create_app(
             max_entries=config.gateway.rewrite_cache_size,
             max_bytes=config.gateway.content_cache_bytes,
             metrics=counted,
+            service_address=service_address or config.gateway.service,
         )
         try:
             yield

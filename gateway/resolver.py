@@ -87,7 +87,9 @@ class TokenResolver:
         max_entries: int,
         max_bytes: int,
         metrics: Metrics,
+        service_address: str = "",
     ) -> None:
+        self._service_address = service_address or "its configured address"
         self._record_hits = metrics.cache_requests.labels("record", "hit")
         self._record_misses = metrics.cache_requests.labels("record", "miss")
         self._stub = stub
@@ -111,7 +113,10 @@ class TokenResolver:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 raise self._unknown(token) from None
             raise WaveError(
-                Errors.SERVICE_UNAVAILABLE, f"the AugmentService did not answer a token lookup: {exc.code().name}"
+                Errors.SERVICE_UNAVAILABLE,
+                f"the AugmentService at {self._service_address} ([gateway].service) did not answer a token "
+                f"lookup ({exc.code().name}); retry later",
+                retry_after=1.0,
             ) from None
         return response.container
 

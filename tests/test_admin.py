@@ -157,3 +157,23 @@ def test_readyz_and_creations_follow_the_redis_token_store(
             assert wave.create(base_images.ref("latest")).container_token
     finally:
         redis.stop()
+
+
+def test_a_gateway_whose_service_is_down_says_where_it_looked(
+    tmp_path: Path, registry: components.Registry, base_images: components.BaseImages
+) -> None:
+    with WaveStack(tmp_path / "service", registries=[registry_route(registry)]) as service:
+        service.start(only="service")
+        created = service.create(base_images.ref("latest"))
+        with WaveStack(
+            tmp_path / "gateway", registries=[registry_route(registry)], gateway={"service": service.grpc_address}
+        ) as gateway:
+            gateway.start(only="gateway")
+            service.stop()
+            name = "/v2/" + created.target_image.split("/", 1)[1].rsplit(":", 1)[0]
+            answer = gateway.http("GET", f"{name}/manifests/latest")
+            assert answer.status == 503
+            message = answer.json()["errors"][0]["message"]
+            assert service.grpc_address in message
+            assert "[gateway].service" in message
+            assert answer.header("Retry-After") == "1"

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.components
 EXPECTED_FIGURES = {
     "warm manifest GET, 64 conn",
     "warm manifest GET, 64 conn, one worker per core",
+    "warm manifest GET, default config (access log on)",
     "first pull of a fresh token (index+manifest+config)",
     "base blob GET answered with 307, 64 conn",
     "full skopeo copy (fresh token)",

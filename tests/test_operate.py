@@ -178,6 +178,23 @@ def test_cli_errors_say_what_to_change(plain: WaveStack, tmp_path: Path, base_im
     assert bad.returncode == 2
     assert "is not a tar archive" in bad.stderr
 
+    # A typo in the image is found before any layer is packed or uploaded.
+    tools = tmp_path / "tools"
+    (tools / "opt").mkdir(parents=True)
+    (tools / "opt" / "big.bin").write_bytes(bytes(2 << 20))
+    typo = cli(
+        "augment",
+        image.replace("busybox", "busybx"),
+        "--layer",
+        str(tools),
+        "--server",
+        plain.grpc_address,
+        check=False,
+    )
+    assert typo.returncode == 1
+    assert "container_image" in typo.stderr
+    assert "stored layer" not in plain.log_text()
+
     as_json = cli("inspect", "aaaaaaaaaaaa", "--server", plain.grpc_address, "-o", "json", check=False)
     assert as_json.returncode == 1
     assert json.loads(as_json.stdout)["code"] == "NOT_FOUND"

@@ -247,37 +247,64 @@ def _print(message: Any, args: argparse.Namespace, text: str) -> None:
 # -- augment / inspect / revoke ------------------------------------------------
 
 
-async def _augment(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="wave-grpc-") as scratch_name:
-        scratch = Path(scratch_name)
-        packed = [pack_layer(spec, scratch) for spec in args.layer]
-        metadata = _metadata(args)
-        async with _stub(args) as stub:
-            layers = []
-            for path, digests in packed:
-                if digests.gzip_size <= args.inline_limit:
-                    layers.append(
-                        pb.ContainerLayer(
-                            location="data:" + base64.b64encode(path.read_bytes()).decode(),
-                            gzip_digest=str(digests.gzip_digest),
-                            gzip_size=digests.gzip_size,
-                            tar_digest=str(digests.tar_digest),
-                        )
-                    )
-                else:
-                    layers.append(await _upload(stub, path, digests, metadata))
-            request = pb.CreateContainerRequest(
+def _config_of(args: argparse.Namespace) -> pb.ContainerConfig:
+    return pb.ContainerConfig(
+        entrypoint=args.config_entrypoint or [],
+        cmd=args.config_cmd or [],
+        env=args.config_env or [],
+        working_dir=args.config_working_dir or "",
+    )
+
+
+async def _validate(args: argparse.Namespace) -> None:
+    """The source, the platform and the config, checked by the service before anything is packed."""
+    async with _stub(args) as stub:
+        await stub.CreateContainer(
+            pb.CreateContainerRequest(
                 container_image=args.image,
                 container_platform=args.platform or "",
-                container_config=pb.ContainerConfig(
-                    entrypoint=args.config_entrypoint or [],
-                    cmd=args.config_cmd or [],
-                    env=args.config_env or [],
-                    working_dir=args.config_working_dir or "",
-                    layers=layers,
-                ),
-            )
-            response = await stub.CreateContainer(request, metadata=metadata)
+                container_config=_config_of(args),
+                validate_only=True,
+            ),
+            metadata=_metadata(args),
+        )
+
+
+async def _create(args: argparse.Namespace, packed: list[tuple[Path, LayerDigests]]) -> pb.CreateContainerResponse:
+    metadata = _metadata(args)
+    config = _config_of(args)
+    async with _stub(args) as stub:
+        for path, digests in packed:
+            if digests.gzip_size <= args.inline_limit:
+                config.layers.append(
+                    pb.ContainerLayer(
+                        location="data:" + base64.b64encode(path.read_bytes()).decode(),
+                        gzip_digest=str(digests.gzip_digest),
+                        gzip_size=digests.gzip_size,
+                        tar_digest=str(digests.tar_digest),
+                    )
+                )
+            else:
+                config.layers.append(await _upload(stub, path, digests, metadata))
+        request = pb.CreateContainerRequest(
+            container_image=args.image, container_platform=args.platform or "", container_config=config
+        )
+        response: pb.CreateContainerResponse = await stub.CreateContainer(request, metadata=metadata)
+    return response
+
+
+def cmd_augment(args: argparse.Namespace) -> int:
+    for spec in args.layer:
+        if not Path(spec).exists():
+            raise CliError(f"--layer {spec}: no such directory or file")
+    if args.layer:
+        # A typo in the image name costs one round trip, not a packing and an upload.
+        asyncio.run(_validate(args))
+    with tempfile.TemporaryDirectory(prefix="wave-grpc-") as scratch_name:
+        # Packed outside any event loop: asyncio.run turns Ctrl-C into a cancellation
+        # that a busy synchronous step would not see until it ended.
+        packed = [pack_layer(spec, Path(scratch_name)) for spec in args.layer]
+        response = asyncio.run(_create(args, packed))
     _print(response, args, response.target_image)
     return 0
 
@@ -406,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=INLINE_LIMIT,
         help="layers up to this many bytes go inline; bigger ones via UploadLayer",
     )
-    augment.set_defaults(func=lambda a: asyncio.run(_augment(a)))
+    augment.set_defaults(func=cmd_augment)
 
     inspect = client("inspect", "describe a token")
     inspect.add_argument("token_id", metavar="TOKEN", help="a token, or the target image name that carries it")

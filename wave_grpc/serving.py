@@ -67,6 +67,7 @@ class GatewayListener:
     async def cleanup(self) -> None:
         self.server.close()
         await self.runner.cleanup()
+        AccessLog.flush()
 
 
 async def _gateway_on_socket(config: Config, sock: socket.socket, metrics: Metrics) -> GatewayListener:

@@ -316,7 +316,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         except Exception:
             counted.labels("internal").inc()
             raise
-        counted.labels("created").inc()
+        counted.labels("validated" if request.validate_only else "created").inc()
         return response
 
     async def _create(
@@ -326,8 +326,12 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
     ) -> pb.CreateContainerResponse:
         owner = await self.authenticate(context, request.tower_access_token, request.tower_endpoint)
         address = self.client_address(context)
+        # A check before packing (validate_only) is limited like a creation, on its own count.
         await self._check_rate(
-            "create", listing_key(owner, address), self._config.limits.creates_per_minute, "[limits].creates_per_minute"
+            "validate" if request.validate_only else "create",
+            listing_key(owner, address),
+            self._config.limits.creates_per_minute,
+            "[limits].creates_per_minute",
         )
         ref = ImageRef.parse(request.container_image)
         platform = Platform.parse(request.container_platform)
@@ -340,6 +344,9 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
             if exc.kind in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN, Errors.BLOB_UNKNOWN):
                 raise invalid_argument("container_image", exc.message) from None
             raise
+        if request.validate_only:
+            # Everything but the layers (they are what the caller has not sent yet) is checked.
+            return pb.CreateContainerResponse(container_image=str(ref), source_digest=str(resolved.top.digest))
         layers = [await self._prepare_layer(i, layer) for i, layer in enumerate(request.container_config.layers)]
         given = request.container_config
         # Built field by field: copying the request would copy inline layer bytes too.

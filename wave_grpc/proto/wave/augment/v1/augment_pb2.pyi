@@ -152,6 +152,7 @@ class CreateContainerRequest(_message.Message):
     TOWER_ENDPOINT_FIELD_NUMBER: _builtins.int
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
     TOWER_WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     container_image: _builtins.str
     """Source image reference, e.g. "alpine", "quay.io/org/tool:1.0",
     "ubuntu@sha256:...".
@@ -165,6 +166,12 @@ class CreateContainerRequest(_message.Message):
     tower_endpoint: _builtins.str
     workflow_id: _builtins.str
     tower_workspace_id: _builtins.int
+    validate_only: _builtins.bool
+    """Resolve the source and check the request (the caller, the limits, the
+    image, the platform, the config) without storing or creating anything;
+    the answer carries container_image and source_digest only. Clients call
+    it before packing big layers, so a typo costs no upload.
+    """
     @_builtins.property
     def container_config(self) -> Global___ContainerConfig: ...
     def __init__(
@@ -177,10 +184,11 @@ class CreateContainerRequest(_message.Message):
         tower_endpoint: _builtins.str = ...,
         workflow_id: _builtins.str = ...,
         tower_workspace_id: _builtins.int = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config", "container_image", b"container_image", "container_platform", b"container_platform", "tower_access_token", b"tower_access_token", "tower_endpoint", b"tower_endpoint", "tower_workspace_id", b"tower_workspace_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config", "container_image", b"container_image", "container_platform", b"container_platform", "tower_access_token", b"tower_access_token", "tower_endpoint", b"tower_endpoint", "tower_workspace_id", b"tower_workspace_id", "validate_only", b"validate_only", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
