@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 
 from tests import components
 from tests.stack import WaveStack, registry_route
+from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 
 
 def _admin(stack: WaveStack) -> str:
@@ -177,3 +179,25 @@ def test_a_gateway_whose_service_is_down_says_where_it_looked(
             assert service.grpc_address in message
             assert "[gateway].service" in message
             assert answer.header("Retry-After") == "1"
+
+
+def test_concurrent_creations_of_one_image_share_one_resolution(
+    tmp_path: Path, registry: components.Registry, base_images: components.BaseImages
+) -> None:
+    admin = {"listen": f"127.0.0.1:{components.free_port()}"}
+    with WaveStack(tmp_path / "shared", registries=[registry_route(registry)], admin=admin) as wave:
+        wave.start()
+        metrics = f"http://{admin['listen']}/metrics"
+
+        def upstream_requests() -> float:
+            return samples(_get(metrics).body.decode(), "wave_grpc_upstream_requests_total", registry=registry.host)
+
+        before = upstream_requests()
+        with ThreadPoolExecutor(16) as pool:
+            image = base_images.ref("latest")
+            created = list(
+                pool.map(lambda i: wave.create(image, container_config=pb.ContainerConfig(env=[f"N={i}"])), range(16))
+            )
+        assert len({c.container_token for c in created}) == 16
+        # One resolution (the /v2/ ping, the manifest, the config): not sixteen.
+        assert upstream_requests() - before <= 4

@@ -32,6 +32,10 @@ EXPECTED_FIGURES = {
     "layer verification, 1 MiB",
     "layer verification, 64 MiB",
     "token lookup p99 with 10,000 live tokens",
+    "CreateContainer, 64 callers, tag cache 20 s (default)",
+    "CreateContainer, 1 caller, tag cache 20 s (default)",
+    "CreateContainer, 64 callers, tag cache off",
+    "CreateContainer, 1 caller, tag cache off",
 }
 
 

@@ -60,6 +60,17 @@ def test_service_over_tls(tmp_path: Path, registry: components.Registry, base_im
         )
         assert missing.returncode == 2
         assert "--tls-ca" in missing.stderr
+        # A plaintext client against the TLS service, and a CA file that is not the service's:
+        # failed requests (1), each with the hint about --tls-ca.
+        plaintext = subprocess.run(cli, capture_output=True, text=True, timeout=60, check=False)
+        assert plaintext.returncode == 1
+        assert "--tls-ca" in plaintext.stderr
+        other = make_pki(tmp_path / "other-pki", server_ip="127.0.0.1")
+        wrong = subprocess.run(
+            [*cli, "--tls-ca", str(other.cert)], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert wrong.returncode == 1
+        assert "--tls-ca" in wrong.stderr
 
 
 def test_private_ca_registry(tmp_path: Path, registry: components.Registry, base_images: components.BaseImages) -> None:

@@ -79,7 +79,8 @@ def faulty(
         stack = WaveStack(
             workdir / "stack",
             registries=[{"name": proxy.host, "endpoint": proxy.url, "blobs": "proxy"}],
-            upstream={"connect_timeout": "1s", "read_timeout": f"{READ_TIMEOUT:g}s", "retries": 2},
+            # Resolutions are not reused here: every creation must meet the faulty upstream.
+            upstream={"connect_timeout": "1s", "read_timeout": f"{READ_TIMEOUT:g}s", "retries": 2, "tag_cache_ttl": 0},
         )
         stack.start()
         try:

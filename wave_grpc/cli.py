@@ -58,7 +58,7 @@ class RequestFailed(Exception):
         self.code = code
 
 
-def explain_rpc_error(exc: grpc.aio.AioRpcError, server: str) -> RequestFailed:
+def explain_rpc_error(exc: grpc.aio.AioRpcError, server: str, tls: bool = False) -> RequestFailed:
     """A gRPC failure as one line that says what to change."""
     code, details = exc.code(), exc.details() or ""
     lowered = f"{details} {exc.debug_error_string()}".lower()
@@ -68,15 +68,18 @@ def explain_rpc_error(exc: grpc.aio.AioRpcError, server: str) -> RequestFailed:
             f"address, [service].listen ({DEFAULT_SERVER} by default)",
             code.name,
         )
-    if "ssl" in lowered or "tls" in lowered or "handshake" in lowered or "certificate" in lowered:
-        return RequestFailed(
-            f"TLS with the AugmentService at {server} failed ({details or code.name}); pass --tls-ca CA.pem "
-            "when the service has [service].tls_cert, and omit it when it does not",
-            code.name,
-        )
-    if code == grpc.StatusCode.UNAVAILABLE and (
-        "failed to connect" in lowered or "connection refused" in lowered or "socket closed" in lowered
-    ):
+    tls_hint = (
+        "check that --tls-ca is the CA that signed the service's [service].tls_cert, or omit --tls-ca if the "
+        "service does not speak TLS"
+        if tls
+        else "if the service speaks TLS ([service].tls_cert is set), pass --tls-ca CA.pem"
+    )
+    if any(word in lowered for word in ("ssl", "tls", "handshake", "certificate")):
+        return RequestFailed(f"TLS with the AugmentService at {server} failed ({details}); {tls_hint}", code.name)
+    if code == grpc.StatusCode.UNAVAILABLE and "socket closed" in lowered:
+        # The port took the connection and dropped it: another protocol than the one we spoke.
+        return RequestFailed(f"the AugmentService at {server} closed the connection; {tls_hint}", code.name)
+    if code == grpc.StatusCode.UNAVAILABLE and ("failed to connect" in lowered or "connection refused" in lowered):
         return RequestFailed(
             f"cannot reach the AugmentService at {server} ({details}); check --server (env WAVE_GRPC_SERVER) "
             "and that `wave-grpc serve` is running",
@@ -149,7 +152,7 @@ async def _stub(args: argparse.Namespace) -> AsyncIterator[pb_grpc.AugmentServic
         try:
             yield pb_grpc.AugmentServiceStub(channel)
         except grpc.aio.AioRpcError as exc:
-            raise explain_rpc_error(exc, args.server) from None
+            raise explain_rpc_error(exc, args.server, bool(_tls_ca(args))) from None
 
 
 class Progress:

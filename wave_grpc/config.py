@@ -279,6 +279,10 @@ class UpstreamConfig:
     # Hosts that http(s) layer locations may point at ("host", "host:port",
     # "*.domain"); empty: none. Runtimes are redirected only to these.
     layer_hosts: tuple[str, ...] = ()
+    # How long a tag's resolution (tag -> digests) is reused by creations (None: never).
+    # Seqera Wave keeps 20 s: a tag moved upstream is seen at most this much later,
+    # and a burst of creations of one image costs the registry one resolution.
+    tag_cache_ttl: timedelta | None = timedelta(seconds=20)
 
 
 @dataclass(frozen=True)
@@ -330,8 +334,9 @@ class Config:
 
 
 def _duration_or_off(section: _Section, key: str, default: timedelta) -> timedelta | None:
-    """A duration, or "off"."""
-    if section.data.get(key) == "off":
+    """A duration, or "off" (also 0)."""
+    value = section.data.get(key)
+    if value == "off" or (value == 0 and not isinstance(value, bool)):
         section.used.add(key)
         return None
     return section.duration(key, default)
@@ -606,6 +611,7 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         read_timeout=u.duration("read_timeout", UpstreamConfig.read_timeout),
         retries=u.integer("retries", UpstreamConfig.retries),
         layer_hosts=_layer_hosts(u),
+        tag_cache_ttl=_duration_or_off(u, "tag_cache_ttl", timedelta(seconds=20)),
     )
     if upstream.retries < 0:
         raise u.error("retries", "must be 0 or more")

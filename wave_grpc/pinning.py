@@ -7,6 +7,10 @@ life sees the same upstream bytes and computes the same augmented image.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from wave_grpc.errors import Errors, WaveError, invalid_argument
@@ -77,6 +81,48 @@ async def resolve_source(
                 image_config.variant,
             )
     return ResolvedSource(top, UpstreamImage(_to_blob(manifest), config, index), actual)
+
+
+class SourceResolver:
+    """:func:`resolve_source` with single flight and a short cache.
+
+    Concurrent creations of one image share one upstream resolution, and a
+    resolution is reused for ``ttl`` seconds (``[upstream].tag_cache_ttl``; None
+    turns reuse off, concurrent callers still share). Failures are never cached.
+    The cache is bounded in entries; a digest reference never changes, but it is
+    kept no longer than a tag so the bound holds.
+    """
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self, client: RegistryClient, ttl: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._client = client
+        self._ttl = ttl
+        self._clock = clock
+        self._cache: OrderedDict[tuple[str, str, bool], tuple[float, ResolvedSource]] = OrderedDict()
+        self._inflight: dict[tuple[str, str, bool], asyncio.Future[ResolvedSource]] = {}
+
+    async def resolve(self, ref: ImageRef, platform: Platform, *, platform_given: bool) -> ResolvedSource:
+        key = (str(ref), str(platform), platform_given)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > self._clock():
+            self._cache.move_to_end(key)
+            return hit[1]
+        pending = self._inflight.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(resolve_source(self._client, ref, platform, platform_given=platform_given))
+            self._inflight[key] = pending
+            pending.add_done_callback(lambda f: self._settle(key, f))
+        return await asyncio.shield(pending)
+
+    def _settle(self, key: tuple[str, str, bool], future: asyncio.Future[ResolvedSource]) -> None:
+        self._inflight.pop(key, None)
+        if future.cancelled() or future.exception() is not None or not self._ttl:
+            return
+        self._cache[key] = (self._clock() + self._ttl, future.result())
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.MAX_ENTRIES:
+            self._cache.popitem(last=False)
 
 
 async def _cached_manifest(

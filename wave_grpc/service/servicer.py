@@ -28,7 +28,7 @@ from wave_grpc.image.platform import Platform
 from wave_grpc.image.ref import ImageRef
 from wave_grpc.image.rewrite import augment
 from wave_grpc.metrics import Metrics
-from wave_grpc.pinning import augmentation_from_record, resolve_source
+from wave_grpc.pinning import SourceResolver, augmentation_from_record
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
 from wave_grpc.redaction import token_id
@@ -155,6 +155,8 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         self._auth = auth or Authenticator.from_config(config)
         self._metrics = metrics or Metrics()
         self._limiter = limiter or LocalRateLimiter()
+        ttl = config.upstream.tag_cache_ttl
+        self._sources = SourceResolver(upstream, ttl.total_seconds() if ttl is not None else None)
 
     # -- callers ------------------------------------------------------------
 
@@ -337,8 +339,8 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         platform = Platform.parse(request.container_platform)
         self._check_config(request.container_config)
         try:
-            resolved = await resolve_source(
-                self._upstream, ref, platform, platform_given=bool(request.container_platform.strip())
+            resolved = await self._sources.resolve(
+                ref, platform, platform_given=bool(request.container_platform.strip())
             )
         except WaveError as exc:
             if exc.kind in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN, Errors.BLOB_UNKNOWN):
