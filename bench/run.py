@@ -123,10 +123,7 @@ def timed(fn: Callable[[], Any]) -> float:
 
 
 def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return components.vm_hwm_kib(pid) / 1024
 
 
 def reset_peak_rss(pid: int) -> None:

@@ -286,12 +286,11 @@ def test_brief_is_bounded(text: str) -> None:
 
 def test_rest_bodies_are_bounded_before_they_are_read(stack: WaveStack) -> None:
     # A declared length over [gateway].max_body_size is refused without waiting for the body.
-    with socket.create_connection(("127.0.0.1", stack.http_port), timeout=10) as conn:
-        conn.sendall(
-            b"POST /v1alpha2/container HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 1073741824\r\n\r\n{"
-        )
-        answer = conn.recv(65536).decode(errors="replace")
+    answer = components.raw_exchange(
+        stack.http_port,
+        b"POST /v1alpha2/container HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1073741824\r\n\r\n{",
+    )
     assert answer.startswith("HTTP/1.1 413"), answer[:200]
     assert "[gateway].max_body_size" in answer
 
@@ -322,16 +321,9 @@ def test_a_malformed_first_upload_message_is_invalid_argument(stack: WaveStack) 
     assert error.details().startswith("chunk: the request is not a valid wave.augment.v1.UploadLayerRequest")
 
 
-def _peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 def test_a_body_of_tiny_json_objects_is_refused_without_inflating(stack: WaveStack) -> None:
     assert stack.process is not None
-    before = _peak_rss_mib(stack.process.pid)
+    before = components.vm_hwm_kib(stack.process.pid) / 1024
     body = b'{"containerImage":"busybox","junk":[' + b"{}," * (5 << 20) + b"{}]}"  # about 15 MiB
     for _ in range(3):
         answer = components.http_request(
@@ -339,6 +331,6 @@ def test_a_body_of_tiny_json_objects_is_refused_without_inflating(stack: WaveSta
         )
         assert answer.status == 400
         assert "JSON objects and arrays" in answer.json()["message"]
-    grown = _peak_rss_mib(stack.process.pid) - before
+    grown = components.vm_hwm_kib(stack.process.pid) / 1024 - before
     print(f"gateway peak RSS grew {grown:.1f} MiB for three 15 MiB bodies of tiny objects")
     assert grown < 256

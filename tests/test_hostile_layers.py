@@ -189,12 +189,11 @@ def _upload_chunks(stack: WaveStack, chunks: list[bytes]) -> grpc.RpcError | pb.
 
 
 def test_a_slow_rest_body_is_answered_408(stack: WaveStack) -> None:
-    with socket.create_connection(("127.0.0.1", stack.http_port), timeout=15) as conn:
-        conn.sendall(
-            b"POST /v1alpha2/container HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 1000\r\n\r\n{"
-        )
-        answer = conn.recv(65536).decode(errors="replace")
+    answer = components.raw_exchange(
+        stack.http_port,
+        b"POST /v1alpha2/container HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n{",
+    )
     assert answer.startswith("HTTP/1.1 408"), answer[:200]
     assert "[gateway].body_timeout" in answer
 

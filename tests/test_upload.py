@@ -105,14 +105,6 @@ def test_zero_layer_is_a_valid_tar_gz() -> None:
     assert member.size > 3_000_000
 
 
-def vm_hwm_kib(pid: int) -> int:
-    """Peak resident set size of a process (VmHWM in /proc/<pid>/status), KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmHWM for pid {pid}")
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, registry: components.Registry) -> Iterator[WaveStack]:
     with WaveStack(tmp_path_factory.mktemp("upload"), registries=[registry_route(registry)]).start() as wave:
@@ -169,13 +161,13 @@ def chunked(data: bytes, size: int = 1 << 20) -> list[bytes]:
 def test_one_gib_layer_streams_with_flat_memory(stack: WaveStack, base_images: components.BaseImages) -> None:
     assert stack.process is not None
     pid = stack.process.pid
-    before = vm_hwm_kib(pid)
+    before = components.vm_hwm_kib(pid)
     layer = ZeroLayer(GIB)
     assert layer.gzip_size >= GIB
     started = time.monotonic()
     response = upload(stack, iter(layer), gzip_size=layer.gzip_size)
     elapsed = time.monotonic() - started
-    after = vm_hwm_kib(pid)
+    after = components.vm_hwm_kib(pid)
     try:
         print(
             f"\nUploadLayer of {layer.gzip_size} bytes ({layer.gzip_size / GIB:.3f} GiB) in {elapsed:.1f}s: "

@@ -23,7 +23,15 @@ Callers write ``from tests import components`` and ``components.start_registry(.
 
 from __future__ import annotations
 
-from tests.components.http import HttpResponse, get_blob, get_manifest, http_request, push_blob, put_manifest
+from tests.components.http import (
+    HttpResponse,
+    get_blob,
+    get_manifest,
+    http_request,
+    push_blob,
+    put_manifest,
+    raw_exchange,
+)
 from tests.components.images import (
     BASE_REPOSITORY,
     BaseImages,
@@ -54,6 +62,7 @@ from tests.components.processes import (
     missing_component,
     require_tool,
     run_tool,
+    vm_hwm_kib,
 )
 from tests.components.redis import RedisServer, start_redis
 from tests.components.registry import Registry, start_registry
@@ -103,6 +112,7 @@ __all__ = [
     "push_blob",
     "push_busybox_images",
     "put_manifest",
+    "raw_exchange",
     "read_oci_image_config",
     "require_tool",
     "run_tool",
@@ -112,4 +122,5 @@ __all__ = [
     "start_redis",
     "start_registry",
     "umoci_unpack",
+    "vm_hwm_kib",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import socket
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -151,3 +152,10 @@ def put_manifest(
     if got is not None and got != digest:
         raise RuntimeError(f"PUT {url}: registry says {got}, body is {digest}")
     return digest
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 15.0) -> str:
+    """Send ``request`` bytes as they are (a partial body, a lying header) and read one answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(request)
+        return conn.recv(65536).decode(errors="replace")

@@ -263,3 +263,11 @@ class ManagedProcess(Component):
 
     def __repr__(self) -> str:
         return f"<ManagedProcess {self.name} pid={self.pid} rc={self._proc.poll()}>"
+
+
+def vm_hwm_kib(pid: int) -> int:
+    """Peak resident set size of a process (VmHWM in /proc/<pid>/status), KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for pid {pid}")

@@ -413,6 +413,13 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
             raise WaveError(Errors.NAME_UNKNOWN, "the container token is unknown, expired or revoked")
         return record
 
+    async def _owned_record(self, token: str, context: grpc.aio.ServicerContext[_Req, _Resp]) -> pb.ContainerRecord:
+        """The live record, if the caller may act on it (describe, revoke)."""
+        caller = await self.authenticate(context)
+        record = await self._live_record(token)
+        self._check_owner(record, caller)
+        return record
+
     @_rpc
     async def GetContainer(
         self,
@@ -428,9 +435,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         request: pb.RevokeContainerRequest,
         context: grpc.aio.ServicerContext[pb.RevokeContainerRequest, pb.RevokeContainerResponse],
     ) -> pb.RevokeContainerResponse:
-        caller = await self.authenticate(context)
-        record = await self._live_record(request.container_token)
-        self._check_owner(record, caller)
+        await self._owned_record(request.container_token, context)
         if not await self._tokens.revoke(request.container_token):
             raise WaveError(Errors.NAME_UNKNOWN, "the container token is unknown, expired or revoked")
         log.info("revoked %s", token_id(request.container_token))
@@ -442,10 +447,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         request: pb.DescribeContainerRequest,
         context: grpc.aio.ServicerContext[pb.DescribeContainerRequest, pb.DescribeContainerResponse],
     ) -> pb.DescribeContainerResponse:
-        caller = await self.authenticate(context)
-        record = await self._live_record(request.container_token)
-        self._check_owner(record, caller)
-        return pb.DescribeContainerResponse(container=record)
+        return pb.DescribeContainerResponse(container=await self._owned_record(request.container_token, context))
 
     @_rpc
     async def ListContainers(
