@@ -69,7 +69,11 @@ def test_metrics_move_after_creations_and_pulls(
     for _ in range(3):
         assert stack.http("GET", f"{name}/manifests/latest").status == 200
     assert stack.http("GET", f"{name}/manifests/nope").status == 404
+    assert stack.http("PROPFIND", f"{name}/manifests/latest").status == 405
     text = _get(f"{_admin(stack)}/metrics").body.decode()
+    # A client picks the method: only standard ones become label values.
+    assert 'method="PROPFIND"' not in text
+    assert samples(text, "wave_grpc_http_requests_total", method="other", status="405") >= 1
     manifests = "/v2/wt/{token}/{name}/manifests/{reference}"
     assert samples(text, "wave_grpc_http_requests_total", route=manifests, method="GET", status="200") >= 3
     assert samples(text, "wave_grpc_http_requests_total", route=manifests, status="404") >= 1
@@ -79,6 +83,10 @@ def test_metrics_move_after_creations_and_pulls(
     assert samples(text, "wave_grpc_cache_requests_total", cache="record", result="hit") >= 1
     assert "wave_grpc_layer_store_bytes " in text
     assert created.container_token not in text  # routes are labelled by pattern, never by path
+    # A request line the parser refuses is answered 400; the token in it reaches no log line.
+    assert stack.http("FROBNICATE", f"{name}/manifests/latest").status == 400
+    time.sleep(0.5)  # the access log writes in batches
+    assert created.container_token not in stack.log_text()
 
     with pytest.raises(grpc.RpcError):
         stack.create("127.0.0.1:1/nothing/here:latest")
