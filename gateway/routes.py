@@ -7,15 +7,21 @@ gateway/errors.py renders each family's errors in its own body format.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from aiohttp import web
 
-from gateway.handlers import base, blobs, manifests, tags, wave_containers, wave_info, wave_tokens
+from gateway.handlers import base, blobs, manifests, referrers, tags, wave_containers, wave_info, wave_tokens
+from wave_grpc.errors import Errors, WaveError, brief
+from wave_grpc.redaction import redact_path
 
-_NAME = r"{name:[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*}"
+# A repository name as the distribution spec writes it: path components joined by "/".
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY = rf"{_COMPONENT}(?:/{_COMPONENT})*"
+_NAME = f"{{name:{_REPOSITORY}}}"
 _TOKEN_PARAM = "{token:[a-z0-9]+}"  # noqa: S105 - a path pattern, not a secret
 # Any text up to the next "/": the service validates it and names the field when it is wrong.
 _SEGMENT = "[^/]+"
@@ -36,6 +42,7 @@ ROUTES: tuple[Route, ...] = (
     Route("manifest", f"/v2/wt/{_TOKEN_PARAM}/{_NAME}/manifests/{{reference}}", manifests.get_manifest),
     Route("blob", f"/v2/wt/{_TOKEN_PARAM}/{_NAME}/blobs/{{digest}}", blobs.get_blob),
     Route("tags", f"/v2/wt/{_TOKEN_PARAM}/{_NAME}/tags/list", tags.list_tags),
+    Route("referrers", f"/v2/wt/{_TOKEN_PARAM}/{_NAME}/referrers/{{digest}}", referrers.list_referrers),
     # Wave's REST API.
     Route("wave-container", "/v1alpha2/container", wave_containers.create_container, "POST"),
     Route("wave-container-token", "/container-token", wave_containers.create_container, "POST"),
@@ -50,6 +57,30 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+# A registry API path (any of the routes above) whose name lacks the wt/<token>/ prefix.
+_UNTOKENED = re.compile(rf"^/v2/(?P<name>{_REPOSITORY})/(?:manifests|blobs|tags|referrers)/")
+
+
+def untokened_name(path: str) -> str | None:
+    """The repository name of a well-formed registry API path outside ``/v2/wt/<token>/``, else None.
+
+    Such a name is not malformed: it is a plain image name (``library/busybox``)
+    asked of a gateway that serves only names it handed out with a token.
+    """
+    match = _UNTOKENED.match(path)
+    if match is None or match["name"] == "wt" or match["name"].startswith("wt/"):
+        return None
+    return match["name"]
+
+
+def no_token(name: str) -> WaveError:
+    return WaveError(
+        Errors.NAME_UNKNOWN,
+        f"this gateway serves only augmented images, under /v2/wt/<token>/<image path>; {brief(name)} has no "
+        "token: create one with CreateContainer or `wave-grpc augment` and pull the image name it answers",
+    )
+
+
 def add_routes(app: web.Application) -> None:
     for route in ROUTES:
         if route.method == "GET":
@@ -60,6 +91,10 @@ def add_routes(app: web.Application) -> None:
     # Writes are not part of this registry: answer them with UNSUPPORTED, not 404.
     async def read_only(request: web.Request) -> web.StreamResponse:
         if request.method in ("GET", "HEAD"):
+            # A name with a token still in it would be logged with the message: the redacted path is echoed.
+            name = untokened_name(redact_path(request.path))
+            if name is not None:
+                raise no_token(name)
             raise web.HTTPNotFound()
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
 
