@@ -197,6 +197,45 @@ def test_config_routes_and_secrets() -> None:
     assert denied.route_for("quay.io") is None
 
 
+def test_push_repositories_say_where_freezes_may_push() -> None:
+    config = parse_config(
+        {"registries": [{"name": "r.io", "push_repositories": ["team/frozen", "ci/*"]}, {"name": "s.io"}]}, "x.toml"
+    )
+    route = config.route_for("r.io")
+    assert route is not None
+    assert route.allows_push("team/frozen")
+    assert route.allows_push("ci/a/b")
+    assert not route.allows_push("team/frozen2")
+    assert not route.allows_push("ci")
+    assert not route.allows_push("team")
+    other = config.route_for("s.io")
+    assert other is not None
+    assert not other.allows_push("anything")
+    assert (
+        parse_config({"registries": [{"name": "r.io", "push_repositories": ["*"]}]}, "x.toml")
+        .registries[0]
+        .allows_push("any/thing")
+    )
+    with pytest.raises(ConfigError, match=r"push_repositories\[0\]: 'Team/\*\*' is not a repository"):
+        parse_config({"registries": [{"name": "r.io", "push_repositories": ["Team/**"]}]}, "x.toml")
+    with pytest.raises(ConfigError, match=r"\[service\]\.freeze_workers: must be between 1 and 64"):
+        parse_config({"service": {"freeze_workers": 0}}, "x.toml")
+
+
+def test_frozen_names_come_from_the_request() -> None:
+    from wave_grpc.service.freeze import build_target, frozen_tag
+
+    digest = Digest.of(b"manifest")
+    assert frozen_tag(ImageRef.parse("alpine:3.19"), digest) == f"3.19-{digest.hex[:16]}"
+    assert frozen_tag(ImageRef.parse(f"alpine@{digest}"), digest) == digest.hex[:16]
+    assert len(frozen_tag(ImageRef.parse("alpine:" + "t" * 128), digest)) == 128
+    target = build_target("registry.example.com/team/frozen")
+    assert (target.registry, target.repository) == ("registry.example.com", "team/frozen")
+    for bad in ("registry.example.com/team/frozen:v1", f"r.io/x@{digest}", " "):
+        with pytest.raises(WaveError, match="build_repository"):
+            build_target(bad)
+
+
 def test_embedded_default_config_loads() -> None:
     from wave_grpc.config import default_config_path
 

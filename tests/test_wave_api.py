@@ -333,7 +333,6 @@ def test_describe_and_revoke_are_the_owners(stack: AuthStack, base_images: compo
         ({"containerFile": "RlJPTSBhbHBpbmU="}, "containerFile"),
         ({"condaFile": "Y2hhbm5lbHM6IFtd"}, "condaFile"),
         ({"packages": {"type": "CONDA", "entries": ["samtools"]}}, "packages"),
-        ({"freeze": True}, "freeze"),
         ({"mirror": True}, "mirror"),
         ({"scanMode": "required"}, "scanMode"),
         ({"scanLevels": ["HIGH"]}, "scanLevels"),
@@ -349,6 +348,15 @@ def test_unsupported_features_are_refused_by_name(
         message = wave_error(call(stack, "POST", path, body), 400)
         assert message.startswith(f"{field_name}: "), message
         assert "not supported" in message
+
+
+def test_freeze_without_build_repository_is_refused_naming_it(
+    stack: AuthStack, base_images: components.BaseImages
+) -> None:
+    body = {"containerImage": base_images.ref("latest"), "freeze": True}
+    for path in ("/v1alpha2/container", "/container-token"):
+        message = wave_error(call(stack, "POST", path, body), 400)
+        assert message.startswith("buildRepository: is required with freeze"), message
 
 
 def test_values_that_ask_for_nothing_pass(stack: AuthStack, base_images: components.BaseImages) -> None:

@@ -268,6 +268,8 @@ async def _validate(args: argparse.Namespace) -> None:
                 container_platform=args.platform or "",
                 container_config=_config_of(args),
                 validate_only=True,
+                freeze=args.freeze,
+                build_repository=args.build_repo or "",
             ),
             metadata=_metadata(args),
         )
@@ -290,7 +292,11 @@ async def _create(args: argparse.Namespace, packed: list[tuple[Path, LayerDigest
             else:
                 config.layers.append(await _upload(stub, path, digests, metadata))
         request = pb.CreateContainerRequest(
-            container_image=args.image, container_platform=args.platform or "", container_config=config
+            container_image=args.image,
+            container_platform=args.platform or "",
+            container_config=config,
+            freeze=args.freeze,
+            build_repository=args.build_repo or "",
         )
         response: pb.CreateContainerResponse = await stub.CreateContainer(request, metadata=metadata)
     return response
@@ -300,7 +306,13 @@ def cmd_augment(args: argparse.Namespace) -> int:
     for spec in args.layer:
         if not Path(spec).exists():
             raise CliError(f"--layer {spec}: no such directory or file")
-    if args.layer:
+    if args.freeze and not args.build_repo:
+        raise CliError("--freeze needs --build-repo REPO: the repository the frozen image is pushed to")
+    if args.build_repo and not args.freeze:
+        raise CliError("--build-repo is used only with --freeze; add --freeze, or drop --build-repo")
+    if args.wait and not args.freeze:
+        raise CliError("--await waits for a freeze; add --freeze --build-repo REPO, or drop --await")
+    if args.layer or args.freeze:
         # A typo in the image name costs one round trip, not a packing and an upload.
         asyncio.run(_validate(args))
     with tempfile.TemporaryDirectory(prefix="wave-grpc-") as scratch_name:
@@ -308,8 +320,36 @@ def cmd_augment(args: argparse.Namespace) -> int:
         # that a busy synchronous step would not see until it ended.
         packed = [pack_layer(spec, Path(scratch_name)) for spec in args.layer]
         response = asyncio.run(_create(args, packed))
+    if response.freeze and args.wait:
+        status = asyncio.run(_await_freeze(args, response.request_id))
+        if not status.succeeded:
+            raise RequestFailed(f"the freeze to {response.target_image} failed: {status.reason}", "FREEZE_FAILED")
     _print(response, args, response.target_image)
     return 0
+
+
+FREEZE_POLL_SECONDS = 1.0
+
+
+async def _await_freeze(args: argparse.Namespace, request_id: str) -> pb.GetContainerStatusResponse:
+    """Poll the freeze until it is DONE, drawing its progress on a terminal."""
+    progress: Progress | None = None
+    async with _stub(args) as stub:
+        while True:
+            status: pb.GetContainerStatusResponse = await stub.GetContainerStatus(
+                pb.GetContainerStatusRequest(request_id=request_id), metadata=_metadata(args)
+            )
+            counts = status.freeze_progress
+            if counts.blobs_total:
+                if progress is None:
+                    progress = Progress("freezing (blobs)", counts.blobs_total)
+                done = counts.blobs_present + counts.blobs_mounted + counts.blobs_copied
+                progress.advance(done - progress.done)
+            if status.status == pb.CONTAINER_STATUS_DONE:
+                if progress is not None:
+                    progress.close()
+                return status
+            await asyncio.sleep(FREEZE_POLL_SECONDS)
 
 
 def token_of(value: str) -> str:
@@ -435,6 +475,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=INLINE_LIMIT,
         help="layers up to this many bytes go inline; bigger ones via UploadLayer",
+    )
+    augment.add_argument(
+        "--freeze", action="store_true", help="push the augmented image to --build-repo for a permanent name"
+    )
+    augment.add_argument("--build-repo", metavar="REPO", help="with --freeze: e.g. registry.example.com/team/frozen")
+    augment.add_argument(
+        "--await",
+        dest="wait",
+        action="store_true",
+        help="with --freeze: wait until the push is done (the name is printed last; non-zero on failure)",
     )
     augment.set_defaults(func=cmd_augment)
 

@@ -164,6 +164,8 @@ class ServiceConfig:
     # PEM files: with both set the AugmentService speaks TLS only.
     tls_cert: str = ""
     tls_key: str = ""
+    # Freeze copies run at once per replica; more wait PENDING.
+    freeze_workers: int = 2
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,18 @@ class RegistryRoute:
     # False for the route made up for a registry no [[registries]] entry names: the
     # address policy then lets it (and its realm and redirects) reach public addresses only.
     listed: bool = True
+    # Repositories a freeze may push to with this entry's credentials: a name, or a
+    # prefix ending in "/*" ("team/*"), or "*" for any. Empty: no pushes. Pushes are
+    # opt-in because the service would push for any caller with the operator's credentials.
+    push_repositories: tuple[str, ...] = ()
+
+    def allows_push(self, repository: str) -> bool:
+        for allowed in self.push_repositories:
+            if allowed == "*" or allowed == repository:
+                return True
+            if allowed.endswith("/*") and repository.startswith(allowed[:-1]):
+                return True
+        return False
 
     @property
     def has_credentials(self) -> bool:
@@ -402,6 +416,21 @@ def _layer_hosts(section: _Section) -> tuple[str, ...]:
     return tuple(hosts)
 
 
+_PUSH_REPOSITORY = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*(?:/\*)?")
+
+
+def _push_repositories(section: _Section) -> tuple[str, ...]:
+    values = []
+    for i, entry in enumerate(section.get("push_repositories", list, [])):
+        if not isinstance(entry, str) or not (entry == "*" or _PUSH_REPOSITORY.fullmatch(entry)):
+            raise section.error(
+                f"push_repositories[{i}]",
+                f"{entry!r} is not a repository: use a name ('team/frozen'), a prefix ('team/*') or '*'",
+            )
+        values.append(entry)
+    return tuple(values)
+
+
 def _route(data: Any, index: int, source: str, upstream: UpstreamConfig) -> RegistryRoute:
     section = _Section(data, f"[[registries]][{index}]", source)
     name = section.string("name")
@@ -451,6 +480,7 @@ def _route(data: Any, index: int, source: str, upstream: UpstreamConfig) -> Regi
         repository_prefix=prefix,
         ca_file=_readable_file(section, "ca_file"),
         tls_verify=section.boolean("tls_verify", True),
+        push_repositories=_push_repositories(section),
         credentials_from=(
             f"password_env {env_name}"
             if env_name
@@ -541,7 +571,10 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         max_layer_size=s.integer("max_layer_size", ServiceConfig.max_layer_size),
         tls_cert=_readable_file(s, "tls_cert"),
         tls_key=_readable_file(s, "tls_key"),
+        freeze_workers=s.integer("freeze_workers", ServiceConfig.freeze_workers),
     )
+    if not 1 <= service.freeze_workers <= 64:
+        raise s.error("freeze_workers", f"must be between 1 and 64, got {service.freeze_workers}")
     if bool(service.tls_cert) != bool(service.tls_key):
         raise s.error("tls_key" if service.tls_cert else "tls_cert", "give both tls_cert and tls_key, or neither")
     if service.max_layer_size <= 0:

@@ -81,6 +81,9 @@ class Metrics:
         self.cache_requests = Counter(
             "wave_grpc_cache_requests", "Cache lookups by cache and result", ["cache", "result"], registry=r
         )
+        self.freezes = Counter(
+            "wave_grpc_freezes", "Freezes finished, by outcome ('succeeded' or 'failed')", ["outcome"], registry=r
+        )
         self.rate_limited = Counter("wave_grpc_rate_limited", "Requests refused by [limits]", ["limit"], registry=r)
         self.layers_collected = Counter(
             "wave_grpc_layers_collected", "Layers removed by garbage collection", registry=r

@@ -29,6 +29,7 @@ class ResolvedSource:
     top: ManifestBlob
     image: UpstreamImage
     platform: Platform
+    config: ImageConfig
 
 
 def _to_blob(manifest: ManifestBlob) -> Blob:
@@ -80,7 +81,7 @@ async def resolve_source(
                 image_config.architecture or "amd64",
                 image_config.variant,
             )
-    return ResolvedSource(top, UpstreamImage(_to_blob(manifest), config, index), actual)
+    return ResolvedSource(top, UpstreamImage(_to_blob(manifest), config, index), actual, image_config)
 
 
 class SourceResolver:
@@ -161,6 +162,19 @@ async def fetch_pinned(
     return UpstreamImage(_to_blob(manifest), config, index)
 
 
+EPOCH = "1970-01-01T00:00:00Z"
+
+
+def history_created(config: ImageConfig) -> str:
+    """The time injected layers' history entries carry: the source config's own ``created``.
+
+    Taken from the request rather than the clock, so one request always gives the same
+    config and manifest digests (a freeze asked twice pushes nothing new).
+    """
+    value = config.document.get("created")
+    return value if isinstance(value, str) and value else EPOCH
+
+
 def augmentation_from_record(record: pb.ContainerRecord) -> Augmentation:
     cfg = record.container_config
     return Augmentation(
@@ -169,7 +183,7 @@ def augmentation_from_record(record: pb.ContainerRecord) -> Augmentation:
             for layer in cfg.layers
         ),
         platform=Platform.parse(record.container_platform),
-        created=record.create_time.ToJsonString(),
+        created=record.history_created or record.create_time.ToJsonString(),
         entrypoint=tuple(cfg.entrypoint),
         cmd=tuple(cfg.cmd),
         env=tuple(cfg.env),

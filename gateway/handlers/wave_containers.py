@@ -5,9 +5,13 @@ A request body is Wave's ``SubmitContainerTokenRequest`` as the ``wave`` CLI sen
 it (nulls omitted) or as Nextflow does (explicit nulls, empty objects, fields this
 service has no use for such as ``fingerprint``, ``timestamp``, ``dryRun``,
 ``towerWorkspaceId``): all of them parse into ``CreateContainerRequest``. A field
-that asks for a feature this service does not implement (a build, freeze, mirror,
-a security scan) is refused by name with 400 rather than ignored, because the
+that asks for a feature this service does not implement (a build, a mirror, a
+security scan) is refused by name with 400 rather than ignored, because the
 caller would otherwise get an image that is not what it asked for.
+
+``freeze`` with ``buildRepository`` answers at once with the frozen name and no
+token; the status endpoint is PENDING or BUILDING (``succeeded`` absent, which
+Wave's clients read as "wait") until the push is DONE.
 """
 
 from __future__ import annotations
@@ -47,7 +51,6 @@ _UNSUPPORTED: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("packages", _given, _BUILD),
     ("buildContext", _given, _BUILD),
     ("containerIncludes", _given, "container inclusions are not supported; add their files as containerConfig.layers"),
-    ("freeze", _given, "freeze (building a durable image) is not supported; drop it or set it to false"),
     ("mirror", _given, "mirroring is not supported; drop it or set it to false"),
     (
         "scanMode",
@@ -73,9 +76,24 @@ async def create_container(request: web.Request) -> web.Response:
     """Both paths answer the same body: the v2 fields plus the normalised source image."""
     body = await read_json_object(request)
     check_supported(body)
+    if body.get("freeze") is not True:
+        # Nextflow sends its configured build repository with every request; Wave uses it
+        # only to build or freeze, and so does this service.
+        body.pop("buildRepository", None)
     message = pb.CreateContainerRequest()
     parse_message(body, message)
     response = await call_service(request, service(request).CreateContainer, message, CREATE_TIMEOUT)
+    if response.freeze:
+        return json_response(
+            {
+                "requestId": response.request_id,
+                "targetImage": response.target_image,
+                "containerImage": response.container_image,
+                "freeze": True,
+                "mirror": False,
+                # No "succeeded" yet: the push runs; the status endpoint says when it is done.
+            }
+        )
     return json_response(
         {
             "requestId": response.request_id,
@@ -101,12 +119,15 @@ async def container_status(request: web.Request) -> web.Response:
     response = await call_service(
         request, service(request).GetContainerStatus, pb.GetContainerStatusRequest(request_id=request_id)
     )
+    done = response.status == pb.CONTAINER_STATUS_DONE
     return json_response(
         {
             "id": response.request_id,
             "status": pb.ContainerStatus.Name(response.status).removeprefix("CONTAINER_STATUS_"),
-            "succeeded": response.succeeded,
+            # Absent until DONE, as Wave answers a request still in progress.
+            "succeeded": response.succeeded if done else None,
+            "reason": response.reason or None,
             "creationTime": rfc3339(response.create_time),
-            "duration": _seconds(response.duration),
+            "duration": _seconds(response.duration) if done else None,
         }
     )

@@ -255,6 +255,7 @@ class RegistryClient:
         body: Callable[[], Any] | None = None,
         extra_headers: Mapping[str, str] | None = None,
         url: str | None = None,
+        mount_from: str | None = None,
     ) -> aiohttp.ClientResponse:
         upstream_repo = self.upstream_repository(route, repository)
         if url is None:
@@ -264,6 +265,9 @@ class RegistryClient:
             raise WaveError(Errors.UPSTREAM_UNAVAILABLE, f"{label}: registry {route.name} sent a foreign upload URL")
         what = f"registry {route.name} ({route.endpoint})"
         scopes: tuple[str, ...] = (f"repository:{upstream_repo}:{actions}",)
+        if mount_from is not None:
+            # A cross-repository mount reads the source repository too.
+            scopes = (*scopes, f"repository:{self.upstream_repository(route, mount_from)}:pull")
         scheme = await self.scheme(route.name, label=label)
         retried = False
         while True:
@@ -360,6 +364,7 @@ class RegistryClient:
         body: Callable[[], Any] | None = None,
         headers: Mapping[str, str] | None = None,
         url: str | None = None,
+        mount_from: str | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """An authenticated request for ``/v2/<repository>/<path>`` (or ``url``
         on the registry's own origin, such as an upload location).
@@ -367,7 +372,8 @@ class RegistryClient:
         Yields a 2xx response (or, with ``allow_redirects=False``, possibly a
         3xx to relay); anything else is raised as a WaveError that names the
         registry and image. Read the body with :meth:`iter_body`. ``actions``
-        is the token scope's action list (``pull,push`` to write).
+        is the token scope's action list (``pull,push`` to write); ``mount_from``
+        names a repository of the same registry the request also reads (a mount).
         """
         route = self.route(registry)
         resp = await self._open(
@@ -383,6 +389,7 @@ class RegistryClient:
             body=body,
             extra_headers=headers,
             url=url,
+            mount_from=mount_from,
         )
         try:
             yield resp

@@ -17,6 +17,7 @@ from wave_grpc.config import Config
 from wave_grpc.metrics import Metrics
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.registry.client import RegistryClient
+from wave_grpc.service.freeze import FreezeRunner
 from wave_grpc.service.servicer import AugmentServicer, add_to_server
 from wave_grpc.stores.gc import collect_layers
 from wave_grpc.stores.layers import LayerStore
@@ -41,16 +42,23 @@ class RunningService:
     tokens: TokenStore
     upstream: RegistryClient
     layers: LayerStore
+    freezes: FreezeRunner
     collector: asyncio.Task[None] | None = None
+    resumer: asyncio.Task[None] | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Graceful: report NOT_SERVING, let calls in flight finish, then release resources."""
-        if self.collector is not None:
-            self.collector.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.collector
+        """Graceful: report NOT_SERVING, let calls in flight finish, then release resources.
+
+        Freezes being copied stop where they are; the next start resumes them.
+        """
+        for task in (self.collector, self.resumer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        await self.freezes.close()
         await self.upstream.close()
         await self.tokens.close()
 
@@ -98,7 +106,9 @@ async def serve(config: Config, *, listen: str | None = None, metrics: Metrics |
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     log.info("AugmentService listening on %s", address.rsplit(":", 1)[0] + f":{port}")
-    running = RunningService(server, port, health, tokens, upstream, layers)
+    running = RunningService(server, port, health, tokens, upstream, layers, servicer.freezes)
+    # Freezes a restart interrupted (or a replica that died) go on here.
+    running.resumer = asyncio.create_task(servicer.freezes.resume_periodically(), name="freeze resumption")
     if config.layers.gc_interval is not None:
         running.collector = asyncio.create_task(
             collect_periodically(tokens, layers, config, metrics), name="layer garbage collection"

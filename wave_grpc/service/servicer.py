@@ -28,13 +28,14 @@ from wave_grpc.image.platform import Platform
 from wave_grpc.image.ref import ImageRef
 from wave_grpc.image.rewrite import augment
 from wave_grpc.metrics import Metrics
-from wave_grpc.pinning import SourceResolver, augmentation_from_record
+from wave_grpc.pinning import SourceResolver, augmentation_from_record, history_created
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
 from wave_grpc.redaction import token_id
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.registry.policy import check_layer_location
 from wave_grpc.service.auth import Authenticator, bearer_token
+from wave_grpc.service.freeze import FreezeRunner, build_target, check_push_allowed, frozen_tag
 from wave_grpc.stores.layers import STORE_SCHEME, ExpectedLayer, LayerStore, iterate_bytes, store_location
 from wave_grpc.stores.limits import LocalRateLimiter, RateLimiter
 from wave_grpc.stores.tokens import ANONYMOUS, TokenStore, listing_key
@@ -146,6 +147,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         auth: Authenticator | None = None,
         metrics: Metrics | None = None,
         limiter: RateLimiter | None = None,
+        freezes: FreezeRunner | None = None,
     ) -> None:
         self._config = config
         self._tokens = tokens
@@ -157,6 +159,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         self._limiter = limiter or LocalRateLimiter()
         ttl = config.upstream.tag_cache_ttl
         self._sources = SourceResolver(upstream, ttl.total_seconds() if ttl is not None else None)
+        self.freezes = freezes or FreezeRunner(config, tokens, layers, upstream, self._metrics)
 
     # -- callers ------------------------------------------------------------
 
@@ -338,6 +341,21 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         ref = ImageRef.parse(request.container_image)
         platform = Platform.parse(request.container_platform)
         self._check_config(request.container_config)
+        frozen: ImageRef | None = None
+        if request.freeze:
+            frozen = build_target(request.build_repository)
+            check_push_allowed(self._upstream, frozen)
+            for i, layer in enumerate(request.container_config.layers):
+                if layer.location.strip().startswith(("https://", "http://")):
+                    raise invalid_argument(
+                        f"container_config.layers[{i}].location",
+                        "a freeze copies every layer, and http(s) layer locations are only ever redirected to; "
+                        "upload the layer (UploadLayer) or send it inline",
+                    )
+        elif request.build_repository.strip():
+            raise invalid_argument(
+                "freeze", "is false but build_repository is given; set freeze to push there, or drop build_repository"
+            )
         try:
             resolved = await self._sources.resolve(
                 ref, platform, platform_given=bool(request.container_platform.strip())
@@ -348,7 +366,9 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
             raise
         if request.validate_only:
             # Everything but the layers (they are what the caller has not sent yet) is checked.
-            return pb.CreateContainerResponse(container_image=str(ref), source_digest=str(resolved.top.digest))
+            return pb.CreateContainerResponse(
+                container_image=str(ref), source_digest=str(resolved.top.digest), freeze=request.freeze
+            )
         layers = [await self._prepare_layer(i, layer) for i, layer in enumerate(request.container_config.layers)]
         given = request.container_config
         # Built field by field: copying the request would copy inline layer bytes too.
@@ -370,6 +390,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
             owner=owner,
             workflow_id=request.workflow_id,
             creator_address=address,
+            history_created=history_created(resolved.config),
         )
         # Compute the augmented image once now, so a broken upstream config is a
         # creation error rather than a pull-time surprise.
@@ -386,6 +407,8 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
                 f"the token record would be about {size} bytes, over the {limit}-byte limit "
                 "([service].max_record_size); put big values (scripts, long env values) into a layer",
             )
+        if frozen is not None:
+            return await self._store_freeze(record, ref, frozen, augmented.manifest.digest)
         for _ in range(5):
             token = new_token()
             record.container_token = token
@@ -405,11 +428,42 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
             target_digest=record.target_digest,
         )
 
+    async def _store_freeze(
+        self, record: pb.ContainerRecord, ref: ImageRef, frozen: ImageRef, manifest_digest: Digest
+    ) -> pb.CreateContainerResponse:
+        """Keep the request (the copy's state, its layers referenced) and start the copy."""
+        record.target_image = f"{frozen.registry}/{frozen.repository}:{frozen_tag(ref, manifest_digest)}"
+        # The tag resolves to the manifest itself: a frozen image is one platform's.
+        record.target_digest = str(manifest_digest)
+        record.freeze.CopyFrom(
+            pb.FreezeState(
+                build_repository=f"{frozen.registry}/{frozen.repository}", status=pb.CONTAINER_STATUS_PENDING
+            )
+        )
+        for _ in range(5):
+            # The record's key, never answered: a freeze's record is not a pull capability.
+            record.container_token = new_token()
+            if await self._tokens.put(record):
+                break
+        else:
+            raise WaveError(Errors.INTERNAL, "could not allocate a unique request key")
+        self.freezes.submit(record.container_token)
+        log.info("freeze %s of %s to %s requested", record.request_id, ref, record.target_image)
+        return pb.CreateContainerResponse(
+            target_image=record.target_image,
+            container_image=str(ref),
+            request_id=record.request_id,
+            source_digest=record.source_digest,
+            target_digest=record.target_digest,
+            freeze=True,
+        )
+
     async def _live_record(self, token: str) -> pb.ContainerRecord:
         if len(token) != TOKEN_LENGTH or any(c not in TOKEN_ALPHABET for c in token):
             raise invalid_argument("container_token", "is not a token (12 lowercase letters and digits)")
         record = await self._tokens.get(token)
-        if record is None:
+        # A freeze's record has a key of the token's form, but it is never a token.
+        if record is None or record.HasField("freeze"):
             raise WaveError(Errors.NAME_UNKNOWN, "the container token is unknown, expired or revoked")
         return record
 
@@ -468,13 +522,14 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         return pb.ListContainersResponse(
             containers=[
                 pb.ContainerSummary(
-                    container_token=r.container_token,
+                    container_token="" if r.HasField("freeze") else r.container_token,
                     target_image=r.target_image,
                     container_image=r.container_image,
                     container_platform=r.container_platform,
                     create_time=r.create_time,
                     expiration=r.expiration,
                     request_id=r.request_id,
+                    freeze=r.HasField("freeze"),
                 )
                 for r in records[:size]
             ],
@@ -497,6 +552,21 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         record = await self._tokens.get_by_request_id(request_id)
         if record is None:
             raise WaveError(Errors.NAME_UNKNOWN, f"container request {request_id} is unknown, expired or revoked")
+        if record.HasField("freeze"):
+            state = record.freeze
+            duration = Duration()
+            if state.status == pb.CONTAINER_STATUS_DONE:
+                duration.FromSeconds(max(0, state.done_time.seconds - record.create_time.seconds))
+            return pb.GetContainerStatusResponse(
+                request_id=record.request_id,
+                status=state.status,
+                succeeded=state.succeeded,
+                create_time=record.create_time,
+                duration=duration,
+                reason=state.reason,
+                freeze=True,
+                freeze_progress=state.progress,
+            )
         # Augmentation is finished when CreateContainer answers: nothing is built later.
         return pb.GetContainerStatusResponse(
             request_id=record.request_id,

@@ -62,6 +62,10 @@ class LayerStore(Protocol):
         """How the gateway serves the blob (a local file, a redirect or a stream); BLOB_UNKNOWN if absent."""
         ...
 
+    def read(self, digest: Digest) -> AsyncIterator[bytes]:
+        """The stored bytes, in chunks (a freeze copies them); BLOB_UNKNOWN if absent."""
+        ...
+
     async def reference(self, digest: Digest) -> bool:
         """A creation is about to reference the blob: mark it referenced now; False if it is gone.
 
@@ -273,6 +277,23 @@ class FileLayerStore:
         if path is None:
             raise WaveError(Errors.BLOB_UNKNOWN, f"layer {digest} is missing from the layer store")
         return LocalFile(path)
+
+    async def read(self, digest: Digest) -> AsyncIterator[bytes]:
+        path = self.staged_path(digest)
+        if path is None:
+            raise WaveError(Errors.BLOB_UNKNOWN, f"layer {digest} is missing from the layer store")
+        async for chunk in file_chunks(path):
+            yield chunk
+
+
+READ_CHUNK = 1 << 20
+
+
+async def file_chunks(path: Path) -> AsyncIterator[bytes]:
+    """A file's bytes, read off the event loop a chunk at a time (flat memory)."""
+    with path.open("rb") as handle:
+        while chunk := await asyncio.to_thread(handle.read, READ_CHUNK):
+            yield chunk
 
 
 @contextlib.contextmanager

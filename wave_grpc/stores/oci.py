@@ -19,9 +19,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
 
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.image.digest import Digest
@@ -29,6 +27,7 @@ from wave_grpc.image.layers import LayerDigests
 from wave_grpc.image.manifest import MediaType
 from wave_grpc.registry.blobs import BlobAnswer, registry_blob
 from wave_grpc.registry.client import RegistryClient
+from wave_grpc.registry.push import Repository
 from wave_grpc.stores.layers import Collection, ExpectedLayer, FileLayerStore, file_lock
 
 ARTIFACT_TYPE = "application/vnd.wave-grpc.layer.v1"
@@ -73,56 +72,17 @@ class RegistryLayerStore:
     def _label(self) -> str:
         return f"layer store {self.registry}/{self.repository}"
 
+    @property
+    def _repository(self) -> Repository:
+        return Repository(self.client, self.registry, self.repository)
+
     async def _exists(self, digest: Digest) -> int | None:
-        try:
-            async with self.client.request(
-                self.registry,
-                self.repository,
-                "HEAD",
-                f"blobs/{digest}",
-                not_found=Errors.BLOB_UNKNOWN,
-                what=f"{self._label}@{digest}",
-            ) as resp:
-                return resp.content_length
-        except WaveError as exc:
-            if exc.kind is Errors.BLOB_UNKNOWN:
-                return None
-            raise
-
-    async def _push_blob(self, digest: Digest, size: int, source: Path | bytes) -> None:
-        what = f"{self._label}@{digest}"
-        async with self.client.request(
-            self.registry, self.repository, "POST", "blobs/uploads/", actions="pull,push", what=what
-        ) as resp:
-            location = resp.headers.get("Location", "")
-            if resp.status != 202 or not location:
-                raise WaveError(Errors.UPSTREAM_UNAVAILABLE, f"{what}: the registry did not start an upload")
-            upload = urljoin(str(resp.url), location)
-        separator = "&" if "?" in upload else "?"
-
-        def body() -> object:
-            return source.open("rb") if isinstance(source, Path) else source
-
-        async with self.client.request(
-            self.registry,
-            self.repository,
-            "PUT",
-            "",
-            url=f"{upload}{separator}digest={digest}",
-            actions="pull,push",
-            body=body,
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-            what=what,
-        ) as resp:
-            if resp.status != 201:
-                raise WaveError(
-                    Errors.UPSTREAM_UNAVAILABLE, f"{what}: the registry answered {resp.status} to the upload"
-                )
+        return await self._repository.blob_size(digest)
 
     async def _push_record(self, digests: LayerDigests, referenced_at: float | None = None) -> None:
         config_digest = Digest.of(EMPTY_CONFIG)
         if await self._exists(config_digest) is None:
-            await self._push_blob(config_digest, len(EMPTY_CONFIG), EMPTY_CONFIG)
+            await self._repository.push_blob(config_digest, len(EMPTY_CONFIG), EMPTY_CONFIG)
         manifest = json.dumps(
             {
                 "schemaVersion": 2,
@@ -145,18 +105,7 @@ class RegistryLayerStore:
             },
             separators=(",", ":"),
         ).encode()
-        async with self.client.request(
-            self.registry,
-            self.repository,
-            "PUT",
-            f"manifests/{_tag(digests.gzip_digest)}",
-            actions="pull,push",
-            body=lambda: manifest,
-            headers={"Content-Type": str(MediaType.OCI_MANIFEST)},
-            what=f"{self._label}:{_tag(digests.gzip_digest)}",
-        ) as resp:
-            if resp.status not in (200, 201):
-                raise WaveError(Errors.UPSTREAM_UNAVAILABLE, f"{self._label}: manifest push answered {resp.status}")
+        await self._repository.put_manifest(_tag(digests.gzip_digest), manifest, str(MediaType.OCI_MANIFEST))
 
     async def put(self, chunks: AsyncIterator[bytes], expected: ExpectedLayer) -> tuple[LayerDigests, bool]:
         digests, _ = await self._staging.put(chunks, expected)
@@ -169,7 +118,7 @@ class RegistryLayerStore:
             if path is None:
                 raise WaveError(Errors.INTERNAL, f"{self._label}: staged layer {digests.gzip_digest} vanished")
             if await self._exists(digests.gzip_digest) is None:
-                await self._push_blob(digests.gzip_digest, digests.gzip_size, path)
+                await self._repository.push_blob(digests.gzip_digest, digests.gzip_size, path)
             await self._push_record(digests)
             return digests, True
         finally:
@@ -284,6 +233,14 @@ class RegistryLayerStore:
         ) as resp:
             if resp.status not in (200, 202):
                 raise WaveError(Errors.UPSTREAM_UNAVAILABLE, f"{self._label}: manifest delete answered {resp.status}")
+
+    async def read(self, digest: Digest) -> AsyncIterator[bytes]:
+        what = f"{self._label}@{digest}"
+        async with self.client.request(
+            self.registry, self.repository, "GET", f"blobs/{digest}", not_found=Errors.BLOB_UNKNOWN, what=what
+        ) as resp:
+            async for chunk in self.client.iter_body(resp, self.registry, what, chunk_size=1 << 20):
+                yield chunk
 
     async def answer(self, digest: Digest, method: str, range_header: str = "") -> BlobAnswer:
         # The layer lives in a registry repository: served like a base layer from there.

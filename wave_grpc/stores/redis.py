@@ -176,6 +176,14 @@ class RedisTokenStore:
             if await self._redis.get(key) == holder.encode():
                 await self._redis.delete(key)
 
+    async def update(self, record: pb.ContainerRecord) -> bool:
+        async with _answering(self._url):
+            # XX: only a key that still exists (not revoked, not expired); KEEPTTL: same expiry.
+            replaced = await self._redis.set(
+                self._key(record.container_token), record.SerializeToString(), xx=True, keepttl=True
+            )
+        return bool(replaced)
+
     async def revoke(self, token: str) -> bool:
         record = await self.get(token)
         async with _answering(self._url):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
-from wave_grpc.stores.tokens import expiry_seconds, record_listing_key
+from wave_grpc.stores.tokens import EPHEMERAL_LOCK_PREFIX, expiry_seconds, record_listing_key
 
 
 class SqliteTokenStore:
@@ -106,6 +106,17 @@ class SqliteTokenStore:
     async def put(self, record: pb.ContainerRecord) -> bool:
         return await asyncio.to_thread(self._put, record)
 
+    def _update(self, record: pb.ContainerRecord) -> bool:
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE containers SET record = ? WHERE token = ? AND revoked = 0 AND expires_at > ?",
+                (record.SerializeToString(), record.container_token, time.time()),
+            )
+        return cursor.rowcount > 0
+
+    async def update(self, record: pb.ContainerRecord) -> bool:
+        return await asyncio.to_thread(self._update, record)
+
     async def get(self, token: str) -> pb.ContainerRecord | None:
         return await asyncio.to_thread(self._get, token)
 
@@ -156,6 +167,11 @@ class SqliteTokenStore:
     async def unlock(self, name: str, holder: str) -> None:
         handle = self._locks.pop(holder, None)
         if handle is not None:
+            if name.startswith(EPHEMERAL_LOCK_PREFIX):
+                # One file per freeze would pile up: removed while still held. A replica that
+                # opened it just before takes a lock nobody else sees; callers re-read the
+                # record under a lock, so the worst is a second look at finished work.
+                (self._path.parent / f"{self._path.name}.{name}.lock").unlink(missing_ok=True)
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
             handle.close()
 

@@ -13,6 +13,8 @@ from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 
 # The owner of a record created by a caller without a token.
 ANONYMOUS = "anonymous"
+# Locks named with this prefix are taken once per piece of work (a freeze), not reused.
+EPHEMERAL_LOCK_PREFIX = "once-"
 
 
 def listing_key(owner: str, client_address: str) -> str:
@@ -50,6 +52,10 @@ class TokenStore(Protocol):
         A store keeps an index from request id to token that expires (or is
         dropped) with the record.
         """
+        ...
+
+    async def update(self, record: pb.ContainerRecord) -> bool:
+        """Replace a live record (same token, same expiry; a freeze's progress); False when it is gone."""
         ...
 
     async def revoke(self, token: str) -> bool: ...

@@ -26,51 +26,55 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dwave/augment/v1/augment.proto\x12\x0fwave.augment.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"t\n\x0e\x43ontainerLayer\x12\x10\n\x08location\x18\x01 \x01(\t\x12\x13\n\x0bgzip_digest\x18\x02 \x01(\t\x12\x11\n\tgzip_size\x18\x03 \x01(\x03\x12\x12\n\ntar_digest\x18\x04 \x01(\t\x12\x14\n\x0cskip_hashing\x18\x05 \x01(\x08\"\x85\x01\n\x0f\x43ontainerConfig\x12\x12\n\nentrypoint\x18\x01 \x03(\t\x12\x0b\n\x03\x63md\x18\x02 \x03(\t\x12\x0b\n\x03\x65nv\x18\x03 \x03(\t\x12\x13\n\x0bworking_dir\x18\x04 \x01(\t\x12/\n\x06layers\x18\x05 \x03(\x0b\x32\x1f.wave.augment.v1.ContainerLayer\"\x85\x02\n\x16\x43reateContainerRequest\x12\x17\n\x0f\x63ontainer_image\x18\x01 \x01(\t\x12:\n\x10\x63ontainer_config\x18\x02 \x01(\x0b\x32 .wave.augment.v1.ContainerConfig\x12\x1a\n\x12\x63ontainer_platform\x18\x03 \x01(\t\x12\x1a\n\x12tower_access_token\x18\x04 \x01(\t\x12\x16\n\x0etower_endpoint\x18\x05 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x06 \x01(\t\x12\x1a\n\x12tower_workspace_id\x18\x07 \x01(\x03\x12\x15\n\rvalidate_only\x18\x08 \x01(\x08\"\xd3\x01\n\x17\x43reateContainerResponse\x12\x17\n\x0f\x63ontainer_token\x18\x01 \x01(\t\x12\x14\n\x0ctarget_image\x18\x02 \x01(\t\x12.\n\nexpiration\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63ontainer_image\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x15\n\rsource_digest\x18\x06 \x01(\t\x12\x15\n\rtarget_digest\x18\x07 \x01(\t\".\n\x13GetContainerRequest\x12\x17\n\x0f\x63ontainer_token\x18\x01 \x01(\t\"\xd1\x03\n\x0f\x43ontainerRecord\x12\x17\n\x0f\x63ontainer_token\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63ontainer_image\x18\x03 \x01(\t\x12\x15\n\rsource_digest\x18\x04 \x01(\t\x12\x1e\n\x16source_manifest_digest\x18\x05 \x01(\t\x12\x1a\n\x12\x63ontainer_platform\x18\x06 \x01(\t\x12:\n\x10\x63ontainer_config\x18\x07 \x01(\x0b\x32 .wave.augment.v1.ContainerConfig\x12\x14\n\x0ctarget_image\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpiration\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x0b \x01(\t\x12\x13\n\x0bworkflow_id\x18\x0c \x01(\t\x12\x1e\n\x16target_manifest_digest\x18\r \x01(\t\x12\x15\n\rtarget_digest\x18\x0e \x01(\t\x12\x17\n\x0f\x63reator_address\x18\x0f \x01(\t\"K\n\x14GetContainerResponse\x12\x33\n\tcontainer\x18\x01 \x01(\x0b\x32 .wave.augment.v1.ContainerRecord\"1\n\x16RevokeContainerRequest\x12\x17\n\x0f\x63ontainer_token\x18\x01 \x01(\t\"2\n\x17RevokeContainerResponse\x12\x17\n\x0f\x63ontainer_token\x18\x01 \x01(\t\"_\n\x12UploadLayerRequest\x12\x13\n\x0bgzip_digest\x18\x01 \x01(\t\x12\x11\n\tgzip_size\x18\x02 \x01(\x03\x12\x12\n\ntar_digest\x18\x03 \x01(\t\x12\r\n\x05\x63hunk\x18\x04 \x01(\x0c\"V\n\x13UploadLayerResponse\x12.\n\x05layer\x18\x01 \x01(\x0b\x32\x1f.wave.augment.v1.ContainerLayer\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"3\n\x18\x44\x65scribeContainerRequest\x12\x17\n\x0f\x63ontainer_token\x18\x01 \x01(\t\"P\n\x19\x44\x65scribeContainerResponse\x12\x33\n\tcontainer\x18\x01 \x01(\x0b\x32 .wave.augment.v1.ContainerRecord\">\n\x15ListContainersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xeb\x01\n\x10\x43ontainerSummary\x12\x17\n\x0f\x63ontainer_token\x18\x01 \x01(\t\x12\x14\n\x0ctarget_image\x18\x02 \x01(\t\x12\x17\n\x0f\x63ontainer_image\x18\x03 \x01(\t\x12\x1a\n\x12\x63ontainer_platform\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpiration\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"h\n\x16ListContainersResponse\x12\x35\n\ncontainers\x18\x01 \x03(\x0b\x32!.wave.augment.v1.ContainerSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"/\n\x19GetContainerStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x83\x02\n\x1aGetContainerStatusResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .wave.augment.v1.ContainerStatus\x12\x11\n\tsucceeded\x18\x03 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\nexpiration\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x8b\x01\n\x0f\x43ontainerStatus\x12 \n\x1c\x43ONTAINER_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43ONTAINER_STATUS_PENDING\x10\x01\x12\x1d\n\x19\x43ONTAINER_STATUS_BUILDING\x10\x02\x12\x19\n\x15\x43ONTAINER_STATUS_DONE\x10\x03\x32\xd3\x05\n\x0e\x41ugmentService\x12\x64\n\x0f\x43reateContainer\x12\'.wave.augment.v1.CreateContainerRequest\x1a(.wave.augment.v1.CreateContainerResponse\x12[\n\x0cGetContainer\x12$.wave.augment.v1.GetContainerRequest\x1a%.wave.augment.v1.GetContainerResponse\x12\x64\n\x0fRevokeContainer\x12\'.wave.augment.v1.RevokeContainerRequest\x1a(.wave.augment.v1.RevokeContainerResponse\x12Z\n\x0bUploadLayer\x12#.wave.augment.v1.UploadLayerRequest\x1a$.wave.augment.v1.UploadLayerResponse(\x01\x12j\n\x11\x44\x65scribeContainer\x12).wave.augment.v1.DescribeContainerRequest\x1a*.wave.augment.v1.DescribeContainerResponse\x12m\n\x12GetContainerStatus\x12*.wave.augment.v1.GetContainerStatusRequest\x1a+.wave.augment.v1.GetContainerStatusResponse\x12\x61\n\x0eListContainers\x12&.wave.augment.v1.ListContainersRequest\x1a\'.wave.augment.v1.ListContainersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dwave/augment/v1/augment.proto\x12\x0fwave.augment.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"t\n\x0e\x43ontainerLayer\x12\x10\n\x08location\x18\x01 \x01(\t\x12\x13\n\x0bgzip_digest\x18\x02 \x01(\t\x12\x11\n\tgzip_size\x18\x03 \x01(\x03\x12\x12\n\ntar_digest\x18\x04 \x01(\t\x12\x14\n\x0cskip_hashing\x18\x05 \x01(\x08\"\x85\x01\n\x0f\x43ontainerConfig\x12\x12\n\nentrypoint\x18\x01 \x03(\t\x12\x0b\n\x03\x63md\x18\x02 \x03(\t\x12\x0b\n\x03\x65nv\x18\x03 \x03(\t\x12\x13\n\x0bworking_dir\x18\x04 \x01(\t\x12/\n\x06layers\x18\x05 \x03(\x0b\x32\x1f.wave.augment.v1.ContainerLayer\"\xaf\x02\n\x16\x43reateContainerRequest\x12\x17\n\x0f\x63ontainer_image\x18\x01 \x01(\t\x12:\n\x10\x63ontainer_config\x18\x02 \x01(\x0b\x32 .wave.augment.v1.ContainerConfig\x12\x1a\n\x12\x63ontainer_platform\x18\x03 \x01(\t\x12\x1a\n\x12tower_access_token\x18\x04 \x01(\t\x12\x16\n\x0etower_endpoint\x18\x05 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x06 \x01(\t\x12\x1a\n\x12tower_workspace_id\x18\x07 \x01(\x03\x12\x15\n\rvalidate_only\x18\x08 \x01(\x08\x12\x0e\n\x06\x66reeze\x18\t \x01(\x08\x12\x18\n\x10\x62uild_repository\x18\n \x01(\t\"\xe3\x01\n\x17\x43reateContainerResponse\x12\x17\n\x0f\x63ontainer_token\x18\x01 \x01(\t\x12\x14\n\x0ctarget_image\x18\x02 \x01(\t\x12.\n\nexpiration\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63ontainer_image\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x15\n\rsource_digest\x18\x06 \x01(\t\x12\x15\n\rtarget_digest\x18\x07 \x01(\t\x12\x0e\n\x06\x66reeze\x18\x08 \x01(\x08\".\n\x13GetContainerRequest\x12\x17\n\x0f\x63ontainer_token\x18\x01 \x01(\t\"\x98\x04\n\x0f\x43ontainerRecord\x12\x17\n\x0f\x63ontainer_token\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63ontainer_image\x18\x03 \x01(\t\x12\x15\n\rsource_digest\x18\x04 \x01(\t\x12\x1e\n\x16source_manifest_digest\x18\x05 \x01(\t\x12\x1a\n\x12\x63ontainer_platform\x18\x06 \x01(\t\x12:\n\x10\x63ontainer_config\x18\x07 \x01(\x0b\x32 .wave.augment.v1.ContainerConfig\x12\x14\n\x0ctarget_image\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpiration\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x0b \x01(\t\x12\x13\n\x0bworkflow_id\x18\x0c \x01(\t\x12\x1e\n\x16target_manifest_digest\x18\r \x01(\t\x12\x15\n\rtarget_digest\x18\x0e \x01(\t\x12\x17\n\x0f\x63reator_address\x18\x0f \x01(\t\x12\x17\n\x0fhistory_created\x18\x10 \x01(\t\x12,\n\x06\x66reeze\x18\x11 \x01(\x0b\x32\x1c.wave.augment.v1.FreezeState\"\xf0\x01\n\x0b\x46reezeState\x12\x18\n\x10\x62uild_repository\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .wave.augment.v1.ContainerStatus\x12\x11\n\tsucceeded\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12-\n\tdone_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x31\n\x08progress\x18\x07 \x01(\x0b\x32\x1f.wave.augment.v1.FreezeProgress\"\x7f\n\x0e\x46reezeProgress\x12\x13\n\x0b\x62lobs_total\x18\x01 \x01(\x05\x12\x15\n\rblobs_present\x18\x02 \x01(\x05\x12\x15\n\rblobs_mounted\x18\x03 \x01(\x05\x12\x14\n\x0c\x62lobs_copied\x18\x04 \x01(\x05\x12\x14\n\x0c\x62ytes_copied\x18\x05 \x01(\x03\"K\n\x14GetContainerResponse\x12\x33\n\tcontainer\x18\x01 \x01(\x0b\x32 .wave.augment.v1.ContainerRecord\"1\n\x16RevokeContainerRequest\x12\x17\n\x0f\x63ontainer_token\x18\x01 \x01(\t\"2\n\x17RevokeContainerResponse\x12\x17\n\x0f\x63ontainer_token\x18\x01 \x01(\t\"_\n\x12UploadLayerRequest\x12\x13\n\x0bgzip_digest\x18\x01 \x01(\t\x12\x11\n\tgzip_size\x18\x02 \x01(\x03\x12\x12\n\ntar_digest\x18\x03 \x01(\t\x12\r\n\x05\x63hunk\x18\x04 \x01(\x0c\"V\n\x13UploadLayerResponse\x12.\n\x05layer\x18\x01 \x01(\x0b\x32\x1f.wave.augment.v1.ContainerLayer\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"3\n\x18\x44\x65scribeContainerRequest\x12\x17\n\x0f\x63ontainer_token\x18\x01 \x01(\t\"P\n\x19\x44\x65scribeContainerResponse\x12\x33\n\tcontainer\x18\x01 \x01(\x0b\x32 .wave.augment.v1.ContainerRecord\">\n\x15ListContainersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xfb\x01\n\x10\x43ontainerSummary\x12\x17\n\x0f\x63ontainer_token\x18\x01 \x01(\t\x12\x14\n\x0ctarget_image\x18\x02 \x01(\t\x12\x17\n\x0f\x63ontainer_image\x18\x03 \x01(\t\x12\x1a\n\x12\x63ontainer_platform\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpiration\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x0e\n\x06\x66reeze\x18\x08 \x01(\x08\"h\n\x16ListContainersResponse\x12\x35\n\ncontainers\x18\x01 \x03(\x0b\x32!.wave.augment.v1.ContainerSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"/\n\x19GetContainerStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\xdd\x02\n\x1aGetContainerStatusResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .wave.augment.v1.ContainerStatus\x12\x11\n\tsucceeded\x18\x03 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\nexpiration\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0e\n\x06\x66reeze\x18\x08 \x01(\x08\x12\x38\n\x0f\x66reeze_progress\x18\t \x01(\x0b\x32\x1f.wave.augment.v1.FreezeProgress*\x8b\x01\n\x0f\x43ontainerStatus\x12 \n\x1c\x43ONTAINER_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43ONTAINER_STATUS_PENDING\x10\x01\x12\x1d\n\x19\x43ONTAINER_STATUS_BUILDING\x10\x02\x12\x19\n\x15\x43ONTAINER_STATUS_DONE\x10\x03\x32\xd3\x05\n\x0e\x41ugmentService\x12\x64\n\x0f\x43reateContainer\x12\'.wave.augment.v1.CreateContainerRequest\x1a(.wave.augment.v1.CreateContainerResponse\x12[\n\x0cGetContainer\x12$.wave.augment.v1.GetContainerRequest\x1a%.wave.augment.v1.GetContainerResponse\x12\x64\n\x0fRevokeContainer\x12\'.wave.augment.v1.RevokeContainerRequest\x1a(.wave.augment.v1.RevokeContainerResponse\x12Z\n\x0bUploadLayer\x12#.wave.augment.v1.UploadLayerRequest\x1a$.wave.augment.v1.UploadLayerResponse(\x01\x12j\n\x11\x44\x65scribeContainer\x12).wave.augment.v1.DescribeContainerRequest\x1a*.wave.augment.v1.DescribeContainerResponse\x12m\n\x12GetContainerStatus\x12*.wave.augment.v1.GetContainerStatusRequest\x1a+.wave.augment.v1.GetContainerStatusResponse\x12\x61\n\x0eListContainers\x12&.wave.augment.v1.ListContainersRequest\x1a\'.wave.augment.v1.ListContainersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wave.augment.v1.augment_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONTAINERSTATUS']._serialized_start=2583
-  _globals['_CONTAINERSTATUS']._serialized_end=2722
+  _globals['_CONTAINERSTATUS']._serialized_start=3190
+  _globals['_CONTAINERSTATUS']._serialized_end=3329
   _globals['_CONTAINERLAYER']._serialized_start=115
   _globals['_CONTAINERLAYER']._serialized_end=231
   _globals['_CONTAINERCONFIG']._serialized_start=234
   _globals['_CONTAINERCONFIG']._serialized_end=367
   _globals['_CREATECONTAINERREQUEST']._serialized_start=370
-  _globals['_CREATECONTAINERREQUEST']._serialized_end=631
-  _globals['_CREATECONTAINERRESPONSE']._serialized_start=634
-  _globals['_CREATECONTAINERRESPONSE']._serialized_end=845
-  _globals['_GETCONTAINERREQUEST']._serialized_start=847
-  _globals['_GETCONTAINERREQUEST']._serialized_end=893
-  _globals['_CONTAINERRECORD']._serialized_start=896
-  _globals['_CONTAINERRECORD']._serialized_end=1361
-  _globals['_GETCONTAINERRESPONSE']._serialized_start=1363
-  _globals['_GETCONTAINERRESPONSE']._serialized_end=1438
-  _globals['_REVOKECONTAINERREQUEST']._serialized_start=1440
-  _globals['_REVOKECONTAINERREQUEST']._serialized_end=1489
-  _globals['_REVOKECONTAINERRESPONSE']._serialized_start=1491
-  _globals['_REVOKECONTAINERRESPONSE']._serialized_end=1541
-  _globals['_UPLOADLAYERREQUEST']._serialized_start=1543
-  _globals['_UPLOADLAYERREQUEST']._serialized_end=1638
-  _globals['_UPLOADLAYERRESPONSE']._serialized_start=1640
-  _globals['_UPLOADLAYERRESPONSE']._serialized_end=1726
-  _globals['_DESCRIBECONTAINERREQUEST']._serialized_start=1728
-  _globals['_DESCRIBECONTAINERREQUEST']._serialized_end=1779
-  _globals['_DESCRIBECONTAINERRESPONSE']._serialized_start=1781
-  _globals['_DESCRIBECONTAINERRESPONSE']._serialized_end=1861
-  _globals['_LISTCONTAINERSREQUEST']._serialized_start=1863
-  _globals['_LISTCONTAINERSREQUEST']._serialized_end=1925
-  _globals['_CONTAINERSUMMARY']._serialized_start=1928
-  _globals['_CONTAINERSUMMARY']._serialized_end=2163
-  _globals['_LISTCONTAINERSRESPONSE']._serialized_start=2165
-  _globals['_LISTCONTAINERSRESPONSE']._serialized_end=2269
-  _globals['_GETCONTAINERSTATUSREQUEST']._serialized_start=2271
-  _globals['_GETCONTAINERSTATUSREQUEST']._serialized_end=2318
-  _globals['_GETCONTAINERSTATUSRESPONSE']._serialized_start=2321
-  _globals['_GETCONTAINERSTATUSRESPONSE']._serialized_end=2580
-  _globals['_AUGMENTSERVICE']._serialized_start=2725
-  _globals['_AUGMENTSERVICE']._serialized_end=3448
+  _globals['_CREATECONTAINERREQUEST']._serialized_end=673
+  _globals['_CREATECONTAINERRESPONSE']._serialized_start=676
+  _globals['_CREATECONTAINERRESPONSE']._serialized_end=903
+  _globals['_GETCONTAINERREQUEST']._serialized_start=905
+  _globals['_GETCONTAINERREQUEST']._serialized_end=951
+  _globals['_CONTAINERRECORD']._serialized_start=954
+  _globals['_CONTAINERRECORD']._serialized_end=1490
+  _globals['_FREEZESTATE']._serialized_start=1493
+  _globals['_FREEZESTATE']._serialized_end=1733
+  _globals['_FREEZEPROGRESS']._serialized_start=1735
+  _globals['_FREEZEPROGRESS']._serialized_end=1862
+  _globals['_GETCONTAINERRESPONSE']._serialized_start=1864
+  _globals['_GETCONTAINERRESPONSE']._serialized_end=1939
+  _globals['_REVOKECONTAINERREQUEST']._serialized_start=1941
+  _globals['_REVOKECONTAINERREQUEST']._serialized_end=1990
+  _globals['_REVOKECONTAINERRESPONSE']._serialized_start=1992
+  _globals['_REVOKECONTAINERRESPONSE']._serialized_end=2042
+  _globals['_UPLOADLAYERREQUEST']._serialized_start=2044
+  _globals['_UPLOADLAYERREQUEST']._serialized_end=2139
+  _globals['_UPLOADLAYERRESPONSE']._serialized_start=2141
+  _globals['_UPLOADLAYERRESPONSE']._serialized_end=2227
+  _globals['_DESCRIBECONTAINERREQUEST']._serialized_start=2229
+  _globals['_DESCRIBECONTAINERREQUEST']._serialized_end=2280
+  _globals['_DESCRIBECONTAINERRESPONSE']._serialized_start=2282
+  _globals['_DESCRIBECONTAINERRESPONSE']._serialized_end=2362
+  _globals['_LISTCONTAINERSREQUEST']._serialized_start=2364
+  _globals['_LISTCONTAINERSREQUEST']._serialized_end=2426
+  _globals['_CONTAINERSUMMARY']._serialized_start=2429
+  _globals['_CONTAINERSUMMARY']._serialized_end=2680
+  _globals['_LISTCONTAINERSRESPONSE']._serialized_start=2682
+  _globals['_LISTCONTAINERSRESPONSE']._serialized_end=2786
+  _globals['_GETCONTAINERSTATUSREQUEST']._serialized_start=2788
+  _globals['_GETCONTAINERSTATUSREQUEST']._serialized_end=2835
+  _globals['_GETCONTAINERSTATUSRESPONSE']._serialized_start=2838
+  _globals['_GETCONTAINERSTATUSRESPONSE']._serialized_end=3187
+  _globals['_AUGMENTSERVICE']._serialized_start=3332
+  _globals['_AUGMENTSERVICE']._serialized_end=4055
 # @@protoc_insertion_point(module_scope)

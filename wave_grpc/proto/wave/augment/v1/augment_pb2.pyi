@@ -39,8 +39,8 @@ class _ContainerStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Conta
 
 class ContainerStatus(_ContainerStatus, metaclass=_ContainerStatusEnumTypeWrapper):
     """ContainerStatus is where a creation request stands. Augmentation finishes
-    within CreateContainer, so a live request is always DONE; the other states
-    are Wave's, for builds this service does not do.
+    within CreateContainer, so a token request is always DONE; a freeze is
+    PENDING until a replica starts the copy, BUILDING while it copies, then DONE.
     """
 
 CONTAINER_STATUS_UNSPECIFIED: ContainerStatus.ValueType  # 0
@@ -153,6 +153,8 @@ class CreateContainerRequest(_message.Message):
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
     TOWER_WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    FREEZE_FIELD_NUMBER: _builtins.int
+    BUILD_REPOSITORY_FIELD_NUMBER: _builtins.int
     container_image: _builtins.str
     """Source image reference, e.g. "alpine", "quay.io/org/tool:1.0",
     "ubuntu@sha256:...".
@@ -172,6 +174,18 @@ class CreateContainerRequest(_message.Message):
     the answer carries container_image and source_digest only. Clients call
     it before packing big layers, so a typo costs no upload.
     """
+    freeze: _builtins.bool
+    """Push the augmented image to build_repository for a permanent name
+    instead of answering an ephemeral one (Wave's "freeze"). The answer comes
+    at once; the copy runs in the service and GetContainerStatus reports it.
+    Every base and injected layer keeps its digest: nothing is rebuilt.
+    """
+    build_repository: _builtins.str
+    """Where a freeze pushes: a repository reference without tag or digest, e.g.
+    "registry.example.com/team/frozen" (Wave's buildRepository). Required
+    with freeze. The target registry's [[registries]] entry must allow pushes
+    to it (push_repositories) and holds the push credentials.
+    """
     @_builtins.property
     def container_config(self) -> Global___ContainerConfig: ...
     def __init__(
@@ -185,10 +199,12 @@ class CreateContainerRequest(_message.Message):
         workflow_id: _builtins.str = ...,
         tower_workspace_id: _builtins.int = ...,
         validate_only: _builtins.bool = ...,
+        freeze: _builtins.bool = ...,
+        build_repository: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config", "container_image", b"container_image", "container_platform", b"container_platform", "tower_access_token", b"tower_access_token", "tower_endpoint", b"tower_endpoint", "tower_workspace_id", b"tower_workspace_id", "validate_only", b"validate_only", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_repository", b"build_repository", "container_config", b"container_config", "container_image", b"container_image", "container_platform", b"container_platform", "freeze", b"freeze", "tower_access_token", b"tower_access_token", "tower_endpoint", b"tower_endpoint", "tower_workspace_id", b"tower_workspace_id", "validate_only", b"validate_only", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -207,6 +223,7 @@ class CreateContainerResponse(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SOURCE_DIGEST_FIELD_NUMBER: _builtins.int
     TARGET_DIGEST_FIELD_NUMBER: _builtins.int
+    FREEZE_FIELD_NUMBER: _builtins.int
     container_token: _builtins.str
     """12 lowercase alphanumerics."""
     target_image: _builtins.str
@@ -221,6 +238,11 @@ class CreateContainerResponse(_message.Message):
     index (docker, podman, skopeo do): the augmented one-entry index for a
     multi-platform source, else the augmented manifest.
     """
+    freeze: _builtins.bool
+    """True when target_image is a frozen image, "<build_repository>:<tag>",
+    pushed in the background (no container_token, no expiration): poll
+    GetContainerStatus(request_id) until DONE before pulling it.
+    """
     @_builtins.property
     def expiration(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -233,10 +255,11 @@ class CreateContainerResponse(_message.Message):
         request_id: _builtins.str = ...,
         source_digest: _builtins.str = ...,
         target_digest: _builtins.str = ...,
+        freeze: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expiration", b"expiration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_image", b"container_image", "container_token", b"container_token", "expiration", b"expiration", "request_id", b"request_id", "source_digest", b"source_digest", "target_digest", b"target_digest", "target_image", b"target_image"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_image", b"container_image", "container_token", b"container_token", "expiration", b"expiration", "freeze", b"freeze", "request_id", b"request_id", "source_digest", b"source_digest", "target_digest", b"target_digest", "target_image", b"target_image"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -284,6 +307,8 @@ class ContainerRecord(_message.Message):
     TARGET_MANIFEST_DIGEST_FIELD_NUMBER: _builtins.int
     TARGET_DIGEST_FIELD_NUMBER: _builtins.int
     CREATOR_ADDRESS_FIELD_NUMBER: _builtins.int
+    HISTORY_CREATED_FIELD_NUMBER: _builtins.int
+    FREEZE_FIELD_NUMBER: _builtins.int
     container_token: _builtins.str
     request_id: _builtins.str
     container_image: _builtins.str
@@ -312,6 +337,11 @@ class ContainerRecord(_message.Message):
     """The client address the creation came from (as a trusted gateway forwarded
     it, for REST callers). Anonymous tokens are listed and rate-limited by it.
     """
+    history_created: _builtins.str
+    """The "created" time written into the history entries of injected layers
+    (RFC 3339): the source config's own "created", so that one request always
+    gives the same digests. Empty on records from before it: create_time is used.
+    """
     @_builtins.property
     def container_config(self) -> Global___ContainerConfig:
         """Overrides; layer locations point at the layer store for stored layers."""
@@ -320,6 +350,12 @@ class ContainerRecord(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def expiration(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def freeze(self) -> Global___FreezeState:
+        """Set on the record of a freeze request; such a record's token is never
+        answered, listed or served.
+        """
+
     def __init__(
         self,
         *,
@@ -338,14 +374,97 @@ class ContainerRecord(_message.Message):
         target_manifest_digest: _builtins.str = ...,
         target_digest: _builtins.str = ...,
         creator_address: _builtins.str = ...,
+        history_created: _builtins.str = ...,
+        freeze: Global___FreezeState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config", "create_time", b"create_time", "expiration", b"expiration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config", "create_time", b"create_time", "expiration", b"expiration", "freeze", b"freeze"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config", "container_image", b"container_image", "container_platform", b"container_platform", "container_token", b"container_token", "create_time", b"create_time", "creator_address", b"creator_address", "expiration", b"expiration", "owner", b"owner", "request_id", b"request_id", "source_digest", b"source_digest", "source_manifest_digest", b"source_manifest_digest", "target_digest", b"target_digest", "target_image", b"target_image", "target_manifest_digest", b"target_manifest_digest", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config", "container_image", b"container_image", "container_platform", b"container_platform", "container_token", b"container_token", "create_time", b"create_time", "creator_address", b"creator_address", "expiration", b"expiration", "freeze", b"freeze", "history_created", b"history_created", "owner", b"owner", "request_id", b"request_id", "source_digest", b"source_digest", "source_manifest_digest", b"source_manifest_digest", "target_digest", b"target_digest", "target_image", b"target_image", "target_manifest_digest", b"target_manifest_digest", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ContainerRecord: _TypeAlias = ContainerRecord  # noqa: Y015
+
+@_typing.final
+class FreezeState(_message.Message):
+    """FreezeState is where a freeze request stands."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUILD_REPOSITORY_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    SUCCEEDED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DONE_TIME_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    build_repository: _builtins.str
+    """The repository the image is pushed to, as the caller gave it (normalised)."""
+    status: Global___ContainerStatus.ValueType
+    succeeded: _builtins.bool
+    """Set with status DONE."""
+    reason: _builtins.str
+    """Why a DONE freeze did not succeed: what failed and what to change."""
+    attempts: _builtins.int
+    """How many times a service replica started the copy (a restart resumes it)."""
+    @_builtins.property
+    def done_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def progress(self) -> Global___FreezeProgress: ...
+    def __init__(
+        self,
+        *,
+        build_repository: _builtins.str = ...,
+        status: Global___ContainerStatus.ValueType = ...,
+        succeeded: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        done_time: _timestamp_pb2.Timestamp | None = ...,
+        attempts: _builtins.int = ...,
+        progress: Global___FreezeProgress | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["done_time", b"done_time", "progress", b"progress"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "build_repository", b"build_repository", "done_time", b"done_time", "progress", b"progress", "reason", b"reason", "status", b"status", "succeeded", b"succeeded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FreezeState: _TypeAlias = FreezeState  # noqa: Y015
+
+@_typing.final
+class FreezeProgress(_message.Message):
+    """FreezeProgress counts the blobs of a freeze (config and layers)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOBS_TOTAL_FIELD_NUMBER: _builtins.int
+    BLOBS_PRESENT_FIELD_NUMBER: _builtins.int
+    BLOBS_MOUNTED_FIELD_NUMBER: _builtins.int
+    BLOBS_COPIED_FIELD_NUMBER: _builtins.int
+    BYTES_COPIED_FIELD_NUMBER: _builtins.int
+    blobs_total: _builtins.int
+    blobs_present: _builtins.int
+    """Already in the target repository: nothing sent."""
+    blobs_mounted: _builtins.int
+    """Mounted from the source repository of the same registry: nothing sent."""
+    blobs_copied: _builtins.int
+    """Streamed into the target."""
+    bytes_copied: _builtins.int
+    def __init__(
+        self,
+        *,
+        blobs_total: _builtins.int = ...,
+        blobs_present: _builtins.int = ...,
+        blobs_mounted: _builtins.int = ...,
+        blobs_copied: _builtins.int = ...,
+        bytes_copied: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs_copied", b"blobs_copied", "blobs_mounted", b"blobs_mounted", "blobs_present", b"blobs_present", "blobs_total", b"blobs_total", "bytes_copied", b"bytes_copied"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FreezeProgress: _TypeAlias = FreezeProgress  # noqa: Y015
 
 @_typing.final
 class GetContainerResponse(_message.Message):
@@ -555,11 +674,14 @@ class ContainerSummary(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     EXPIRATION_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FREEZE_FIELD_NUMBER: _builtins.int
     container_token: _builtins.str
     target_image: _builtins.str
     container_image: _builtins.str
     container_platform: _builtins.str
     request_id: _builtins.str
+    freeze: _builtins.bool
+    """A freeze request: container_token is empty and target_image is the frozen name."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -574,10 +696,11 @@ class ContainerSummary(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         expiration: _timestamp_pb2.Timestamp | None = ...,
         request_id: _builtins.str = ...,
+        freeze: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expiration", b"expiration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_image", b"container_image", "container_platform", b"container_platform", "container_token", b"container_token", "create_time", b"create_time", "expiration", b"expiration", "request_id", b"request_id", "target_image", b"target_image"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_image", b"container_image", "container_platform", b"container_platform", "container_token", b"container_token", "create_time", b"create_time", "expiration", b"expiration", "freeze", b"freeze", "request_id", b"request_id", "target_image", b"target_image"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -645,17 +768,30 @@ class GetContainerStatusResponse(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
     EXPIRATION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FREEZE_FIELD_NUMBER: _builtins.int
+    FREEZE_PROGRESS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     status: Global___ContainerStatus.ValueType
     succeeded: _builtins.bool
+    reason: _builtins.str
+    """Why a DONE request did not succeed (a freeze whose push failed)."""
+    freeze: _builtins.bool
+    """True for a freeze request."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
-        """Time from the request to a usable image (zero: nothing is built)."""
+        """Time from the request to a usable image: zero for a token (nothing is
+        built), the request to the end of the push for a DONE freeze.
+        """
 
     @_builtins.property
     def expiration(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def freeze_progress(self) -> Global___FreezeProgress:
+        """A freeze's copy so far."""
+
     def __init__(
         self,
         *,
@@ -665,10 +801,13 @@ class GetContainerStatusResponse(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         duration: _duration_pb2.Duration | None = ...,
         expiration: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        freeze: _builtins.bool = ...,
+        freeze_progress: Global___FreezeProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "duration", b"duration", "expiration", b"expiration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "duration", b"duration", "expiration", b"expiration", "freeze_progress", b"freeze_progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "duration", b"duration", "expiration", b"expiration", "request_id", b"request_id", "status", b"status", "succeeded", b"succeeded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "duration", b"duration", "expiration", b"expiration", "freeze", b"freeze", "freeze_progress", b"freeze_progress", "reason", b"reason", "request_id", b"request_id", "status", b"status", "succeeded", b"succeeded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
