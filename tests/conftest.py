@@ -15,7 +15,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "components: needs real components (docker-registry, skopeo, umoci, podman, "
-        "containerd); a missing tool fails the test, it is never skipped",
+        "containerd, dockerd); a missing tool fails the test, it is never skipped",
     )
 
 
@@ -46,6 +46,16 @@ def containerd(workdir_root: Path) -> Iterator[components.Containerd]:
         yield ctrd
     finally:
         ctrd.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_daemon(workdir_root: Path) -> Iterator[components.DockerDaemon]:
+    """A private dockerd (vfs, plain-http loopback registries); started on first use only."""
+    daemon = components.DockerDaemon(workdir_root / "docker")
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
 
 
 @pytest.fixture(scope="module")

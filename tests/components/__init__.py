@@ -2,7 +2,8 @@
 
 Everything runs offline on 127.0.0.1 from Debian packages (see
 ``/work/shared/REAL-COMPONENTS.md``): CNCF distribution (``docker-registry``), skopeo,
-umoci, podman, containerd/ctr, htpasswd, busybox-static and redis-server.
+umoci, podman, containerd/ctr, dockerd (docker.io), htpasswd, busybox-static and
+redis-server.
 
 Processes are started as children of the test process, remembered by their
 ``ManagedProcess`` object (never in module globals) and stopped by PID.
@@ -16,13 +17,15 @@ The modules, lowest first (a module imports only those above it):
 * ``registry``: ``docker-registry`` (``start_registry``);
 * ``images``: the busybox test images and readers of image bytes;
 * ``runtimes``: skopeo, umoci, podman and containerd;
-* ``redis``: redis-server (``start_redis``).
+* ``redis``: redis-server (``start_redis``);
+* ``docker``: a private Docker daemon (``DockerDaemon``, Debian ``docker.io``).
 
 Callers write ``from tests import components`` and ``components.start_registry(...)``.
 """
 
 from __future__ import annotations
 
+from tests.components.docker import DockerDaemon
 from tests.components.http import (
     HttpResponse,
     get_blob,
@@ -92,6 +95,7 @@ __all__ = [
     "BaseImages",
     "Component",
     "Containerd",
+    "DockerDaemon",
     "HttpResponse",
     "ImageManifest",
     "ManagedProcess",
