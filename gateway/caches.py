@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 
 from wave_grpc.image.digest import Digest
-from wave_grpc.image.rewrite import AugmentedImage, Blob, InjectedLayer
+from wave_grpc.image.rewrite import AugmentedImage, Blob, InjectedLayer, PlatformImage
 
 
 def _blob_json(blob: Blob | None) -> list[str] | None:
@@ -24,20 +25,31 @@ def _blob_from(value: list[str] | None) -> Blob | None:
 def encode_augmented(image: AugmentedImage) -> bytes:
     return json.dumps(
         {
-            "manifest": _blob_json(image.manifest),
-            "config": _blob_json(image.config),
+            "images": [
+                {
+                    "manifest": _blob_json(platform.manifest),
+                    "config": _blob_json(platform.config),
+                    "base_layers": sorted(str(digest) for digest in platform.base_layers),
+                    "included": {str(digest): ref for digest, ref in platform.included.items()},
+                }
+                for platform in image.images
+            ],
             "index": _blob_json(image.index),
-            "base_layers": sorted(str(digest) for digest in image.base_layers),
         }
     ).encode()
 
 
-def decode_augmented(data: bytes, injected: tuple[InjectedLayer, ...]) -> AugmentedImage:
-    """Rebuild from the cached bytes (every blob's digest recomputed from its bytes)."""
+def decode_augmented(data: bytes, injected: Sequence[tuple[InjectedLayer, ...]]) -> AugmentedImage:
+    """Rebuild from the cached bytes (every blob's digest recomputed from its bytes);
+    ``injected`` is each platform's injected layers, from the record."""
     doc = json.loads(data)
-    manifest = _blob_from(doc["manifest"])
-    config = _blob_from(doc["config"])
-    if manifest is None or config is None:
-        raise ValueError("cached augmented image lacks its manifest or config")
-    base = frozenset(Digest.parse(text) for text in doc["base_layers"])
-    return AugmentedImage(manifest, config, _blob_from(doc["index"]), base, injected)
+    images = []
+    for entry, layers in zip(doc["images"], injected, strict=True):
+        manifest = _blob_from(entry["manifest"])
+        config = _blob_from(entry["config"])
+        if manifest is None or config is None:
+            raise ValueError("cached augmented image lacks its manifest or config")
+        base = frozenset(Digest.parse(text) for text in entry["base_layers"])
+        included = {Digest.parse(text): str(ref) for text, ref in entry["included"].items()}
+        images.append(PlatformImage(manifest, config, base, layers, included))
+    return AugmentedImage(tuple(images), _blob_from(doc["index"]))

@@ -24,9 +24,9 @@ from gateway.caches import decode_augmented, encode_augmented
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.ref import ImageRef
-from wave_grpc.image.rewrite import AugmentedImage, augment
+from wave_grpc.image.rewrite import AugmentedImage
 from wave_grpc.metrics import Metrics
-from wave_grpc.pinning import augmentation_from_record, fetch_pinned
+from wave_grpc.pinning import augment_record, augmentations_from_record, fetch_pinned, matches_record
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
 from wave_grpc.redaction import token_id
@@ -54,16 +54,8 @@ class TokenImage:
     def weight(self) -> int:
         """Bytes this entry holds in memory, near enough to bound a cache by."""
         index = self.image.index
-        blobs = len(self.image.manifest.data) + len(self.image.config.data) + (len(index.data) if index else 0)
-        return blobs + self.record.ByteSize() + 512
-
-
-def matches_record(image: AugmentedImage, record: pb.ContainerRecord) -> bool:
-    """Does this augmented image have the digests recorded at creation?"""
-    return (
-        str(image.manifest.digest) == record.target_manifest_digest
-        and str(image.top_level(accepts_index=True).digest) == record.target_digest
-    )
+        blobs = sum(len(image.manifest.data) + len(image.config.data) for image in self.image.images)
+        return blobs + (len(index.data) if index else 0) + self.record.ByteSize() + 512
 
 
 def unknown_name() -> WaveError:
@@ -121,21 +113,20 @@ class TokenResolver:
         return response.container
 
     async def _augmented(self, token: str, record: pb.ContainerRecord) -> AugmentedImage:
-        augmentation = augmentation_from_record(record)
+        injected = [augmentation.layers for augmentation in augmentations_from_record(record)]
         ttl = max(1.0, expiry_seconds(record) - time.time())
         key = f"augmented:{token}"
         cached = await self._content.get(key)
         if cached is not None:
             try:
-                image = decode_augmented(cached, augmentation.layers)
+                image = decode_augmented(cached, injected)
             except (ValueError, KeyError, TypeError, IndexError):
                 log.warning("cached augmented image for %s is unreadable; recomputing", token_id(token))
             else:
                 if matches_record(image, record):
                     return image
                 log.warning("cached augmented image for %s does not match its record; recomputing", token_id(token))
-        upstream = await fetch_pinned(self._upstream, record, self._content, ttl)
-        image = augment(upstream, augmentation)
+        image = augment_record(await fetch_pinned(self._upstream, record, self._content, ttl), record)
         if not matches_record(image, record):
             # Same pinned bytes, different result: this replica's rewrite differs
             # from the one that created the token. Refuse rather than serve bytes

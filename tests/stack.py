@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -181,3 +182,16 @@ class WaveStack(components.Component):
 
 def registry_route(registry: components.Registry, **extra: Any) -> dict[str, Any]:
     return {"name": registry.host, "endpoint": registry.url, **extra}
+
+
+def await_done(stack: WaveStack, request_id: str, timeout: float = 60.0) -> pb.GetContainerStatusResponse:
+    deadline = time.monotonic() + timeout
+    with stack.stub() as stub:
+        while True:
+            status: pb.GetContainerStatusResponse = stub.GetContainerStatus(
+                pb.GetContainerStatusRequest(request_id=request_id), timeout=10
+            )
+            if status.status == pb.CONTAINER_STATUS_DONE:
+                return status
+            assert time.monotonic() < deadline, f"freeze still {pb.ContainerStatus.Name(status.status)}"
+            time.sleep(0.2)

@@ -24,7 +24,7 @@ import grpc
 import pytest
 
 from tests import components
-from tests.stack import WaveStack, registry_route
+from tests.stack import WaveStack, await_done, registry_route
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 
 pytestmark = pytest.mark.components
@@ -58,19 +58,6 @@ def freeze_request(image: str, build_repository: str, **config: Any) -> pb.Creat
         freeze=True,
         build_repository=build_repository,
     )
-
-
-def await_done(stack: WaveStack, request_id: str, timeout: float = 60.0) -> pb.GetContainerStatusResponse:
-    deadline = time.monotonic() + timeout
-    with stack.stub() as stub:
-        while True:
-            status: pb.GetContainerStatusResponse = stub.GetContainerStatus(
-                pb.GetContainerStatusRequest(request_id=request_id), timeout=10
-            )
-            if status.status == pb.CONTAINER_STATUS_DONE:
-                return status
-            assert time.monotonic() < deadline, f"freeze still {pb.ContainerStatus.Name(status.status)}"
-            time.sleep(0.2)
 
 
 def freeze(stack: WaveStack, request: pb.CreateContainerRequest) -> tuple[pb.CreateContainerResponse, Any]:

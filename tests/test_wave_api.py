@@ -337,7 +337,6 @@ def test_describe_and_revoke_are_the_owners(stack: AuthStack, base_images: compo
         ({"scanMode": "required"}, "scanMode"),
         ({"scanLevels": ["HIGH"]}, "scanLevels"),
         ({"format": "sif"}, "format"),
-        ({"containerIncludes": ["docker.io/library/alpine"]}, "containerIncludes"),
     ],
 )
 def test_unsupported_features_are_refused_by_name(

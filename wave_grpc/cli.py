@@ -270,55 +270,60 @@ async def _validate(args: argparse.Namespace) -> None:
                 validate_only=True,
                 freeze=args.freeze,
                 build_repository=args.build_repo or "",
+                container_includes=args.include,
             ),
             metadata=_metadata(args),
         )
 
 
-async def _create(args: argparse.Namespace, packed: list[tuple[Path, LayerDigests]]) -> pb.CreateContainerResponse:
+async def _create(args: argparse.Namespace, packed: list[tuple[str, Path, LayerDigests]]) -> pb.CreateContainerResponse:
     metadata = _metadata(args)
     config = _config_of(args)
     async with _stub(args) as stub:
-        for path, digests in packed:
+        for platform, path, digests in packed:
             if digests.gzip_size <= args.inline_limit:
-                config.layers.append(
-                    pb.ContainerLayer(
-                        location="data:" + base64.b64encode(path.read_bytes()).decode(),
-                        gzip_digest=str(digests.gzip_digest),
-                        gzip_size=digests.gzip_size,
-                        tar_digest=str(digests.tar_digest),
-                    )
+                layer = pb.ContainerLayer(
+                    location="data:" + base64.b64encode(path.read_bytes()).decode(),
+                    gzip_digest=str(digests.gzip_digest),
+                    gzip_size=digests.gzip_size,
+                    tar_digest=str(digests.tar_digest),
                 )
             else:
-                config.layers.append(await _upload(stub, path, digests, metadata))
+                layer = await _upload(stub, path, digests, metadata)
+            layer.platform = platform
+            config.layers.append(layer)
         request = pb.CreateContainerRequest(
             container_image=args.image,
             container_platform=args.platform or "",
             container_config=config,
             freeze=args.freeze,
             build_repository=args.build_repo or "",
+            container_includes=args.include,
         )
         response: pb.CreateContainerResponse = await stub.CreateContainer(request, metadata=metadata)
     return response
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
-    for spec in args.layer:
+    # (platform, path): "" is every platform.
+    specs = [("", spec) for spec in args.layer] + [(platform, spec) for platform, spec in args.platform_layer]
+    for platform, spec in specs:
         if not Path(spec).exists():
-            raise CliError(f"--layer {spec}: no such directory or file")
+            option = f"--platform-layer {platform}" if platform else "--layer"
+            raise CliError(f"{option} {spec}: no such directory or file")
     if args.freeze and not args.build_repo:
         raise CliError("--freeze needs --build-repo REPO: the repository the frozen image is pushed to")
     if args.build_repo and not args.freeze:
         raise CliError("--build-repo is used only with --freeze; add --freeze, or drop --build-repo")
     if args.wait and not args.freeze:
         raise CliError("--await waits for a freeze; add --freeze --build-repo REPO, or drop --await")
-    if args.layer or args.freeze:
+    if specs or args.freeze or args.include:
         # A typo in the image name costs one round trip, not a packing and an upload.
         asyncio.run(_validate(args))
     with tempfile.TemporaryDirectory(prefix="wave-grpc-") as scratch_name:
         # Packed outside any event loop: asyncio.run turns Ctrl-C into a cancellation
         # that a busy synchronous step would not see until it ended.
-        packed = [pack_layer(spec, Path(scratch_name)) for spec in args.layer]
+        packed = [(platform, *pack_layer(spec, Path(scratch_name))) for platform, spec in specs]
         response = asyncio.run(_create(args, packed))
     if response.freeze and args.wait:
         status = asyncio.run(_await_freeze(args, response.request_id))
@@ -469,7 +474,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     augment.add_argument("--config-cmd", type=_split_words, help="a word or a JSON list")
     augment.add_argument("--config-working-dir", metavar="DIR")
-    augment.add_argument("--platform", help="os/arch[/variant] (default linux/amd64)")
+    augment.add_argument(
+        "--platform",
+        help="os/arch[/variant] (default linux/amd64), or a comma-separated list for one name serving each",
+    )
+    augment.add_argument(
+        "--platform-layer",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("PLATFORM", "PATH"),
+        help="a layer for one platform of --platform only (repeatable); --layer is every platform's",
+    )
+    augment.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="append this image's layers after the source's (repeatable, at most 10)",
+    )
     augment.add_argument(
         "--inline-limit",
         type=int,

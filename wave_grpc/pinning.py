@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from wave_grpc.errors import Errors, WaveError, invalid_argument
@@ -18,18 +18,53 @@ from wave_grpc.image.digest import Digest
 from wave_grpc.image.manifest import ImageConfig, ImageManifest, Index, MediaType
 from wave_grpc.image.platform import Platform
 from wave_grpc.image.ref import ImageRef
-from wave_grpc.image.rewrite import Augmentation, Blob, InjectedLayer, UpstreamImage
+from wave_grpc.image.rewrite import (
+    Augmentation,
+    AugmentedImage,
+    Blob,
+    IncludedLayers,
+    InjectedLayer,
+    UpstreamImage,
+    augment_all,
+)
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.registry.client import ManifestBlob, RegistryClient
 from wave_grpc.stores.content import ContentCache
 
+EPOCH = "1970-01-01T00:00:00Z"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedPlatform:
+    platform: Platform
+    image: UpstreamImage
+    config: ImageConfig
+
 
 @dataclass(frozen=True, slots=True)
 class ResolvedSource:
+    """A reference resolved once (one top-level digest) and pinned for every requested platform."""
+
+    reference: str  # normalised
     top: ManifestBlob
-    image: UpstreamImage
-    platform: Platform
-    config: ImageConfig
+    platforms: tuple[ResolvedPlatform, ...]
+
+    @property
+    def index(self) -> Blob | None:
+        return _to_blob(self.top) if self.top.media_type.is_index else None
+
+    # The first platform's: what a single-platform request is about.
+    @property
+    def image(self) -> UpstreamImage:
+        return self.platforms[0].image
+
+    @property
+    def platform(self) -> Platform:
+        return self.platforms[0].platform
+
+    @property
+    def config(self) -> ImageConfig:
+        return self.platforms[0].config
 
 
 def _to_blob(manifest: ManifestBlob) -> Blob:
@@ -44,44 +79,70 @@ async def _fetch_config(client: RegistryClient, ref: ImageRef, manifest: ImageMa
     return await client.get_blob(ref.registry, ref.repository, manifest.config.digest)
 
 
+def parse_platforms(text: str, *, field: str = "container_platform") -> tuple[Platform, ...]:
+    """One platform, or a comma-separated list of distinct ones (``linux/amd64,linux/arm64``)."""
+    if "," not in text:
+        return (Platform.parse(text, field=field),)
+    parts = [part for part in (p.strip() for p in text.split(",")) if part]
+    if not parts:
+        raise invalid_argument(field, f"{text!r} names no platform; give e.g. linux/amd64,linux/arm64")
+    platforms = tuple(Platform.parse(part, field=field) for part in parts)
+    if len(set(platforms)) != len(platforms):
+        raise invalid_argument(field, f"{text!r} names a platform twice")
+    if len(platforms) > MAX_PLATFORMS:
+        raise invalid_argument(field, f"at most {MAX_PLATFORMS} platforms, got {len(platforms)}")
+    return platforms
+
+
+MAX_PLATFORMS = 16
+
+
 async def resolve_source(
-    client: RegistryClient, ref: ImageRef, platform: Platform, *, platform_given: bool
+    client: RegistryClient,
+    ref: ImageRef,
+    platforms: tuple[Platform, ...],
+    *,
+    platform_given: bool,
+    field: str = "container_platform",
 ) -> ResolvedSource:
-    """Resolve ``ref`` to pinned digests for ``platform``.
+    """Resolve ``ref`` once and pin it for every platform in ``platforms``.
 
     A single-platform image whose config names another platform is refused only
     when the caller asked for a platform; without one, the image's own platform
-    is taken (and recorded).
+    is taken (and recorded). Several platforms need an index that has them all.
     """
     top = await client.get_manifest(ref.registry, ref.repository, ref.reference)
-    index: Blob | None = None
-    manifest = top
-    if top.media_type.is_index:
-        entry = Index.parse(top.data, top.media_type, f"index of {ref}").select(platform, str(ref))
+    if not top.media_type.is_index:
+        config = await _fetch_config(client, ref, _image_manifest(ref, top))
+        image_config = ImageConfig.parse(config, f"config of {ref}")
+        image_platform = f"{image_config.os}/{image_config.architecture}"
+        if len(platforms) > 1:
+            raise invalid_argument(
+                field,
+                f"image {ref} is {image_platform} only (not an index); it cannot serve {len(platforms)} platforms",
+            )
+        platform = platforms[0]
+        if not platform.matches_config(image_config.platform):
+            if platform_given:
+                raise invalid_argument(field, f"image {ref} is {image_platform} only; it has no {platform} manifest")
+            platform = Platform(image_config.os or "linux", image_config.architecture or "amd64", image_config.variant)
+        single = ResolvedPlatform(platform, UpstreamImage(_to_blob(top), config, None), image_config)
+        return ResolvedSource(str(ref), top, (single,))
+    index = Index.parse(top.data, top.media_type, f"index of {ref}")
+    resolved = []
+    for platform in platforms:
+        entry = index.select(platform, str(ref), field=field)
         manifest = await client.get_manifest(ref.registry, ref.repository, str(entry.digest))
         if not manifest.media_type.is_image_manifest:
             raise WaveError(
                 Errors.MANIFEST_INVALID, f"{ref}: the {platform} entry of the index is not an image manifest"
             )
-        index = _to_blob(top)
-    config = await _fetch_config(client, ref, _image_manifest(ref, manifest))
-    image_config = ImageConfig.parse(config, f"config of {ref}")
-    actual = platform
-    if index is None:
-        if platform.matches_config(image_config.platform):
-            actual = platform
-        elif platform_given:
-            image_platform = f"{image_config.os}/{image_config.architecture}"
-            raise invalid_argument(
-                "container_platform", f"image {ref} is {image_platform} only; it has no {platform} manifest"
-            )
-        else:
-            actual = Platform(
-                image_config.os or "linux",
-                image_config.architecture or "amd64",
-                image_config.variant,
-            )
-    return ResolvedSource(top, UpstreamImage(_to_blob(manifest), config, index), actual, image_config)
+        config = await _fetch_config(client, ref, _image_manifest(ref, manifest))
+        image_config = ImageConfig.parse(config, f"config of {ref}")
+        resolved.append(
+            ResolvedPlatform(platform, UpstreamImage(_to_blob(manifest), config, _to_blob(top)), image_config)
+        )
+    return ResolvedSource(str(ref), top, tuple(resolved))
 
 
 class SourceResolver:
@@ -103,15 +164,15 @@ class SourceResolver:
         self._cache: OrderedDict[tuple[str, str, bool], tuple[float, ResolvedSource]] = OrderedDict()
         self._inflight: dict[tuple[str, str, bool], asyncio.Future[ResolvedSource]] = {}
 
-    async def resolve(self, ref: ImageRef, platform: Platform, *, platform_given: bool) -> ResolvedSource:
-        key = (str(ref), str(platform), platform_given)
+    async def resolve(self, ref: ImageRef, platforms: tuple[Platform, ...], *, platform_given: bool) -> ResolvedSource:
+        key = (str(ref), ",".join(str(p) for p in platforms), platform_given)
         hit = self._cache.get(key)
         if hit is not None and hit[0] > self._clock():
             self._cache.move_to_end(key)
             return hit[1]
         pending = self._inflight.get(key)
         if pending is None:
-            pending = asyncio.ensure_future(resolve_source(self._client, ref, platform, platform_given=platform_given))
+            pending = asyncio.ensure_future(resolve_source(self._client, ref, platforms, platform_given=platform_given))
             self._inflight[key] = pending
             pending.add_done_callback(lambda f: self._settle(key, f))
         return await asyncio.shield(pending)
@@ -142,27 +203,104 @@ async def _cached_manifest(
     return manifest
 
 
-async def fetch_pinned(
-    client: RegistryClient, record: pb.ContainerRecord, cache: ContentCache | None = None, ttl: float = 3600
-) -> UpstreamImage:
-    """The exact upstream bytes a record pinned (every digest verified)."""
-    ref = ImageRef.parse(record.container_image)
-    manifest = await _cached_manifest(client, ref, record.source_manifest_digest, cache, ttl)
-    index: Blob | None = None
-    if record.source_digest != record.source_manifest_digest:
-        index = _to_blob(await _cached_manifest(client, ref, record.source_digest, cache, ttl))
-    image_manifest = _image_manifest(ref, manifest)
-    config_digest = image_manifest.config.digest
+@dataclass(frozen=True, slots=True)
+class PinnedPlatform:
+    """One platform's pinned upstream bytes, and each included image's layers for it."""
+
+    image: UpstreamImage
+    includes: tuple[IncludedLayers, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedImage:
+    """Everything a record pinned, fetched and verified: what the rewrite needs."""
+
+    index: Blob | None
+    platforms: tuple[PinnedPlatform, ...]
+
+
+def pinned_from(resolved: ResolvedSource, includes: Sequence[ResolvedSource]) -> PinnedImage:
+    """What a creation resolved, in the form a pull fetches back (to compute the digests now)."""
+    platforms = []
+    for i, platform in enumerate(resolved.platforms):
+        included = []
+        for include in includes:
+            part = include.platforms[i]
+            manifest = ImageManifest.parse(
+                part.image.manifest.data, MediaType(part.image.manifest.media_type), "include"
+            )
+            if len(part.config.diff_ids) != len(manifest.layers):
+                raise WaveError(
+                    Errors.MANIFEST_INVALID,
+                    f"included image {include.top.digest}: its manifest and config disagree on the layer count",
+                )
+            included.append(IncludedLayers(include.reference, manifest.layers, part.config.diff_ids))
+        platforms.append(PinnedPlatform(platform.image, tuple(included)))
+    return PinnedImage(resolved.index, tuple(platforms))
+
+
+def record_platforms(record: pb.ContainerRecord) -> list[pb.PlatformTarget]:
+    """The record's platforms: its ``platforms`` list, or the one its single fields describe."""
+    if record.platforms:
+        return list(record.platforms)
+    return [
+        pb.PlatformTarget(
+            platform=record.container_platform,
+            source_manifest_digest=record.source_manifest_digest,
+            target_manifest_digest=record.target_manifest_digest,
+        )
+    ]
+
+
+async def _pinned_config(
+    client: RegistryClient, ref: ImageRef, manifest: ImageManifest, cache: ContentCache | None, ttl: float
+) -> bytes:
+    config_digest = manifest.config.digest
     key = f"upstream:{ref.registry}/{ref.repository}@{config_digest}"
     config = await cache.get(key) if cache is not None else None
     if config is None or Digest.of(config) != config_digest:
-        config = await _fetch_config(client, ref, image_manifest)
+        config = await _fetch_config(client, ref, manifest)
         if cache is not None:
             await cache.put(key, config, ttl)
-    return UpstreamImage(_to_blob(manifest), config, index)
+    return config
 
 
-EPOCH = "1970-01-01T00:00:00Z"
+async def _included_layers(
+    client: RegistryClient, ref: ImageRef, digest: str, cache: ContentCache | None, ttl: float
+) -> IncludedLayers:
+    manifest = _image_manifest(ref, await _cached_manifest(client, ref, digest, cache, ttl))
+    config = ImageConfig.parse(await _pinned_config(client, ref, manifest, cache, ttl), f"config of {ref}")
+    if len(config.diff_ids) != len(manifest.layers):
+        raise WaveError(
+            Errors.MANIFEST_INVALID,
+            f"included image {ref}: its manifest lists {len(manifest.layers)} layers but its config "
+            f"{len(config.diff_ids)} diff_ids",
+        )
+    return IncludedLayers(str(ref), manifest.layers, config.diff_ids)
+
+
+async def fetch_pinned(
+    client: RegistryClient, record: pb.ContainerRecord, cache: ContentCache | None = None, ttl: float = 3600
+) -> PinnedImage:
+    """The exact upstream bytes a record pinned (every digest verified), for every platform."""
+    ref = ImageRef.parse(record.container_image)
+    targets = record_platforms(record)
+    index: Blob | None = None
+    if record.source_digest != targets[0].source_manifest_digest:
+        index = _to_blob(await _cached_manifest(client, ref, record.source_digest, cache, ttl))
+    includes = [ImageRef.parse(included.image) for included in record.includes]
+    platforms = []
+    for target in targets:
+        manifest = await _cached_manifest(client, ref, target.source_manifest_digest, cache, ttl)
+        config = await _pinned_config(client, ref, _image_manifest(ref, manifest), cache, ttl)
+        included = tuple(
+            [
+                await _included_layers(client, include, digest, cache, ttl)
+                for include, digest in zip(includes, target.include_manifest_digests, strict=True)
+            ]
+        )
+        platforms.append(PinnedPlatform(UpstreamImage(_to_blob(manifest), config, index), included))
+    return PinnedImage(index, tuple(platforms))
 
 
 def history_created(config: ImageConfig) -> str:
@@ -175,17 +313,50 @@ def history_created(config: ImageConfig) -> str:
     return value if isinstance(value, str) and value else EPOCH
 
 
-def augmentation_from_record(record: pb.ContainerRecord) -> Augmentation:
+def augmentations_from_record(
+    record: pb.ContainerRecord, includes: Sequence[tuple[IncludedLayers, ...]] = ()
+) -> list[Augmentation]:
+    """One augmentation per platform: its own layers (a layer's ``platform``, or every
+    platform's), the shared config overrides, and its platform's included layers."""
     cfg = record.container_config
-    return Augmentation(
-        layers=tuple(
-            InjectedLayer(Digest.parse(layer.gzip_digest), layer.gzip_size, Digest.parse(layer.tar_digest))
-            for layer in cfg.layers
-        ),
-        platform=Platform.parse(record.container_platform),
-        created=record.history_created or record.create_time.ToJsonString(),
-        entrypoint=tuple(cfg.entrypoint),
-        cmd=tuple(cfg.cmd),
-        env=tuple(cfg.env),
-        working_dir=cfg.working_dir,
+    augmentations = []
+    for i, target in enumerate(record_platforms(record)):
+        platform = Platform.parse(target.platform)
+        augmentations.append(
+            Augmentation(
+                layers=tuple(
+                    InjectedLayer(Digest.parse(layer.gzip_digest), layer.gzip_size, Digest.parse(layer.tar_digest))
+                    for layer in cfg.layers
+                    if not layer.platform or layer.platform == str(platform)
+                ),
+                platform=platform,
+                created=record.history_created or record.create_time.ToJsonString(),
+                entrypoint=tuple(cfg.entrypoint),
+                cmd=tuple(cfg.cmd),
+                env=tuple(cfg.env),
+                working_dir=cfg.working_dir,
+                includes=includes[i] if i < len(includes) else (),
+            )
+        )
+    return augmentations
+
+
+def augment_record(pinned: PinnedImage, record: pb.ContainerRecord) -> AugmentedImage:
+    """The augmented image a record describes, from its pinned bytes."""
+    augmentations = augmentations_from_record(record, [platform.includes for platform in pinned.platforms])
+    return augment_all(
+        pinned.index, [(platform.image, a) for platform, a in zip(pinned.platforms, augmentations, strict=True)]
+    )
+
+
+def matches_record(image: AugmentedImage, record: pb.ContainerRecord) -> bool:
+    """Does this augmented image have the digests recorded at creation, on every platform?"""
+    targets = record_platforms(record)
+    return (
+        len(image.images) == len(targets)
+        and all(
+            str(platform.manifest.digest) == target.target_manifest_digest
+            for platform, target in zip(image.images, targets, strict=True)
+        )
+        and str(image.top_level(accepts_index=True).digest) == record.target_digest
     )

@@ -24,6 +24,7 @@ from gateway.handlers.common import content_headers, token_image
 from gateway.keys import CONFIG, LAYERS, UPSTREAM
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.image.digest import Digest
+from wave_grpc.image.ref import ImageRef
 from wave_grpc.registry.blobs import BlobAnswer, LocalFile, Redirect, Stream, honoured_range, registry_blob
 from wave_grpc.registry.policy import check_layer_location
 from wave_grpc.stores.layers import STORE_SCHEME
@@ -37,8 +38,8 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     image = await token_image(request)
     digest = Digest.parse(request.match_info["digest"], field="digest")
     range_header = honoured_range(request.method, request.headers.get("Range", ""))
-    if digest == image.image.config.digest:
-        config = image.image.config
+    config = image.image.config_by_digest(digest)
+    if config is not None:
         headers = content_headers(OCTET_STREAM, str(digest), len(config.data))
         return (
             web.Response(headers=headers)
@@ -56,6 +57,12 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         source = image.source
         answer = await registry_blob(
             request.app[UPSTREAM], source.registry, source.repository, digest, request.method, range_header
+        )
+    elif digest in image.image.included:
+        # A layer of an included image: served from that image's registry, under the same rules.
+        included = ImageRef.parse(image.image.included[digest])
+        answer = await registry_blob(
+            request.app[UPSTREAM], included.registry, included.repository, digest, request.method, range_header
         )
     else:
         raise WaveError(Errors.BLOB_UNKNOWN, f"blob {digest} is not part of this augmented image")

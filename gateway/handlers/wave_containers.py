@@ -1,5 +1,6 @@
 """Wave's container requests: ``POST /v1alpha2/container``, ``POST /container-token`` (the
-older path Nextflow still uses) and ``GET /v1alpha2/container/{requestId}/status``.
+older path Nextflow still uses), ``GET /v1alpha2/container/{requestId}/status``, and
+``POST /v1alpha1/inspect`` for clients that look at an image before they pull it.
 
 A request body is Wave's ``SubmitContainerTokenRequest`` as the ``wave`` CLI sends
 it (nulls omitted) or as Nextflow does (explicit nulls, empty objects, fields this
@@ -16,6 +17,7 @@ Wave's clients read as "wait") until the push is DONE.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +34,7 @@ from gateway.handlers.wave_api import (
     service,
 )
 from wave_grpc.errors import invalid_argument
+from wave_grpc.image.manifest import MediaType
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 
 _BUILD = "building images is not supported by wave-grpc; give containerImage and add files as containerConfig.layers"
@@ -50,7 +53,6 @@ _UNSUPPORTED: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("spackFile", _given, _BUILD),
     ("packages", _given, _BUILD),
     ("buildContext", _given, _BUILD),
-    ("containerIncludes", _given, "container inclusions are not supported; add their files as containerConfig.layers"),
     ("mirror", _given, "mirroring is not supported; drop it or set it to false"),
     (
         "scanMode",
@@ -76,6 +78,10 @@ async def create_container(request: web.Request) -> web.Response:
     """Both paths answer the same body: the v2 fields plus the normalised source image."""
     body = await read_json_object(request)
     check_supported(body)
+    platform = body.get("containerPlatform")
+    if isinstance(platform, list) and all(isinstance(item, str) for item in platform):
+        # Also taken as a JSON list; the proto field is Wave's comma-separated form.
+        body["containerPlatform"] = ",".join(platform)
     if body.get("freeze") is not True:
         # Nextflow sends its configured build repository with every request; Wave uses it
         # only to build or freeze, and so does this service.
@@ -129,5 +135,57 @@ async def container_status(request: web.Request) -> web.Response:
             "reason": response.reason or None,
             "creationTime": rfc3339(response.create_time),
             "duration": _seconds(response.duration) if done else None,
+        }
+    )
+
+
+# The runtime part of an image config, in the names Wave's inspect answer uses.
+_RUNTIME_KEYS = {
+    "Env": "env",
+    "Cmd": "cmd",
+    "Entrypoint": "entrypoint",
+    "WorkingDir": "workingDir",
+    "User": "user",
+    "Labels": "labels",
+    "ExposedPorts": "exposedPorts",
+    "Volumes": "volumes",
+    "StopSignal": "stopSignal",
+}
+
+
+def _config_spec(config: dict[str, Any]) -> dict[str, Any]:
+    runtime = config.get("config")
+    if not isinstance(runtime, dict):
+        runtime = {}
+    return {
+        "architecture": config.get("architecture"),
+        "os": config.get("os"),
+        "created": config.get("created"),
+        "config": {name: runtime[key] for key, name in _RUNTIME_KEYS.items() if runtime.get(key) is not None},
+        "rootfs": config.get("rootfs"),
+    }
+
+
+async def inspect_image(request: web.Request) -> web.Response:
+    """Wave's ``POST /v1alpha1/inspect``: the image's manifest and config, as a creation would pin them."""
+    body = await read_json_object(request)
+    message = pb.InspectImageRequest()
+    parse_message(body, message)
+    response = await call_service(request, service(request).InspectImage, message, CREATE_TIMEOUT)
+    manifest = json.loads(response.manifest)
+    return json_response(
+        {
+            "container": {
+                "registry": response.registry,
+                "hostName": response.registry,
+                "imageName": response.image_name,
+                "reference": response.reference,
+                "digest": response.digest,
+                "config": _config_spec(json.loads(response.config)),
+                "manifest": manifest,
+                "v1": manifest.get("schemaVersion") == 1,
+                "v2": manifest.get("schemaVersion") == 2,
+                "oci": response.manifest_media_type == str(MediaType.OCI_MANIFEST),
+            }
         }
     )

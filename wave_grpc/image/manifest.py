@@ -151,6 +151,9 @@ class ImageManifest:
         )
 
 
+ATTESTATION_ANNOTATION = "vnd.docker.reference.type"
+
+
 @dataclass(frozen=True, slots=True)
 class Index:
     """An OCI index or a Docker manifest list."""
@@ -173,16 +176,20 @@ class Index:
             MappingProxyType(document),
         )
 
-    def select(self, platform: Platform, image: str) -> Descriptor:
+    def select(self, platform: Platform, image: str, *, field: str = "container_platform") -> Descriptor:
         """The entry for ``platform``; a clear INVALID_ARGUMENT when there is none."""
         for entry in self.manifests:
+            # Attestations (BuildKit's provenance and SBOM entries) are never an image to run.
+            annotations = entry.document.get("annotations")
+            if isinstance(annotations, dict) and ATTESTATION_ANNOTATION in annotations:
+                continue
             if platform.matches(entry.platform):
                 return entry
         available = sorted(
             {e.platform_text for e in self.manifests if (e.platform or {}).get("os") not in (None, "unknown")}
         )
         raise invalid_argument(
-            "container_platform",
+            field,
             f"image {image} has no {platform} manifest; it has: {', '.join(available) or 'none'}",
         )
 

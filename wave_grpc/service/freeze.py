@@ -37,9 +37,9 @@ from wave_grpc.errors import Errors, WaveError, invalid_argument
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.manifest import ImageManifest, MediaType
 from wave_grpc.image.ref import ImageRef
-from wave_grpc.image.rewrite import AugmentedImage, augment
+from wave_grpc.image.rewrite import AugmentedImage
 from wave_grpc.metrics import Metrics
-from wave_grpc.pinning import augmentation_from_record, fetch_pinned
+from wave_grpc.pinning import augment_record, fetch_pinned
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.registry.auth import hint_credentials
 from wave_grpc.registry.client import RegistryClient
@@ -104,8 +104,9 @@ def check_push_allowed(client: RegistryClient, target: ImageRef, field: str = "b
 class _Blob:
     digest: Digest
     size: int
-    kind: str  # "config", "base" or "injected"
+    kind: str  # "config", "base" (the source's or an included image's) or "injected"
     data: bytes = b""
+    source: ImageRef | None = None  # where a base layer is
 
 
 def _now() -> Timestamp:
@@ -226,7 +227,7 @@ class FreezeRunner:
             log.info("freeze %s pushed %s", record.request_id, record.target_image)
 
     async def _augmented(self, record: pb.ContainerRecord) -> AugmentedImage:
-        image = augment(await fetch_pinned(self._upstream, record), augmentation_from_record(record))
+        image = augment_record(await fetch_pinned(self._upstream, record), record)
         if str(image.manifest.digest) != record.target_manifest_digest:
             raise WaveError(
                 Errors.INTERNAL,
@@ -242,19 +243,19 @@ class FreezeRunner:
         check_push_allowed(self._upstream, target_ref)
         target = Repository(self._upstream, target_ref.registry, target_ref.repository)
         image = await self._augmented(record)
-        blobs = [_Blob(image.config.digest, len(image.config.data), "config", image.config.data)]
-        base = image.base_layers
-        for layer in _manifest_layers(image):
-            blobs.append(_Blob(layer[0], layer[1], "base" if layer[0] in base else "injected"))
+        # One platform is pushed as its manifest; several as their manifests, then the index.
+        several = len(image.images) > 1 and image.index is not None
+        top = image.index if several and image.index is not None else image.manifest
+        blobs = _blobs(image, source)
         progress = record.freeze.progress
         progress.Clear()
         progress.blobs_total = len(blobs)
         pushing = _Pushing(target, record.freeze.build_repository)
-        if await pushing.run(target.manifest_digest(target_ref.tag)) == image.manifest.digest:
+        if await pushing.run(target.manifest_digest(target_ref.tag)) == top.digest:
             progress.blobs_present = len(blobs)  # asked again: nothing to push
             return
         await self._tokens.update(record)
-        same_registry = self._upstream.route(source.registry).name == self._upstream.route(target.registry).name
+        target_route = self._upstream.route(target.registry).name
         for blob in blobs:
             if await pushing.run(target.blob_size(blob.digest)) is not None:
                 progress.blobs_present += 1
@@ -264,19 +265,23 @@ class FreezeRunner:
                 progress.bytes_copied += blob.size
             else:
                 location = None
-                if blob.kind == "base" and same_registry:
-                    location = await pushing.run(target.mount(blob.digest, source.repository))
+                if blob.source is not None and self._upstream.route(blob.source.registry).name == target_route:
+                    location = await pushing.run(target.mount(blob.digest, blob.source.repository))
                     if location is None:
                         progress.blobs_mounted += 1
                         await self._tokens.update(record)
                         continue
-                await self._stream(pushing, source, blob, location)
+                await self._stream(pushing, blob, location)
                 progress.blobs_copied += 1
                 progress.bytes_copied += blob.size
             await self._tokens.update(record)
-        await pushing.run(target.put_manifest(target_ref.tag, image.manifest.data, image.manifest.media_type))
+        if several:
+            for platform in image.images:
+                manifest = platform.manifest
+                await pushing.run(target.put_manifest(str(manifest.digest), manifest.data, manifest.media_type))
+        await pushing.run(target.put_manifest(target_ref.tag, top.data, top.media_type))
 
-    async def _stream(self, pushing: _Pushing, source: ImageRef, blob: _Blob, location: str | None) -> None:
+    async def _stream(self, pushing: _Pushing, blob: _Blob, location: str | None) -> None:
         """Stream one blob into the target; a retry starts it again from its first byte."""
         target = pushing.target
         label = f"blob {blob.digest}"
@@ -284,7 +289,7 @@ class FreezeRunner:
         for attempt in range(retries + 1):
             upload = location if location is not None and attempt == 0 else None
             try:
-                async with self._source_chunks(source, blob) as chunks:
+                async with self._source_chunks(blob) as chunks:
                     checked = CheckedStream(chunks, blob.digest, blob.size, label)
                     where: str = upload if upload is not None else await pushing.run(target.start_upload(blob.digest))
                     try:
@@ -305,9 +310,10 @@ class FreezeRunner:
                 log.debug("freeze: %s was cut on its way to %s; starting it again", label, target.registry)
 
     @asynccontextmanager
-    async def _source_chunks(self, source: ImageRef, blob: _Blob) -> AsyncIterator[AsyncIterator[bytes]]:
-        """Where a blob's bytes come from: the layer store (injected) or the source registry (base)."""
-        if blob.kind == "injected":
+    async def _source_chunks(self, blob: _Blob) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Where a blob's bytes come from: the layer store (injected) or its registry (base)."""
+        source = blob.source
+        if source is None:
             yield self._layers.read(blob.digest)
             return
         what = f"blob {source.registry}/{source.repository}@{blob.digest}"
@@ -317,15 +323,25 @@ class FreezeRunner:
             yield self._upstream.iter_body(resp, source.registry, what, chunk_size=1 << 20)
 
 
-def _manifest_layers(image: AugmentedImage) -> list[tuple[Digest, int]]:
-    manifest = ImageManifest.parse(image.manifest.data, MediaType(image.manifest.media_type), "augmented manifest")
-    seen: set[Digest] = set()
-    layers = []
-    for layer in manifest.layers:
-        if layer.digest not in seen:  # a layer listed twice is pushed once
-            seen.add(layer.digest)
-            layers.append((layer.digest, layer.size))
-    return layers
+def _blobs(image: AugmentedImage, source: ImageRef) -> list[_Blob]:
+    """Every blob the frozen image needs, once each: configs, then layers in manifest order."""
+    blobs: dict[Digest, _Blob] = {}
+    for platform in image.images:
+        config = platform.config
+        blobs.setdefault(config.digest, _Blob(config.digest, len(config.data), "config", config.data))
+    for platform in image.images:
+        manifest = ImageManifest.parse(
+            platform.manifest.data, MediaType(platform.manifest.media_type), "augmented manifest"
+        )
+        for layer in manifest.layers:
+            if layer.digest in platform.included:
+                blob = _Blob(layer.digest, layer.size, "base", source=ImageRef.parse(platform.included[layer.digest]))
+            elif layer.digest in platform.base_layers:
+                blob = _Blob(layer.digest, layer.size, "base", source=source)
+            else:
+                blob = _Blob(layer.digest, layer.size, "injected")
+            blobs.setdefault(layer.digest, blob)
+    return list(blobs.values())
 
 
 class _Pushing:

@@ -9,7 +9,7 @@ import secrets
 import string
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,9 +26,15 @@ from wave_grpc.image.digest import Digest
 from wave_grpc.image.layers import decode_data_location
 from wave_grpc.image.platform import Platform
 from wave_grpc.image.ref import ImageRef
-from wave_grpc.image.rewrite import augment
 from wave_grpc.metrics import Metrics
-from wave_grpc.pinning import SourceResolver, augmentation_from_record, history_created
+from wave_grpc.pinning import (
+    ResolvedSource,
+    SourceResolver,
+    augment_record,
+    history_created,
+    parse_platforms,
+    pinned_from,
+)
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
 from wave_grpc.redaction import token_id
@@ -45,6 +51,7 @@ log = logging.getLogger(__name__)
 TOKEN_ALPHABET = string.ascii_lowercase + string.digits
 TOKEN_LENGTH = 12  # 36**12 is about 2**62
 MAX_LAYERS = 100
+MAX_INCLUDES = 10  # as Seqera Wave
 REQUEST_ID_LENGTH = 32  # uuid4().hex
 # C0 controls and DEL; tab stays allowed (a value may hold one, runtimes cope).
 _CONTROL = frozenset(chr(c) for c in (*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F))
@@ -279,6 +286,31 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         )
 
     @staticmethod
+    def _layer_platforms(cfg: pb.ContainerConfig) -> dict[int, Platform]:
+        """Layers meant for one platform: index -> the normalised platform."""
+        return {
+            i: Platform.parse(layer.platform, field=f"container_config.layers[{i}].platform")
+            for i, layer in enumerate(cfg.layers)
+            if layer.platform.strip()
+        }
+
+    @staticmethod
+    def _include_refs(includes: Sequence[str]) -> list[ImageRef]:
+        if len(includes) > MAX_INCLUDES:
+            raise invalid_argument("container_includes", f"at most {MAX_INCLUDES} images, got {len(includes)}")
+        return [ImageRef.parse(text, field=f"container_includes[{i}]") for i, text in enumerate(includes)]
+
+    async def _resolve_include(self, index: int, ref: ImageRef, platforms: tuple[Platform, ...]) -> ResolvedSource:
+        """An included image, pinned for every platform of the token; errors name its field."""
+        field = f"container_includes[{index}]"
+        try:
+            return await self._sources.resolve(ref, platforms, platform_given=True)
+        except WaveError as exc:
+            if exc.kind in (Errors.INVALID_ARGUMENT, Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN, Errors.BLOB_UNKNOWN):
+                raise invalid_argument(field, exc.message.removeprefix("container_platform: ")) from None
+            raise
+
+    @staticmethod
     def _check_config(cfg: pb.ContainerConfig) -> None:
         # NUL and control characters in a config value break runtimes (an exec
         # argv or an environment cannot hold NUL) or hide what a value says.
@@ -339,8 +371,10 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
             "[limits].creates_per_minute",
         )
         ref = ImageRef.parse(request.container_image)
-        platform = Platform.parse(request.container_platform)
+        platforms = parse_platforms(request.container_platform)
         self._check_config(request.container_config)
+        layer_platforms = self._layer_platforms(request.container_config)
+        include_refs = self._include_refs(request.container_includes)
         frozen: ImageRef | None = None
         if request.freeze:
             frozen = build_target(request.build_repository)
@@ -358,18 +392,28 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
             )
         try:
             resolved = await self._sources.resolve(
-                ref, platform, platform_given=bool(request.container_platform.strip())
+                ref, platforms, platform_given=bool(request.container_platform.strip())
             )
         except WaveError as exc:
             if exc.kind in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN, Errors.BLOB_UNKNOWN):
                 raise invalid_argument("container_image", exc.message) from None
             raise
+        actual = tuple(p.platform for p in resolved.platforms)
+        for i, layer_platform in layer_platforms.items():
+            if layer_platform not in actual:
+                raise invalid_argument(
+                    f"container_config.layers[{i}].platform",
+                    f"{layer_platform} is not a requested platform; requested: {', '.join(map(str, actual))}",
+                )
+        includes = [await self._resolve_include(i, include, actual) for i, include in enumerate(include_refs)]
         if request.validate_only:
             # Everything but the layers (they are what the caller has not sent yet) is checked.
             return pb.CreateContainerResponse(
                 container_image=str(ref), source_digest=str(resolved.top.digest), freeze=request.freeze
             )
         layers = [await self._prepare_layer(i, layer) for i, layer in enumerate(request.container_config.layers)]
+        for i, layer_platform in layer_platforms.items():
+            layers[i].platform = str(layer_platform)
         given = request.container_config
         # Built field by field: copying the request would copy inline layer bytes too.
         config = pb.ContainerConfig(
@@ -392,9 +436,25 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
             creator_address=address,
             history_created=history_created(resolved.config),
         )
+        if len(actual) > 1 or includes:
+            record.container_platform = ",".join(map(str, actual))
+            record.includes.extend(
+                pb.IncludedImage(image=str(include_ref), source_digest=str(include.top.digest))
+                for include_ref, include in zip(include_refs, includes, strict=True)
+            )
+            record.platforms.extend(
+                pb.PlatformTarget(
+                    platform=str(p.platform),
+                    source_manifest_digest=str(p.image.manifest.digest),
+                    include_manifest_digests=[str(include.platforms[i].image.manifest.digest) for include in includes],
+                )
+                for i, p in enumerate(resolved.platforms)
+            )
         # Compute the augmented image once now, so a broken upstream config is a
         # creation error rather than a pull-time surprise.
-        augmented = augment(resolved.image, augmentation_from_record(record))
+        augmented = augment_record(pinned_from(resolved, includes), record)
+        for target, image in zip(record.platforms, augmented.images, strict=False):
+            target.target_manifest_digest = str(image.manifest.digest)
         record.target_manifest_digest = str(augmented.manifest.digest)
         record.target_digest = str(augmented.top_level(accepts_index=True).digest)
         # Checked with the longest target image name, before anything is stored: a record the
@@ -408,7 +468,9 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
                 "([service].max_record_size); put big values (scripts, long env values) into a layer",
             )
         if frozen is not None:
-            return await self._store_freeze(record, ref, frozen, augmented.manifest.digest)
+            # One platform is pushed as its manifest; several as an index of them.
+            pushed = augmented.index if len(augmented.images) > 1 and augmented.index else augmented.manifest
+            return await self._store_freeze(record, ref, frozen, pushed.digest)
         for _ in range(5):
             token = new_token()
             record.container_token = token
@@ -417,7 +479,14 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
                 break
         else:
             raise WaveError(Errors.INTERNAL, "could not allocate a unique token")
-        log.info("created %s for %s (%s, %s) owner=%s", token_id(token), ref, record.source_digest, platform, owner)
+        log.info(
+            "created %s for %s (%s, %s) owner=%s",
+            token_id(token),
+            ref,
+            record.source_digest,
+            record.container_platform,
+            owner,
+        )
         return pb.CreateContainerResponse(
             container_token=token,
             target_image=record.target_image,
@@ -433,7 +502,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
     ) -> pb.CreateContainerResponse:
         """Keep the request (the copy's state, its layers referenced) and start the copy."""
         record.target_image = f"{frozen.registry}/{frozen.repository}:{frozen_tag(ref, manifest_digest)}"
-        # The tag resolves to the manifest itself: a frozen image is one platform's.
+        # The tag resolves to what is pushed under it: one platform's manifest, or the index.
         record.target_digest = str(manifest_digest)
         record.freeze.CopyFrom(
             pb.FreezeState(
@@ -534,6 +603,44 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
                 for r in records[:size]
             ],
             next_page_token=str(offset + size) if len(records) > size else "",
+        )
+
+    @_rpc
+    async def InspectImage(
+        self,
+        request: pb.InspectImageRequest,
+        context: grpc.aio.ServicerContext[pb.InspectImageRequest, pb.InspectImageResponse],
+    ) -> pb.InspectImageResponse:
+        owner = await self.authenticate(context, request.tower_access_token, request.tower_endpoint)
+        # An inspection costs the upstream what a creation does: limited on its own count.
+        await self._check_rate(
+            "inspect",
+            listing_key(owner, self.client_address(context)),
+            self._config.limits.creates_per_minute,
+            "[limits].creates_per_minute",
+        )
+        ref = ImageRef.parse(request.container_image)
+        platform = Platform.parse(request.container_platform)
+        try:
+            resolved = await self._sources.resolve(
+                ref, (platform,), platform_given=bool(request.container_platform.strip())
+            )
+        except WaveError as exc:
+            if exc.kind in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN, Errors.BLOB_UNKNOWN):
+                raise invalid_argument("container_image", exc.message) from None
+            raise
+        manifest = resolved.image.manifest
+        return pb.InspectImageResponse(
+            container_image=str(ref),
+            registry=ref.registry,
+            image_name=ref.repository,
+            reference=str(ref.digest) if ref.digest is not None else ref.tag or "latest",
+            digest=str(resolved.top.digest),
+            container_platform=str(resolved.platform),
+            manifest_media_type=manifest.media_type,
+            manifest_digest=str(manifest.digest),
+            manifest=manifest.data,
+            config=resolved.image.config,
         )
 
     @_rpc

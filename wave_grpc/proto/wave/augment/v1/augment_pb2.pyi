@@ -60,6 +60,7 @@ class ContainerLayer(_message.Message):
     GZIP_SIZE_FIELD_NUMBER: _builtins.int
     TAR_DIGEST_FIELD_NUMBER: _builtins.int
     SKIP_HASHING_FIELD_NUMBER: _builtins.int
+    PLATFORM_FIELD_NUMBER: _builtins.int
     location: _builtins.str
     """Where the layer's tar.gz bytes are: "data:<base64>" (Wave's form),
     "data:<mediatype>;base64,<base64>" (RFC 2397), "http(s)://..." (served by
@@ -76,6 +77,10 @@ class ContainerLayer(_message.Message):
     """Wave's flag; accepted for compatibility. Bytes the service sees are always
     verified.
     """
+    platform: _builtins.str
+    """"os/arch[/variant]": the layer goes only into that platform's image, which
+    must be one of the requested platforms. Empty: every platform.
+    """
     def __init__(
         self,
         *,
@@ -84,10 +89,11 @@ class ContainerLayer(_message.Message):
         gzip_size: _builtins.int = ...,
         tar_digest: _builtins.str = ...,
         skip_hashing: _builtins.bool = ...,
+        platform: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gzip_digest", b"gzip_digest", "gzip_size", b"gzip_size", "location", b"location", "skip_hashing", b"skip_hashing", "tar_digest", b"tar_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gzip_digest", b"gzip_digest", "gzip_size", b"gzip_size", "location", b"location", "platform", b"platform", "skip_hashing", b"skip_hashing", "tar_digest", b"tar_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -155,13 +161,16 @@ class CreateContainerRequest(_message.Message):
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     FREEZE_FIELD_NUMBER: _builtins.int
     BUILD_REPOSITORY_FIELD_NUMBER: _builtins.int
+    CONTAINER_INCLUDES_FIELD_NUMBER: _builtins.int
     container_image: _builtins.str
     """Source image reference, e.g. "alpine", "quay.io/org/tool:1.0",
     "ubuntu@sha256:...".
     """
     container_platform: _builtins.str
     """"os/arch[/variant]" or an alias ("x86_64", "aarch64", "arm64/v8");
-    linux/amd64 when empty.
+    linux/amd64 when empty. A comma-separated list ("linux/amd64,linux/arm64")
+    asks for one token that serves every listed platform: an index with one
+    augmented manifest per platform.
     """
     tower_access_token: _builtins.str
     """Caller credential, used when no "authorization" metadata is sent."""
@@ -188,6 +197,13 @@ class CreateContainerRequest(_message.Message):
     """
     @_builtins.property
     def container_config(self) -> Global___ContainerConfig: ...
+    @_builtins.property
+    def container_includes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Images whose layers (only their layers, as in Wave) are appended after the
+        source image's layers and before container_config.layers, in this order;
+        each is pinned for every requested platform. At most 10.
+        """
+
     def __init__(
         self,
         *,
@@ -201,10 +217,11 @@ class CreateContainerRequest(_message.Message):
         validate_only: _builtins.bool = ...,
         freeze: _builtins.bool = ...,
         build_repository: _builtins.str = ...,
+        container_includes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_repository", b"build_repository", "container_config", b"container_config", "container_image", b"container_image", "container_platform", b"container_platform", "freeze", b"freeze", "tower_access_token", b"tower_access_token", "tower_endpoint", b"tower_endpoint", "tower_workspace_id", b"tower_workspace_id", "validate_only", b"validate_only", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_repository", b"build_repository", "container_config", b"container_config", "container_image", b"container_image", "container_includes", b"container_includes", "container_platform", b"container_platform", "freeze", b"freeze", "tower_access_token", b"tower_access_token", "tower_endpoint", b"tower_endpoint", "tower_workspace_id", b"tower_workspace_id", "validate_only", b"validate_only", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -309,6 +326,8 @@ class ContainerRecord(_message.Message):
     CREATOR_ADDRESS_FIELD_NUMBER: _builtins.int
     HISTORY_CREATED_FIELD_NUMBER: _builtins.int
     FREEZE_FIELD_NUMBER: _builtins.int
+    PLATFORMS_FIELD_NUMBER: _builtins.int
+    INCLUDES_FIELD_NUMBER: _builtins.int
     container_token: _builtins.str
     request_id: _builtins.str
     container_image: _builtins.str
@@ -356,6 +375,17 @@ class ContainerRecord(_message.Message):
         answered, listed or served.
         """
 
+    @_builtins.property
+    def platforms(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlatformTarget]:
+        """One entry per requested platform, in the request's order (the first is
+        what a tag answers a client that takes no index). Empty on records of one
+        platform without includes: the single fields above say it all.
+        """
+
+    @_builtins.property
+    def includes(self) -> _containers.RepeatedCompositeFieldContainer[Global___IncludedImage]:
+        """The container_includes, pinned."""
+
     def __init__(
         self,
         *,
@@ -376,14 +406,76 @@ class ContainerRecord(_message.Message):
         creator_address: _builtins.str = ...,
         history_created: _builtins.str = ...,
         freeze: Global___FreezeState | None = ...,
+        platforms: _abc.Iterable[Global___PlatformTarget] | None = ...,
+        includes: _abc.Iterable[Global___IncludedImage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config", "create_time", b"create_time", "expiration", b"expiration", "freeze", b"freeze"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config", "container_image", b"container_image", "container_platform", b"container_platform", "container_token", b"container_token", "create_time", b"create_time", "creator_address", b"creator_address", "expiration", b"expiration", "freeze", b"freeze", "history_created", b"history_created", "owner", b"owner", "request_id", b"request_id", "source_digest", b"source_digest", "source_manifest_digest", b"source_manifest_digest", "target_digest", b"target_digest", "target_image", b"target_image", "target_manifest_digest", b"target_manifest_digest", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config", "container_image", b"container_image", "container_platform", b"container_platform", "container_token", b"container_token", "create_time", b"create_time", "creator_address", b"creator_address", "expiration", b"expiration", "freeze", b"freeze", "history_created", b"history_created", "includes", b"includes", "owner", b"owner", "platforms", b"platforms", "request_id", b"request_id", "source_digest", b"source_digest", "source_manifest_digest", b"source_manifest_digest", "target_digest", b"target_digest", "target_image", b"target_image", "target_manifest_digest", b"target_manifest_digest", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ContainerRecord: _TypeAlias = ContainerRecord  # noqa: Y015
+
+@_typing.final
+class PlatformTarget(_message.Message):
+    """PlatformTarget is what a token pinned and computed for one platform."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLATFORM_FIELD_NUMBER: _builtins.int
+    SOURCE_MANIFEST_DIGEST_FIELD_NUMBER: _builtins.int
+    TARGET_MANIFEST_DIGEST_FIELD_NUMBER: _builtins.int
+    INCLUDE_MANIFEST_DIGESTS_FIELD_NUMBER: _builtins.int
+    platform: _builtins.str
+    """Normalised "os/arch[/variant]"."""
+    source_manifest_digest: _builtins.str
+    target_manifest_digest: _builtins.str
+    @_builtins.property
+    def include_manifest_digests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The platform's manifest of each included image, in the includes' order."""
+
+    def __init__(
+        self,
+        *,
+        platform: _builtins.str = ...,
+        source_manifest_digest: _builtins.str = ...,
+        target_manifest_digest: _builtins.str = ...,
+        include_manifest_digests: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_manifest_digests", b"include_manifest_digests", "platform", b"platform", "source_manifest_digest", b"source_manifest_digest", "target_manifest_digest", b"target_manifest_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlatformTarget: _TypeAlias = PlatformTarget  # noqa: Y015
+
+@_typing.final
+class IncludedImage(_message.Message):
+    """IncludedImage is one of container_includes, pinned at creation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    SOURCE_DIGEST_FIELD_NUMBER: _builtins.int
+    image: _builtins.str
+    """Normalised reference."""
+    source_digest: _builtins.str
+    """Digest the reference resolved to at creation (index or manifest)."""
+    def __init__(
+        self,
+        *,
+        image: _builtins.str = ...,
+        source_digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "source_digest", b"source_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IncludedImage: _TypeAlias = IncludedImage  # noqa: Y015
 
 @_typing.final
 class FreezeState(_message.Message):
@@ -812,3 +904,91 @@ class GetContainerStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetContainerStatusResponse: _TypeAlias = GetContainerStatusResponse  # noqa: Y015
+
+@_typing.final
+class InspectImageRequest(_message.Message):
+    """InspectImageRequest names an image to look at before pulling or augmenting it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_IMAGE_FIELD_NUMBER: _builtins.int
+    CONTAINER_PLATFORM_FIELD_NUMBER: _builtins.int
+    TOWER_ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    TOWER_ENDPOINT_FIELD_NUMBER: _builtins.int
+    TOWER_WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    container_image: _builtins.str
+    container_platform: _builtins.str
+    """One platform ("os/arch[/variant]" or an alias); linux/amd64 when empty."""
+    tower_access_token: _builtins.str
+    tower_endpoint: _builtins.str
+    tower_workspace_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        container_image: _builtins.str = ...,
+        container_platform: _builtins.str = ...,
+        tower_access_token: _builtins.str = ...,
+        tower_endpoint: _builtins.str = ...,
+        tower_workspace_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_image", b"container_image", "container_platform", b"container_platform", "tower_access_token", b"tower_access_token", "tower_endpoint", b"tower_endpoint", "tower_workspace_id", b"tower_workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InspectImageRequest: _TypeAlias = InspectImageRequest  # noqa: Y015
+
+@_typing.final
+class InspectImageResponse(_message.Message):
+    """InspectImageResponse is the resolved image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_IMAGE_FIELD_NUMBER: _builtins.int
+    REGISTRY_FIELD_NUMBER: _builtins.int
+    IMAGE_NAME_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    CONTAINER_PLATFORM_FIELD_NUMBER: _builtins.int
+    MANIFEST_MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    MANIFEST_DIGEST_FIELD_NUMBER: _builtins.int
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    container_image: _builtins.str
+    """Normalised reference, e.g. "docker.io/library/alpine:latest"."""
+    registry: _builtins.str
+    image_name: _builtins.str
+    """The repository path, e.g. "library/alpine"."""
+    reference: _builtins.str
+    """The tag, or the digest the reference named."""
+    digest: _builtins.str
+    """Digest the reference resolves to (the index's for a multi-platform image)."""
+    container_platform: _builtins.str
+    """Normalised platform of the manifest below."""
+    manifest_media_type: _builtins.str
+    manifest_digest: _builtins.str
+    manifest: _builtins.bytes
+    """The platform's image manifest and its config, byte for byte."""
+    config: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        container_image: _builtins.str = ...,
+        registry: _builtins.str = ...,
+        image_name: _builtins.str = ...,
+        reference: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        container_platform: _builtins.str = ...,
+        manifest_media_type: _builtins.str = ...,
+        manifest_digest: _builtins.str = ...,
+        manifest: _builtins.bytes = ...,
+        config: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "container_image", b"container_image", "container_platform", b"container_platform", "digest", b"digest", "image_name", b"image_name", "manifest", b"manifest", "manifest_digest", b"manifest_digest", "manifest_media_type", b"manifest_media_type", "reference", b"reference", "registry", b"registry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InspectImageResponse: _TypeAlias = InspectImageResponse  # noqa: Y015

@@ -70,6 +70,11 @@ class AugmentServiceStub:
                 request_serializer=wave_dot_augment_dot_v1_dot_augment__pb2.ListContainersRequest.SerializeToString,
                 response_deserializer=wave_dot_augment_dot_v1_dot_augment__pb2.ListContainersResponse.FromString,
                 _registered_method=True)
+        self.InspectImage = channel.unary_unary(
+                '/wave.augment.v1.AugmentService/InspectImage',
+                request_serializer=wave_dot_augment_dot_v1_dot_augment__pb2.InspectImageRequest.SerializeToString,
+                response_deserializer=wave_dot_augment_dot_v1_dot_augment__pb2.InspectImageResponse.FromString,
+                _registered_method=True)
 
 
 class AugmentServiceServicer:
@@ -133,6 +138,15 @@ class AugmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InspectImage(self, request, context):
+        """The source image as a creation would pin it: the digest the reference
+        resolves to, and the manifest and config of one platform (Wave's
+        /v1alpha1/inspect). Nothing is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AugmentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +184,11 @@ def add_AugmentServiceServicer_to_server(servicer, server):
                     servicer.ListContainers,
                     request_deserializer=wave_dot_augment_dot_v1_dot_augment__pb2.ListContainersRequest.FromString,
                     response_serializer=wave_dot_augment_dot_v1_dot_augment__pb2.ListContainersResponse.SerializeToString,
+            ),
+            'InspectImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.InspectImage,
+                    request_deserializer=wave_dot_augment_dot_v1_dot_augment__pb2.InspectImageRequest.FromString,
+                    response_serializer=wave_dot_augment_dot_v1_dot_augment__pb2.InspectImageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -362,6 +381,33 @@ class AugmentService:
             '/wave.augment.v1.AugmentService/ListContainers',
             wave_dot_augment_dot_v1_dot_augment__pb2.ListContainersRequest.SerializeToString,
             wave_dot_augment_dot_v1_dot_augment__pb2.ListContainersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InspectImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wave.augment.v1.AugmentService/InspectImage',
+            wave_dot_augment_dot_v1_dot_augment__pb2.InspectImageRequest.SerializeToString,
+            wave_dot_augment_dot_v1_dot_augment__pb2.InspectImageResponse.FromString,
             options,
             channel_credentials,
             insecure,

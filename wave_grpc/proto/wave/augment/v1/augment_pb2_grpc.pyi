@@ -66,6 +66,11 @@ class AugmentServiceStub:
     """The caller's live tokens, soonest to expire first. An anonymous caller sees
     the anonymous tokens created from its own client address.
     """
+    InspectImage: _grpc.UnaryUnaryMultiCallable[_augment_pb2.InspectImageRequest, _augment_pb2.InspectImageResponse]
+    """The source image as a creation would pin it: the digest the reference
+    resolves to, and the manifest and config of one platform (Wave's
+    /v1alpha1/inspect). Nothing is stored.
+    """
 
 @_typing.type_check_only
 class AugmentServiceAsyncStub(AugmentServiceStub):
@@ -99,6 +104,11 @@ class AugmentServiceAsyncStub(AugmentServiceStub):
     ListContainers: _aio.UnaryUnaryMultiCallable[_augment_pb2.ListContainersRequest, _augment_pb2.ListContainersResponse]  # type: ignore[assignment]
     """The caller's live tokens, soonest to expire first. An anonymous caller sees
     the anonymous tokens created from its own client address.
+    """
+    InspectImage: _aio.UnaryUnaryMultiCallable[_augment_pb2.InspectImageRequest, _augment_pb2.InspectImageResponse]  # type: ignore[assignment]
+    """The source image as a creation would pin it: the digest the reference
+    resolves to, and the manifest and config of one platform (Wave's
+    /v1alpha1/inspect). Nothing is stored.
     """
 
 class AugmentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -172,6 +182,17 @@ class AugmentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_augment_pb2.ListContainersResponse, _abc.Awaitable[_augment_pb2.ListContainersResponse]]:
         """The caller's live tokens, soonest to expire first. An anonymous caller sees
         the anonymous tokens created from its own client address.
+        """
+
+    @_abc_1.abstractmethod
+    def InspectImage(
+        self,
+        request: _augment_pb2.InspectImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_augment_pb2.InspectImageResponse, _abc.Awaitable[_augment_pb2.InspectImageResponse]]:
+        """The source image as a creation would pin it: the digest the reference
+        resolves to, and the manifest and config of one platform (Wave's
+        /v1alpha1/inspect). Nothing is stored.
         """
 
 def add_AugmentServiceServicer_to_server(servicer: AugmentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
