@@ -7,6 +7,7 @@ a gRPC stub and an HTTP helper to talk to it.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -178,6 +179,15 @@ class WaveStack(components.Component):
 
     def http(self, method: str, path: str, headers: Sequence[tuple[str, str]] = ()) -> components.HttpResponse:
         return components.http_request(method, f"{self.gateway_url}{path}", headers=headers)
+
+    def post_json(self, path: str, body: Any) -> components.HttpResponse:
+        """A REST call to the gateway (Wave's API) with a JSON body."""
+        return components.http_request(
+            "POST",
+            f"{self.gateway_url}{path}",
+            headers=[("Content-Type", "application/json")],
+            body=json.dumps(body).encode(),
+        )
 
 
 def registry_route(registry: components.Registry, **extra: Any) -> dict[str, Any]:

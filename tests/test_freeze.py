@@ -10,11 +10,9 @@ import base64
 import gzip
 import io
 import json
-import socket
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -272,12 +270,7 @@ def test_the_rest_flow_as_nextflow_drives_it(
         "buildRepository": f"{registry.host}/frozen/rest",
         "towerAccessToken": None,
     }
-    resp = components.http_request(
-        "POST",
-        f"{stack.gateway_url}/v1alpha2/container",
-        headers=[("Content-Type", "application/json")],
-        body=json.dumps(body).encode(),
-    )
+    resp = stack.post_json("/v1alpha2/container", body)
     assert resp.status == 200, resp.body
     answer = resp.json()
     assert answer["freeze"] is True
@@ -324,38 +317,12 @@ def test_cli_freeze_await_prints_the_frozen_name_last(
     assert "--build-repo" in missing.stderr
 
 
-class SilentListener:
-    """Accepts connections and never answers: a registry that hangs mid-freeze."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted.append(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.accepted:
-            conn.close()
-
-
 def test_a_freeze_interrupted_by_a_restart_is_resumed(
     tmp_path_factory: pytest.TempPathFactory, base_images: components.BaseImages, registry: components.Registry
 ) -> None:
     root = tmp_path_factory.mktemp("freeze-restart")
     target = components.start_registry(root / "target")
-    hanging = SilentListener()
+    hanging = components.LoopbackListener(hold=True)
     # The target's name stays; its endpoint is first a listener that never answers.
     name = "frozen.test:5000"
     wave = WaveStack(

@@ -8,8 +8,6 @@ PERMISSION_DENIED naming the entry to add, and the listener must see no connecti
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,34 +30,9 @@ from wave_grpc.redaction import redact_path, token_id
 from wave_grpc.registry.policy import Listeners, PolicyConnector
 
 
-class CountingListener:
-    """A TCP listener on loopback that accepts, counts and closes connections."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port: int = self.sock.getsockname()[1]
-        self.connections = 0
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
-def listener() -> Iterator[CountingListener]:
-    counting = CountingListener()
+def listener() -> Iterator[components.LoopbackListener]:
+    counting = components.LoopbackListener()
     yield counting
     counting.close()
 
@@ -81,7 +54,9 @@ def _create_error(stack: WaveStack, image: str, **kwargs: Any) -> tuple[grpc.Sta
     return error.code(), error.details()
 
 
-def test_unlisted_internal_registries_are_never_contacted(stack: WaveStack, listener: CountingListener) -> None:
+def test_unlisted_internal_registries_are_never_contacted(
+    stack: WaveStack, listener: components.LoopbackListener
+) -> None:
     port = listener.port
     spellings = [
         f"127.0.0.1:{port}",

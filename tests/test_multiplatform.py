@@ -417,12 +417,7 @@ def test_the_wave_rest_api_takes_platform_lists_includes_and_platform_layers(
             ]
         },
     }
-    resp = components.http_request(
-        "POST",
-        f"{stack.gateway_url}/v1alpha2/container",
-        headers=[("Content-Type", "application/json")],
-        body=json.dumps(body).encode(),
-    )
+    resp = stack.post_json("/v1alpha2/container", body)
     assert resp.status == 200, resp.body
     target = resp.json()["targetImage"]
     rootfs, _ = unpack(target, tmp_path, "arm64")
@@ -436,12 +431,7 @@ def test_wave_inspect_answers_the_manifest_and_config_a_creation_would_pin(
     stack: WaveStack, base_images: components.BaseImages
 ) -> None:
     def inspect(body: dict[str, Any]) -> components.HttpResponse:
-        return components.http_request(
-            "POST",
-            f"{stack.gateway_url}/v1alpha1/inspect",
-            headers=[("Content-Type", "application/json")],
-            body=json.dumps(body).encode(),
-        )
+        return stack.post_json("/v1alpha1/inspect", body)
 
     multi = base_images.by_tag("multi")
     resp = inspect({"containerImage": base_images.ref("multi"), "containerPlatform": "linux/arm64"})

@@ -28,6 +28,7 @@ from __future__ import annotations
 from tests.components.docker import DockerDaemon
 from tests.components.http import (
     HttpResponse,
+    LoopbackListener,
     get_blob,
     get_manifest,
     http_request,
@@ -98,6 +99,7 @@ __all__ = [
     "DockerDaemon",
     "HttpResponse",
     "ImageManifest",
+    "LoopbackListener",
     "ManagedProcess",
     "RedisServer",
     "Registry",

@@ -6,6 +6,7 @@ import base64
 import http.client
 import json
 import socket
+import threading
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -159,3 +160,39 @@ def raw_exchange(port: int, request: bytes, timeout: float = 15.0) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
         conn.sendall(request)
         return conn.recv(65536).decode(errors="replace")
+
+
+class LoopbackListener:
+    """A TCP listener on loopback that accepts and counts connections, and answers nothing.
+
+    ``hold=False`` closes each connection at once (a port that takes no requests);
+    ``hold=True`` keeps them open (a server that hangs mid-request).
+    """
+
+    def __init__(self, *, hold: bool = False) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port: int = self.sock.getsockname()[1]
+        self.connections = 0
+        self._hold = hold
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            if self._hold:
+                self._held.append(conn)
+            else:
+                conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self._held:
+            conn.close()

@@ -203,6 +203,30 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
                 retry_after=wait,
             )
 
+    async def _admit(
+        self,
+        context: grpc.aio.ServicerContext[_Req, _Resp],
+        tower_access_token: str,
+        tower_endpoint: str,
+        counter: str,
+    ) -> tuple[str, str]:
+        """The caller (user id, client address), past authentication and ``[limits].creates_per_minute``."""
+        owner = await self.authenticate(context, tower_access_token, tower_endpoint)
+        address = self.client_address(context)
+        await self._check_rate(
+            counter, listing_key(owner, address), self._config.limits.creates_per_minute, "[limits].creates_per_minute"
+        )
+        return owner, address
+
+    async def _resolve(self, ref: ImageRef, platforms: tuple[Platform, ...], platform_given: bool) -> ResolvedSource:
+        """The source, pinned; an image the registry does not have is the caller's argument to fix."""
+        try:
+            return await self._sources.resolve(ref, platforms, platform_given=platform_given)
+        except WaveError as exc:
+            if exc.kind in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN, Errors.BLOB_UNKNOWN):
+                raise invalid_argument("container_image", exc.message) from None
+            raise
+
     @staticmethod
     def _check_owner(record: pb.ContainerRecord, caller: str) -> None:
         """Only the creator may describe or revoke; a token created anonymously belongs to whoever holds it."""
@@ -361,14 +385,12 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         request: pb.CreateContainerRequest,
         context: grpc.aio.ServicerContext[pb.CreateContainerRequest, pb.CreateContainerResponse],
     ) -> pb.CreateContainerResponse:
-        owner = await self.authenticate(context, request.tower_access_token, request.tower_endpoint)
-        address = self.client_address(context)
         # A check before packing (validate_only) is limited like a creation, on its own count.
-        await self._check_rate(
+        owner, address = await self._admit(
+            context,
+            request.tower_access_token,
+            request.tower_endpoint,
             "validate" if request.validate_only else "create",
-            listing_key(owner, address),
-            self._config.limits.creates_per_minute,
-            "[limits].creates_per_minute",
         )
         ref = ImageRef.parse(request.container_image)
         platforms = parse_platforms(request.container_platform)
@@ -390,14 +412,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
             raise invalid_argument(
                 "freeze", "is false but build_repository is given; set freeze to push there, or drop build_repository"
             )
-        try:
-            resolved = await self._sources.resolve(
-                ref, platforms, platform_given=bool(request.container_platform.strip())
-            )
-        except WaveError as exc:
-            if exc.kind in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN, Errors.BLOB_UNKNOWN):
-                raise invalid_argument("container_image", exc.message) from None
-            raise
+        resolved = await self._resolve(ref, platforms, bool(request.container_platform.strip()))
         actual = tuple(p.platform for p in resolved.platforms)
         for i, layer_platform in layer_platforms.items():
             if layer_platform not in actual:
@@ -611,24 +626,11 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         request: pb.InspectImageRequest,
         context: grpc.aio.ServicerContext[pb.InspectImageRequest, pb.InspectImageResponse],
     ) -> pb.InspectImageResponse:
-        owner = await self.authenticate(context, request.tower_access_token, request.tower_endpoint)
         # An inspection costs the upstream what a creation does: limited on its own count.
-        await self._check_rate(
-            "inspect",
-            listing_key(owner, self.client_address(context)),
-            self._config.limits.creates_per_minute,
-            "[limits].creates_per_minute",
-        )
+        await self._admit(context, request.tower_access_token, request.tower_endpoint, "inspect")
         ref = ImageRef.parse(request.container_image)
         platform = Platform.parse(request.container_platform)
-        try:
-            resolved = await self._sources.resolve(
-                ref, (platform,), platform_given=bool(request.container_platform.strip())
-            )
-        except WaveError as exc:
-            if exc.kind in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN, Errors.BLOB_UNKNOWN):
-                raise invalid_argument("container_image", exc.message) from None
-            raise
+        resolved = await self._resolve(ref, (platform,), bool(request.container_platform.strip()))
         manifest = resolved.image.manifest
         return pb.InspectImageResponse(
             container_image=str(ref),
