@@ -46,6 +46,8 @@ def error_response(error: WaveError) -> web.Response:
         headers["Allow"] = "GET, HEAD"
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    if error.blob_size is not None:
+        headers["Content-Range"] = f"bytes */{error.blob_size}"
     return web.Response(status=error.kind.http_status, body=body, content_type="application/json", headers=headers)
 
 

@@ -76,13 +76,23 @@ class WaveError(Exception):
     credential.
     """
 
-    def __init__(self, kind: ErrorKind, message: str, detail: Any = None, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        detail: Any = None,
+        *,
+        retry_after: float | None = None,
+        blob_size: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.detail = detail
         # Seconds a client should wait before asking again (a rate limit): a Retry-After header.
         self.retry_after = retry_after
+        # The size of a blob whose range was not satisfiable: "Content-Range: bytes */<size>".
+        self.blob_size = blob_size
 
     def oci_body(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"code": self.kind.oci_code, "message": self.message}

@@ -40,12 +40,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     range_header = honoured_range(request.method, request.headers.get("Range", ""))
     config = image.image.config_by_digest(digest)
     if config is not None:
-        headers = content_headers(OCTET_STREAM, str(digest), len(config.data))
-        return (
-            web.Response(headers=headers)
-            if request.method == "HEAD"
-            else web.Response(body=config.data, headers=headers)
-        )
+        return _in_memory(request, config.data, digest, range_header)
     layer = image.injected.get(digest)
     answer: BlobAnswer
     if layer is not None:
@@ -67,6 +62,30 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     else:
         raise WaveError(Errors.BLOB_UNKNOWN, f"blob {digest} is not part of this augmented image")
     return await render(request, answer, digest)
+
+
+def _in_memory(request: web.Request, data: bytes, digest: Digest, range_header: str) -> web.Response:
+    """A blob held in memory (the rewritten config), whole or the one byte range asked for,
+    answered as a stored layer's file is: ``206`` with ``Content-Range``, or ``416``."""
+    size = len(data)
+    headers = content_headers(OCTET_STREAM, str(digest), size)
+    if not range_header:
+        return web.Response(headers=headers) if request.method == "HEAD" else web.Response(body=data, headers=headers)
+    try:
+        # aiohttp's parse of the one range honoured_range let through: a slice, or ValueError.
+        wanted = request.http_range
+    except ValueError:
+        wanted = slice(size, size)
+    start, stop, _ = wanted.indices(size)
+    if start >= stop:
+        raise WaveError(
+            Errors.RANGE_NOT_SATISFIABLE,
+            f"{range_header} selects none of the blob's {size} bytes; omit Range for the whole blob",
+            blob_size=size,
+        )
+    headers["Content-Length"] = str(stop - start)
+    headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    return web.Response(status=206, body=data[start:stop], headers=headers)
 
 
 def _injected_location(request: web.Request, location: str, digest: Digest) -> Redirect:
