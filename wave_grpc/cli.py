@@ -409,7 +409,12 @@ async def _list(args: argparse.Namespace) -> int:
         print("no live tokens")
         return 0
     rows = [("TOKEN", "EXPIRES", "SOURCE", "TARGET")] + [
-        (item.container_token, item.expiration.ToJsonString(), item.container_image, item.target_image)
+        (
+            item.container_token or "(freeze)",
+            item.expiration.ToJsonString(),
+            item.container_image,
+            item.target_image,
+        )
         for item in summaries
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
