@@ -38,8 +38,10 @@ from typing import Any
 
 import grpc
 
+from bench import memory
 from tests import components
 from tests.stack import WaveStack, registry_route
+from wave_grpc.config import GatewayConfig
 from wave_grpc.image.layers import LayerDigester
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
@@ -124,6 +126,26 @@ def timed(fn: Callable[[], Any]) -> float:
 
 def peak_rss_mb(pid: int) -> float:
     return components.vm_hwm_kib(pid) / 1024
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process now (VmRSS in /proc/<pid>/status), KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus metric's samples whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
+        if match is not None:
+            found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(1) or ""))
+            if all(found.get(k) == v for k, v in labels.items()):
+                total += float(match.group(2))
+    return total
 
 
 def reset_peak_rss(pid: int) -> None:
@@ -582,6 +604,162 @@ def fig_create_concurrent(c: dict[str, Any], cfg: Settings, work: Path) -> list[
     return rows
 
 
+def create_tokens(address: str, image: str, count: int, callers: int = 64) -> list[str]:
+    """``count`` CreateContainer calls (a distinct env each), ``callers`` at a time; their target images."""
+
+    async def run() -> list[str]:
+        targets: list[str] = []
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.AugmentServiceStub(channel)
+            numbers = iter(range(count))
+
+            async def caller() -> None:
+                for n in numbers:
+                    request = pb.CreateContainerRequest(
+                        container_image=image, container_config=pb.ContainerConfig(env=[f"TOKEN={n}"])
+                    )
+                    response = await stub.CreateContainer(request, timeout=60)
+                    targets.append(response.target_image)
+
+            await asyncio.gather(*(caller() for _ in range(callers)))
+        return targets
+
+    return asyncio.run(run())
+
+
+def pull_all(urls: list[str], concurrency: int = 32) -> int:
+    """GET every URL once (manifest Accept types), ``concurrency`` at a time; answer how many were not 200."""
+
+    async def run() -> int:
+        failed = 0
+        headers = CIMultiDict(ACCEPT)
+        pending = iter(urls)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
+            async def worker() -> None:
+                nonlocal failed
+                for url in pending:
+                    async with session.get(url, headers=headers) as resp:
+                        await resp.read()
+                        failed += resp.status != 200
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return failed
+
+    return asyncio.run(run())
+
+
+def fig_gateway_memory(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
+    """RSS of a gateway process per cached token: N live tokens, each manifest pulled once.
+
+    The gateway runs alone (``serve --only gateway`` against the bench's service), so
+    its RSS holds only what the pulls left: the resolver's entry (record, augmented
+    manifest and config) and the content cache's copy of the augmented image, per
+    token. Its LRU bounds are raised to hold all N (``rewrite_cache_size``; the
+    record TTL too, so that a second pull tells a kept entry, a ``record`` cache hit,
+    from an evicted one). What the defaults keep is the last row.
+    """
+    service: WaveStack = c["wave"]
+    images: components.BaseImages = c["images"]
+    registry: components.Registry = c["registry"]
+    count = 1_000 if cfg.quick else 10_000
+    warm = 50  # pulled first, outside the count: the gateway's channels, pools and caches exist before "before"
+    targets = create_tokens(service.grpc_address, images.ref("latest"), count + warm)
+    admin = f"127.0.0.1:{components.free_port()}"
+    gateway = WaveStack(
+        work / "memory",
+        registries=[registry_route(registry)],
+        gateway={
+            "service": service.grpc_address,
+            "access_log": False,
+            "rewrite_cache_size": max(GatewayConfig.rewrite_cache_size, count + warm),
+            "record_cache_ttl": "3600s",
+        },
+        admin={"listen": admin},
+    )
+    gateway.start(only="gateway")
+    try:
+        assert gateway.process is not None
+        pid = gateway.process.pid
+        urls = []
+        for target in targets:
+            name, tag = target.split("/", 1)[1].rsplit(":", 1)
+            urls.append(f"{gateway.gateway_url}/v2/{name}/manifests/{tag}")
+        if pull_all(urls[:warm]):
+            raise RuntimeError("the gateway refused a warm-up pull")
+        time.sleep(0.5)
+        before = rss_kib(pid)
+        if failed := pull_all(urls[warm:]):
+            raise RuntimeError(f"{failed} of {count} first pulls failed")
+        time.sleep(0.5)
+        after = rss_kib(pid)
+        # Second pull of every token: a record cache hit is an entry the resolver still held.
+        metrics = f"http://{admin}/metrics"
+        hits_before = metric_sum(
+            components.http_request("GET", metrics).body.decode(),
+            "wave_grpc_cache_requests_total",
+            cache="record",
+            result="hit",
+        )
+        if failed := pull_all(urls):
+            raise RuntimeError(f"{failed} second pulls failed")
+        hits = metric_sum(
+            components.http_request("GET", metrics).body.decode(),
+            "wave_grpc_cache_requests_total",
+            cache="record",
+            result="hit",
+        )
+        kept = hits - hits_before
+        # The resolver's own accounting of one entry (TokenImage.weight in gateway/resolver.py).
+        manifest = components.http_request("GET", urls[-1], headers=ACCEPT).body
+        config_digest = json.loads(manifest)["config"]["digest"]
+        config = components.http_request("GET", urls[-1].rsplit("/manifests/", 1)[0] + f"/blobs/{config_digest}").body
+        token = targets[-1].split("/wt/", 1)[1].split("/", 1)[0]
+        with service.stub() as stub:
+            record = stub.GetContainer(pb.GetContainerRequest(container_token=token), timeout=10).container
+        weight = len(manifest) + len(config) + record.ByteSize() + 512
+    finally:
+        gateway.stop()
+    per_token_kib = (after - before) / count
+    live_mib = per_token_kib * 10_000 / 1024
+    extrapolated = "" if count == 10_000 else f" (extrapolated from {count:,})"
+    # What the defaults keep: the entry bound, or the byte bound at the resolver's own accounting.
+    default_kept = min(10_000, GatewayConfig.rewrite_cache_size, GatewayConfig.content_cache_bytes // weight)
+    return [
+        Row(
+            f"gateway memory per cached token ({count:,} tokens pulled once)",
+            "RSS growth KiB per token",
+            per_token_kib,
+            "resolver's accounting per entry KiB",
+            weight / 1024,
+            False,
+        ),
+        Row(
+            f"gateway memory for 10,000 live tokens{extrapolated}",
+            "RSS growth MiB",
+            live_mib,
+            "gateway RSS before the pulls MiB",
+            before / 1024,
+            False,
+        ),
+        Row(
+            f"resolver cache, {count + warm:,} tokens pulled, rewrite_cache_size raised to hold them",
+            "tokens still cached",
+            kept,
+            "tokens pulled",
+            count + warm,
+        ),
+        Row(
+            f"resolver cache with its defaults ({GatewayConfig.rewrite_cache_size:,} entries, "
+            f"{GatewayConfig.content_cache_bytes >> 20} MiB)",
+            "tokens it keeps (computed)",
+            default_kept,
+            "live tokens",
+            10_000,
+        ),
+    ]
+
+
 def fig_create(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
     wave: WaveStack = c["wave"]
     images: components.BaseImages = c["images"]
@@ -708,6 +886,18 @@ def fig_token_store(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
     return [Row(label, "SQLite p99 ms", sqlite_p99, "Redis p99 ms", redis_p99, False)]
 
 
+def fig_token_memory(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
+    """Gateway memory per cached token (bench/memory.py), with every token cached."""
+    count = 500 if cfg.quick else 10_000
+    per_token, before, after = memory.measure(c["registry"], c["images"].ref("latest"), work / "memory", count)
+    figure = f"gateway memory, {count:,} live tokens pulled once each"
+    return [
+        Row(figure, "KiB per cached token", per_token, "-", None, False),
+        Row(figure, "MiB per 10,000 cached tokens", per_token * 10_000 / 1024, "-", None, False),
+        Row(figure, "serving process RSS MiB after the pulls", after, "RSS MiB before the pulls", before, False),
+    ]
+
+
 FIGURES = [
     fig_warm_manifest,
     fig_access_log,
@@ -718,6 +908,7 @@ FIGURES = [
     fig_create,
     fig_create_concurrent,
     fig_token_store,
+    fig_token_memory,
 ]
 
 

@@ -36,6 +36,7 @@ EXPECTED_FIGURES = {
     "CreateContainer, 1 caller, tag cache 20 s (default)",
     "CreateContainer, 64 callers, tag cache off",
     "CreateContainer, 1 caller, tag cache off",
+    "gateway memory, 500 live tokens pulled once each",
 }
 
 
