@@ -128,24 +128,10 @@ def peak_rss_mb(pid: int) -> float:
     return components.vm_hwm_kib(pid) / 1024
 
 
-def rss_kib(pid: int) -> int:
-    """Resident set size of a process now (VmRSS in /proc/<pid>/status), KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def metric_sum(text: str, name: str, **labels: str) -> float:
-    """The sum of a Prometheus metric's samples whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
-        if match is not None:
-            found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(1) or ""))
-            if all(found.get(k) == v for k, v in labels.items()):
-                total += float(match.group(2))
-    return total
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used, seconds (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def reset_peak_rss(pid: int) -> None:
@@ -351,42 +337,83 @@ def fig_warm_manifest(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]
     return rows
 
 
+def start_ceiling(work: Path, body: bytes) -> tuple[components.ManagedProcess, str]:
+    """bench/ceiling.py answering ``body`` as an OCI manifest; the process and its URL."""
+    manifest_file = work / "ceiling-manifest.json"
+    manifest_file.write_bytes(body)
+    port = components.free_port()
+    ceiling = components.ManagedProcess(
+        [sys.executable, "-m", "bench.ceiling", str(port), str(manifest_file), components.OCI_MANIFEST],
+        log_path=work / "ceiling-access-log.log",
+    )
+    try:
+        ceiling.wait_http(f"http://127.0.0.1:{port}/v2/", 15)
+    except BaseException:
+        ceiling.stop()
+        raise
+    return ceiling, f"http://127.0.0.1:{port}/x"
+
+
 def fig_access_log(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
-    """The default configuration (access log on) against the same gateway with it off, side by side."""
+    """The default configuration (access log on) against the same gateway with it off and against
+    the bare aiohttp ceiling, side by side in interleaved rounds."""
     images: components.BaseImages = c["images"]
     registry: components.Registry = c["registry"]
     quiet: WaveStack = c["wave"]
     logged = WaveStack(work / "logged", registries=[registry_route(registry)])  # the defaults: access log on
     logged.start()
+    ceiling: components.ManagedProcess | None = None
     try:
         urls = []
         for wave in (logged, quiet):
             target = wave.create(images.ref("latest"), container_config=pb.ContainerConfig(env=["A=1"])).target_image
             name, tag = target.split("/", 1)[1].rsplit(":", 1)
             url = f"{wave.gateway_url}/v2/{name}/manifests/{tag}"
-            components.http_request("GET", url, headers=ACCEPT)
+            body = components.http_request("GET", url, headers=ACCEPT).body
             urls.append(url)
-        # Interleaved rounds, medians compared: on this shared machine one pair of runs
-        # swings the ratio between 0.6 and 0.9 on its own.
-        rounds = [(wrk(urls[0], cfg.wrk_seconds, ACCEPT), wrk(urls[1], cfg.wrk_seconds, ACCEPT)) for _ in range(3)]
-        on = sorted((r[0] for r in rounds), key=lambda r: r.rps)[1]
-        off = sorted((r[1] for r in rounds), key=lambda r: r.rps)[1]
+        ceiling, ceiling_url = start_ceiling(work, body)
+        urls.append(ceiling_url)
+        pids = [p.pid for p in (logged.process, quiet.process, ceiling) if p is not None]
+        # Interleaved rounds, the order turning, medians compared: on this shared machine
+        # one pair of runs swings the ratio between 0.6 and 0.9 on its own. Shorter rounds,
+        # more of them: the swings come and go within seconds.
+        seconds = max(2, cfg.wrk_seconds * 2 // 5)
+        runs: list[list[tuple[WrkResult, float]]] = [[], [], []]
+        for round_ in range(2 if cfg.quick else 6):
+            for side in (0, 1, 2)[round_ % 3 :] + (0, 1, 2)[: round_ % 3]:
+                started = cpu_seconds(pids[side])
+                result = wrk(urls[side], seconds, ACCEPT)
+                runs[side].append((result, (cpu_seconds(pids[side]) - started) / max(1, result.requests) * 1e6))
         lines = sum(1 for line in logged.log_text().splitlines() if "gateway.access" in line)
     finally:
+        if ceiling is not None:
+            ceiling.stop()
         logged.stop()
-    if lines < on.requests // 2:
-        raise RuntimeError(f"the access log wrote {lines} lines for {on.requests} requests")
-    return [
-        Row("warm manifest GET, default config (access log on)", "req/s", on.rps, "access log off", off.rps),
+    on, off, bare = ([r for r, _ in side] for side in runs)
+    if lines < sum(r.requests for r in on) // 2:
+        raise RuntimeError(f"the access log wrote {lines} lines for {sum(r.requests for r in on)} requests")
+    if any(r.non_2xx for r in on + off):
+        raise RuntimeError("a gateway answered non-2xx responses under load")
+    figure = "warm manifest GET, default config (access log on)"
+    median = statistics.median
+    rows = []
+    for peer, results in (("access log off", off), ("bare aiohttp (ceiling)", bare)):
+        rows.append(Row(figure, "req/s", median(r.rps for r in on), peer, median(r.rps for r in results)))
+    for peer, results in (("access log off", off), ("bare aiohttp (ceiling)", bare)):
+        rows.append(Row(figure, "p99 ms", median(r.p99_ms for r in on), peer, median(r.p99_ms for r in results), False))
+    # The serving process's CPU time (user + system) per request: the cost itself, where
+    # req/s also carries whatever else the two cores were doing during the round.
+    rows.append(
         Row(
-            "warm manifest GET, default config (access log on)",
-            "p99 ms",
-            on.p99_ms,
+            figure,
+            "CPU us per request",
+            median(us for _, us in runs[0]),
             "access log off",
-            off.p99_ms,
+            median(us for _, us in runs[1]),
             False,
-        ),
-    ]
+        )
+    )
+    return rows
 
 
 def fig_first_pull(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
@@ -489,39 +516,67 @@ def fig_skopeo(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
     ]
 
 
+def sha256_seconds_per_gb(size: int = 256 << 20) -> float:
+    """CPU seconds hashlib's sha256 takes per GB on this machine: the floor of a hashing relay."""
+    data = random.Random(3).randbytes(1 << 20)  # noqa: S311 - filler bytes, not crypto
+    hasher = hashlib.sha256()
+    started = time.process_time()
+    for _ in range(size >> 20):
+        hasher.update(data)
+    return (time.process_time() - started) / (size / 1e9)
+
+
 def fig_proxy_stream(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
+    """A big base layer through a ``blobs = "proxy"`` route against the same client reading the registry.
+
+    Interleaved rounds, medians compared. The gateway's CPU seconds per GB are beside
+    what sha256 alone costs here: each byte is read from one socket, hashed (a wrong
+    byte from upstream must cut the connection) and written to another, on the same
+    two cores as the client and the registry.
+    """
     registry: components.Registry = c["registry"]
     layer = make_big_image(registry, work, cfg.big_blob)
     wave = WaveStack(
         work / "proxy", registries=[registry_route(registry, blobs="proxy")], gateway={"access_log": False}
     )
     wave.start()
+    ours, direct, cpu = [], [], []
     try:
         created = wave.create(f"{registry.host}/bench/big:v1")
         name = created.target_image.split("/", 1)[1].rsplit(":", 1)[0]
         assert wave.process is not None
-        reset_peak_rss(wave.process.pid)
-        base_rss = peak_rss_mb(wave.process.pid)
-        ours = timed(lambda: stream_get(f"{wave.gateway_url}/v2/{name}/blobs/{layer}"))
-        rss = peak_rss_mb(wave.process.pid)
-        direct = timed(lambda: stream_get(f"{registry.url}/v2/bench/big/blobs/{layer}"))
+        pid = wave.process.pid
+        reset_peak_rss(pid)
+        base_rss = peak_rss_mb(pid)
+        for _ in range(cfg.repeats):
+            started = cpu_seconds(pid)
+            took = time.perf_counter()
+            size, digest = stream_get(f"{wave.gateway_url}/v2/{name}/blobs/{layer}")
+            ours.append(time.perf_counter() - took)
+            cpu.append((cpu_seconds(pid) - started) / (size / 1e9))
+            if (size, digest) != (cfg.big_blob, layer):
+                raise RuntimeError(f"the gateway streamed {size} bytes of {digest}, not the blob")
+            direct.append(timed(lambda: stream_get(f"{registry.url}/v2/bench/big/blobs/{layer}")))
+        rss = peak_rss_mb(pid)
     finally:
         wave.stop()
     mb = cfg.big_blob / 1e6
+    figure = f"proxy-mode stream of a {cfg.big_blob >> 20} MiB blob"
     return [
         Row(
-            f"proxy-mode stream of a {cfg.big_blob >> 20} MiB blob",
+            figure,
             "MB/s",
-            mb / ours,
+            mb / statistics.median(ours),
             "docker-registry blob GET direct",
-            mb / direct,
+            mb / statistics.median(direct),
         ),
+        Row(figure, "gateway peak RSS MB", rss, "gateway RSS before the transfer", base_rss, False),
         Row(
-            f"proxy-mode stream of a {cfg.big_blob >> 20} MiB blob",
-            "gateway peak RSS MB",
-            rss,
-            "gateway RSS before the transfer",
-            base_rss,
+            figure,
+            "gateway CPU s per GB",
+            statistics.median(cpu),
+            "sha256 alone, s per GB",
+            sha256_seconds_per_gb(),
             False,
         ),
     ]
@@ -602,162 +657,6 @@ def fig_create_concurrent(c: dict[str, Any], cfg: Settings, work: Path) -> list[
     finally:
         uncached.stop()
     return rows
-
-
-def create_tokens(address: str, image: str, count: int, callers: int = 64) -> list[str]:
-    """``count`` CreateContainer calls (a distinct env each), ``callers`` at a time; their target images."""
-
-    async def run() -> list[str]:
-        targets: list[str] = []
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = pb_grpc.AugmentServiceStub(channel)
-            numbers = iter(range(count))
-
-            async def caller() -> None:
-                for n in numbers:
-                    request = pb.CreateContainerRequest(
-                        container_image=image, container_config=pb.ContainerConfig(env=[f"TOKEN={n}"])
-                    )
-                    response = await stub.CreateContainer(request, timeout=60)
-                    targets.append(response.target_image)
-
-            await asyncio.gather(*(caller() for _ in range(callers)))
-        return targets
-
-    return asyncio.run(run())
-
-
-def pull_all(urls: list[str], concurrency: int = 32) -> int:
-    """GET every URL once (manifest Accept types), ``concurrency`` at a time; answer how many were not 200."""
-
-    async def run() -> int:
-        failed = 0
-        headers = CIMultiDict(ACCEPT)
-        pending = iter(urls)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-
-            async def worker() -> None:
-                nonlocal failed
-                for url in pending:
-                    async with session.get(url, headers=headers) as resp:
-                        await resp.read()
-                        failed += resp.status != 200
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return failed
-
-    return asyncio.run(run())
-
-
-def fig_gateway_memory(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
-    """RSS of a gateway process per cached token: N live tokens, each manifest pulled once.
-
-    The gateway runs alone (``serve --only gateway`` against the bench's service), so
-    its RSS holds only what the pulls left: the resolver's entry (record, augmented
-    manifest and config) and the content cache's copy of the augmented image, per
-    token. Its LRU bounds are raised to hold all N (``rewrite_cache_size``; the
-    record TTL too, so that a second pull tells a kept entry, a ``record`` cache hit,
-    from an evicted one). What the defaults keep is the last row.
-    """
-    service: WaveStack = c["wave"]
-    images: components.BaseImages = c["images"]
-    registry: components.Registry = c["registry"]
-    count = 1_000 if cfg.quick else 10_000
-    warm = 50  # pulled first, outside the count: the gateway's channels, pools and caches exist before "before"
-    targets = create_tokens(service.grpc_address, images.ref("latest"), count + warm)
-    admin = f"127.0.0.1:{components.free_port()}"
-    gateway = WaveStack(
-        work / "memory",
-        registries=[registry_route(registry)],
-        gateway={
-            "service": service.grpc_address,
-            "access_log": False,
-            "rewrite_cache_size": max(GatewayConfig.rewrite_cache_size, count + warm),
-            "record_cache_ttl": "3600s",
-        },
-        admin={"listen": admin},
-    )
-    gateway.start(only="gateway")
-    try:
-        assert gateway.process is not None
-        pid = gateway.process.pid
-        urls = []
-        for target in targets:
-            name, tag = target.split("/", 1)[1].rsplit(":", 1)
-            urls.append(f"{gateway.gateway_url}/v2/{name}/manifests/{tag}")
-        if pull_all(urls[:warm]):
-            raise RuntimeError("the gateway refused a warm-up pull")
-        time.sleep(0.5)
-        before = rss_kib(pid)
-        if failed := pull_all(urls[warm:]):
-            raise RuntimeError(f"{failed} of {count} first pulls failed")
-        time.sleep(0.5)
-        after = rss_kib(pid)
-        # Second pull of every token: a record cache hit is an entry the resolver still held.
-        metrics = f"http://{admin}/metrics"
-        hits_before = metric_sum(
-            components.http_request("GET", metrics).body.decode(),
-            "wave_grpc_cache_requests_total",
-            cache="record",
-            result="hit",
-        )
-        if failed := pull_all(urls):
-            raise RuntimeError(f"{failed} second pulls failed")
-        hits = metric_sum(
-            components.http_request("GET", metrics).body.decode(),
-            "wave_grpc_cache_requests_total",
-            cache="record",
-            result="hit",
-        )
-        kept = hits - hits_before
-        # The resolver's own accounting of one entry (TokenImage.weight in gateway/resolver.py).
-        manifest = components.http_request("GET", urls[-1], headers=ACCEPT).body
-        config_digest = json.loads(manifest)["config"]["digest"]
-        config = components.http_request("GET", urls[-1].rsplit("/manifests/", 1)[0] + f"/blobs/{config_digest}").body
-        token = targets[-1].split("/wt/", 1)[1].split("/", 1)[0]
-        with service.stub() as stub:
-            record = stub.GetContainer(pb.GetContainerRequest(container_token=token), timeout=10).container
-        weight = len(manifest) + len(config) + record.ByteSize() + 512
-    finally:
-        gateway.stop()
-    per_token_kib = (after - before) / count
-    live_mib = per_token_kib * 10_000 / 1024
-    extrapolated = "" if count == 10_000 else f" (extrapolated from {count:,})"
-    # What the defaults keep: the entry bound, or the byte bound at the resolver's own accounting.
-    default_kept = min(10_000, GatewayConfig.rewrite_cache_size, GatewayConfig.content_cache_bytes // weight)
-    return [
-        Row(
-            f"gateway memory per cached token ({count:,} tokens pulled once)",
-            "RSS growth KiB per token",
-            per_token_kib,
-            "resolver's accounting per entry KiB",
-            weight / 1024,
-            False,
-        ),
-        Row(
-            f"gateway memory for 10,000 live tokens{extrapolated}",
-            "RSS growth MiB",
-            live_mib,
-            "gateway RSS before the pulls MiB",
-            before / 1024,
-            False,
-        ),
-        Row(
-            f"resolver cache, {count + warm:,} tokens pulled, rewrite_cache_size raised to hold them",
-            "tokens still cached",
-            kept,
-            "tokens pulled",
-            count + warm,
-        ),
-        Row(
-            f"resolver cache with its defaults ({GatewayConfig.rewrite_cache_size:,} entries, "
-            f"{GatewayConfig.content_cache_bytes >> 20} MiB)",
-            "tokens it keeps (computed)",
-            default_kept,
-            "live tokens",
-            10_000,
-        ),
-    ]
 
 
 def fig_create(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
@@ -889,12 +788,35 @@ def fig_token_store(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
 def fig_token_memory(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
     """Gateway memory per cached token (bench/memory.py), with every token cached."""
     count = 500 if cfg.quick else 10_000
-    per_token, before, after = memory.measure(c["registry"], c["images"].ref("latest"), work / "memory", count)
+    run = memory.measure(c["registry"], c["images"].ref("latest"), work / "memory", count)
     figure = f"gateway memory, {count:,} live tokens pulled once each"
+    per_10k = "MiB per 10,000 cached tokens" + ("" if count == 10_000 else f" (extrapolated from {count:,})")
+    defaults = (
+        f"resolver cache with its defaults ({GatewayConfig.rewrite_cache_size:,} entries, "
+        f"{GatewayConfig.content_cache_bytes >> 20} MiB at its accounting)"
+    )
     return [
-        Row(figure, "KiB per cached token", per_token, "-", None, False),
-        Row(figure, "MiB per 10,000 cached tokens", per_token * 10_000 / 1024, "-", None, False),
-        Row(figure, "serving process RSS MiB after the pulls", after, "RSS MiB before the pulls", before, False),
+        Row(
+            figure,
+            "KiB per cached token",
+            run.per_token_kib,
+            "resolver's accounting per entry KiB",
+            run.entry_bytes / 1024,
+            False,
+        ),
+        Row(
+            figure, per_10k, run.per_token_kib * 10_000 / 1024, "RSS MiB before the pulls", run.before_kib / 1024, False
+        ),
+        Row(
+            figure,
+            "serving process RSS MiB after the pulls",
+            run.after_kib / 1024,
+            "RSS MiB before the pulls",
+            run.before_kib / 1024,
+            False,
+        ),
+        Row(figure, "tokens still cached after the pulls", run.kept, "tokens pulled", count),
+        Row(defaults, "tokens kept of 10,000 live (computed)", run.default_kept(10_000), "live tokens", 10_000),
     ]
 
 

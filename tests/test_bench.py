@@ -37,6 +37,7 @@ EXPECTED_FIGURES = {
     "CreateContainer, 64 callers, tag cache off",
     "CreateContainer, 1 caller, tag cache off",
     "gateway memory, 500 live tokens pulled once each",
+    "resolver cache with its defaults (4,096 entries, 256 MiB at its accounting)",
 }
 
 

@@ -36,7 +36,7 @@ from wave_grpc.registry.client import REDIRECT_STATUSES, RegistryClient
 
 log = logging.getLogger(__name__)
 
-STREAM_CHUNK = 1 << 18
+STREAM_CHUNK = 1 << 19
 _BYTE_RANGE = re.compile(r"^bytes=(?:\d+-\d*|-\d+)$")
 
 
@@ -133,11 +133,13 @@ async def registry_blob(
         await stack.aclose()
         raise
     partial = resp.status == 206 and "Content-Range" in resp.headers
+    restore = _bigger_reads(resp)
     chunks = client.iter_body(resp, registry, label, chunk_size=STREAM_CHUNK)
 
     async def close() -> None:
         # The body iterator first (it may be suspended mid-transfer), then the response.
         await chunks.aclose()
+        restore()
         await stack.aclose()
 
     return Stream(
@@ -147,3 +149,29 @@ async def registry_blob(
         length=resp.content_length,
         content_range=resp.headers["Content-Range"] if partial else None,
     )
+
+
+def _bigger_reads(resp: aiohttp.ClientResponse) -> Callable[[], None]:
+    """Read the upstream socket ``STREAM_CHUNK`` bytes at a time while a blob streams; answer the undo.
+
+    asyncio's plain-TCP transport reads 256 KiB per ``recv`` (its ``max_size``, a class
+    attribute with no public setter), and each read costs a callback, a parse and a
+    chunk through the event loop. Half as many of them, measured interleaved on a
+    1 GiB proxy-mode stream against the 256 KiB reads: 1.58 against 1.77 CPU seconds
+    per GB in the gateway. 1 MiB reads cost the same CPU and more memory (peak RSS per
+    concurrent stream: 0.6 MB with 256 KiB, 1.6 MB with 512 KiB, 2.3 MB with 1 MiB).
+    The pooled connection gets its default back when the stream is closed (a request
+    that takes it from the pool before that only reads in bigger pieces). A transport
+    without the attribute (TLS, uvloop) is left as it is. The natural home of this is
+    the transport's session; it is here because only a streamed blob gains from it.
+    """
+    transport = resp.connection.transport if resp.connection is not None else None
+    before = getattr(transport, "max_size", None)
+    if transport is None or not isinstance(before, int) or before >= STREAM_CHUNK:
+        return lambda: None
+    setattr(transport, "max_size", STREAM_CHUNK)  # noqa: B010 - not a declared attribute of asyncio.Transport
+
+    def restore() -> None:
+        setattr(transport, "max_size", before)  # noqa: B010
+
+    return restore
