@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import base64
 import gzip
-import io
 import json
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,17 +29,7 @@ PASSWORD = "s3cret-push-password"  # noqa: S105 - a test registry's
 USER = "pusher"
 
 
-def layer_bytes(files: dict[str, bytes]) -> bytes:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o755
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue(), mtime=0)
-
-
-LAYER = layer_bytes({"opt/frozen/hello.sh": b"#!/bin/sh\necho frozen\n"})
+LAYER, _ = components.layer_tar_gz({"opt/frozen/hello.sh": b"#!/bin/sh\necho frozen\n"})
 
 
 def freeze_request(image: str, build_repository: str, **config: Any) -> pb.CreateContainerRequest:

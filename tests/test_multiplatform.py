@@ -8,12 +8,9 @@ podman and containerd, unpacked with umoci.
 from __future__ import annotations
 
 import base64
-import gzip
-import io
 import json
 import subprocess
 import sys
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,17 +27,6 @@ pytestmark = pytest.mark.components
 
 INDEX_ACCEPT = [("Accept", components.OCI_INDEX), ("Accept", components.OCI_MANIFEST)]
 BOTH = "linux/amd64,linux/arm64"
-
-
-def _tar_gz(files: dict[str, bytes]) -> tuple[bytes, str]:
-    """A reproducible layer: (gzip bytes, diff_id)."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue(), mtime=0), components.sha256_digest(raw.getvalue())
 
 
 def _dumps(value: Any) -> bytes:
@@ -61,7 +47,9 @@ def _push_include(registry: components.Registry) -> tuple[str, str, dict[str, st
     repo = "tools/extra"
     entries, layers = [], {}
     for arch in ("amd64", "arm64"):
-        blob, diff_id = _tar_gz({"opt/included/common.txt": b"included\n", f"opt/included/{arch}.txt": arch.encode()})
+        blob, diff_id = components.layer_tar_gz(
+            {"opt/included/common.txt": b"included\n", f"opt/included/{arch}.txt": arch.encode()}
+        )
         layers[arch] = components.push_blob(registry.url, repo, blob)
         config = _dumps(
             {
@@ -399,7 +387,7 @@ def test_a_multi_platform_freeze_pushes_every_manifest_then_the_index(
 def test_the_wave_rest_api_takes_platform_lists_includes_and_platform_layers(
     stack: WaveStack, base_images: components.BaseImages, pushed: Pushed, tmp_path: Path
 ) -> None:
-    blob, diff_id = _tar_gz({"opt/rest/arm64.txt": b"rest\n"})
+    blob, diff_id = components.layer_tar_gz({"opt/rest/arm64.txt": b"rest\n"}, mode=0o644)
 
     body = {
         "containerImage": base_images.ref("multi"),

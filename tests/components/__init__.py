@@ -42,6 +42,7 @@ from tests.components.images import (
     ImageManifest,
     TaggedImage,
     iter_tar_names,
+    layer_tar_gz,
     push_busybox_images,
     read_oci_image_config,
 )
@@ -110,6 +111,7 @@ __all__ = [
     "get_manifest",
     "http_request",
     "iter_tar_names",
+    "layer_tar_gz",
     "missing_component",
     "podman_cleanup",
     "podman_inspect",

@@ -6,6 +6,7 @@ metadata, so the same ``/bin/busybox`` and zlib give the same digests everywhere
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -13,7 +14,7 @@ import shutil
 import struct
 import tarfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -410,3 +411,14 @@ def iter_tar_names(data: bytes) -> Iterator[str]:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         for member in tar:
             yield member.name
+
+
+def layer_tar_gz(files: Mapping[str, bytes], mode: int = 0o755) -> tuple[bytes, str]:
+    """A reproducible layer of regular files: (gzip bytes, diff_id)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), mtime=0), sha256_digest(raw.getvalue())
