@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import pytest
 
 from tests import components
 from tests.stack import WaveStack, await_done, registry_route
+from tests.test_e2e_augment import cli
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 
 pytestmark = pytest.mark.components
@@ -157,15 +156,6 @@ def layer_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             target.write_text(text)
         dirs[name] = root / name
     return dirs
-
-
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "wave_grpc.cli", *args], capture_output=True, text=True, timeout=180, check=False
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"wave-grpc {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
 
 
 def augment_both(stack: WaveStack, image: str, dirs: dict[str, Path], *extra: str) -> str:
