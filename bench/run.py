@@ -266,23 +266,15 @@ def fig_warm_manifest(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]
     name, tag = created.target_image.split("/", 1)[1].rsplit(":", 1)
     gateway_url = f"{wave.gateway_url}/v2/{name}/manifests/{tag}"
     body = components.http_request("GET", gateway_url, headers=ACCEPT).body
-    manifest_file = work / "manifest.json"
-    manifest_file.write_bytes(body)
-
-    ceiling_port = components.free_port()
-    ceiling = components.ManagedProcess(
-        [sys.executable, "-m", "bench.ceiling", str(ceiling_port), str(manifest_file), components.OCI_MANIFEST],
-        log_path=work / "ceiling.log",
-    )
+    ceiling, ceiling_url = start_ceiling(work, body, "ceiling")
     try:
-        ceiling.wait_http(f"http://127.0.0.1:{ceiling_port}/v2/", 15)
         # Pull-through caches fill on first request; warm every peer before measuring.
         pt: components.Registry = c["pull_through"]
         for url in (f"{pt.url}/v2/library/busybox/manifests/latest", gateway_url):
             components.http_request("GET", url, headers=ACCEPT)
         results = {
             "gateway": wrk(gateway_url, cfg.wrk_seconds, ACCEPT),
-            "bare aiohttp (ceiling)": wrk(f"http://127.0.0.1:{ceiling_port}/x", cfg.wrk_seconds, ACCEPT),
+            "bare aiohttp (ceiling)": wrk(ceiling_url, cfg.wrk_seconds, ACCEPT),
             "docker-registry direct": wrk(
                 f"{registry.url}/v2/library/busybox/manifests/latest", cfg.wrk_seconds, ACCEPT
             ),
@@ -337,14 +329,14 @@ def fig_warm_manifest(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]
     return rows
 
 
-def start_ceiling(work: Path, body: bytes) -> tuple[components.ManagedProcess, str]:
+def start_ceiling(work: Path, body: bytes, name: str) -> tuple[components.ManagedProcess, str]:
     """bench/ceiling.py answering ``body`` as an OCI manifest; the process and its URL."""
-    manifest_file = work / "ceiling-manifest.json"
+    manifest_file = work / f"{name}-manifest.json"
     manifest_file.write_bytes(body)
     port = components.free_port()
     ceiling = components.ManagedProcess(
         [sys.executable, "-m", "bench.ceiling", str(port), str(manifest_file), components.OCI_MANIFEST],
-        log_path=work / "ceiling-access-log.log",
+        log_path=work / f"{name}.log",
     )
     try:
         ceiling.wait_http(f"http://127.0.0.1:{port}/v2/", 15)
@@ -371,7 +363,7 @@ def fig_access_log(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
             url = f"{wave.gateway_url}/v2/{name}/manifests/{tag}"
             body = components.http_request("GET", url, headers=ACCEPT).body
             urls.append(url)
-        ceiling, ceiling_url = start_ceiling(work, body)
+        ceiling, ceiling_url = start_ceiling(work, body, "ceiling-access-log")
         urls.append(ceiling_url)
         pids = [p.pid for p in (logged.process, quiet.process, ceiling) if p is not None]
         # Interleaved rounds, the order turning, medians compared: on this shared machine
