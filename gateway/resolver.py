@@ -12,60 +12,63 @@ is served is checked against the digests the service recorded at creation.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import grpc
 
 from gateway.caches import decode_augmented, encode_augmented
 from wave_grpc.errors import Errors, WaveError
+from wave_grpc.flight import BoundedCache, SingleFlight
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.ref import ImageRef
 from wave_grpc.image.rewrite import AugmentedImage
 from wave_grpc.metrics import Metrics
-from wave_grpc.pinning import augment_record, augmentations_from_record, fetch_pinned, matches_record
+from wave_grpc.pinning import augmented_from_upstream
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
+from wave_grpc.record import TokenRecord, unknown_token_name
 from wave_grpc.redaction import token_id
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.stores.content import ContentCache
-from wave_grpc.stores.tokens import expiry_seconds
 
 log = logging.getLogger("gateway")
 
 
 @dataclass(frozen=True, slots=True)
 class TokenImage:
-    token: str
-    record: pb.ContainerRecord
-    source: ImageRef
-    tag: str
+    """A live token's record and its augmented image: what every token route serves from."""
+
+    record: TokenRecord
     image: AugmentedImage
-    injected: dict[Digest, pb.ContainerLayer]
+
+    @property
+    def token(self) -> str:
+        return self.record.token
+
+    @property
+    def source(self) -> ImageRef:
+        return self.record.source
+
+    @property
+    def tag(self) -> str:
+        return self.record.tag
+
+    @property
+    def injected(self) -> dict[Digest, pb.ContainerLayer]:
+        return self.record.injected
 
     @property
     def expires_at(self) -> float:
-        return expiry_seconds(self.record)
+        return self.record.expires_at
 
     @property
     def weight(self) -> int:
         """Bytes this entry holds in memory, near enough to bound a cache by."""
         index = self.image.index
         blobs = sum(len(image.manifest.data) + len(image.config.data) for image in self.image.images)
-        return blobs + (len(index.data) if index else 0) + self.record.ByteSize() + 512
-
-
-def unknown_name() -> WaveError:
-    """One answer for an unknown, expired or revoked token and for a live token under another
-    image path, so that a probe learns nothing about which tokens exist."""
-    return WaveError(
-        Errors.NAME_UNKNOWN,
-        "no image is served under this name: the container token is unknown, expired or revoked, "
-        "or the image path is not the one the token was created for",
-    )
+        return blobs + (len(index.data) if index else 0) + self.record.message.ByteSize() + 512
 
 
 class TokenResolver:
@@ -88,109 +91,70 @@ class TokenResolver:
         self._upstream = upstream
         self._content = content
         self._record_ttl = record_ttl
-        self._max_entries = max_entries
         # Bounded in count and in bytes: a few tokens with huge configs must not grow the process.
-        self._max_bytes = max_bytes
-        self._bytes = 0
-        self._images: OrderedDict[str, tuple[TokenImage, float]] = OrderedDict()
-        self._inflight: dict[str, asyncio.Future[TokenImage]] = {}
+        # An entry is (image, when its record was last checked); age is judged here, not by the cache.
+        self._images: BoundedCache[str, tuple[TokenImage, float]] = BoundedCache(max_entries, max_weight=max_bytes)
+        self._flight: SingleFlight[str, TokenImage] = SingleFlight()
 
-    def _unknown(self, token: str) -> WaveError:
-        return unknown_name()
-
-    async def _fetch_record(self, token: str) -> pb.ContainerRecord:
+    async def _fetch_record(self, token: str) -> TokenRecord:
         try:
             response = await self._stub.GetContainer(pb.GetContainerRequest(container_token=token), timeout=10)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                raise self._unknown(token) from None
+                raise unknown_token_name() from None
             raise WaveError(
                 Errors.SERVICE_UNAVAILABLE,
                 f"the AugmentService at {self._service_address} ([gateway].service) did not answer a token "
                 f"lookup ({exc.code().name}); retry later",
                 retry_after=1.0,
             ) from None
-        return response.container
+        return TokenRecord.of(response.container)
 
-    async def _augmented(self, token: str, record: pb.ContainerRecord) -> AugmentedImage:
-        injected = [augmentation.layers for augmentation in augmentations_from_record(record)]
-        ttl = max(1.0, expiry_seconds(record) - time.time())
-        key = f"augmented:{token}"
+    async def _augmented(self, record: TokenRecord) -> AugmentedImage:
+        ttl = max(1.0, record.expires_at - time.time())
+        key = f"augmented:{record.token}"
         cached = await self._content.get(key)
         if cached is not None:
             try:
-                image = decode_augmented(cached, injected)
+                image = decode_augmented(cached, record.injected_per_platform())
             except (ValueError, KeyError, TypeError, IndexError):
-                log.warning("cached augmented image for %s is unreadable; recomputing", token_id(token))
+                log.warning("cached augmented image for %s is unreadable; recomputing", token_id(record.token))
             else:
-                if matches_record(image, record):
+                if record.matches(image):
                     return image
-                log.warning("cached augmented image for %s does not match its record; recomputing", token_id(token))
-        image = augment_record(await fetch_pinned(self._upstream, record, self._content, ttl), record)
-        if not matches_record(image, record):
-            # Same pinned bytes, different result: this replica's rewrite differs
-            # from the one that created the token. Refuse rather than serve bytes
-            # another replica would not.
-            raise WaveError(
-                Errors.MANIFEST_INVALID,
-                f"token {token_id(token)}: the augmented manifest computed here ({image.manifest.digest}) "
-                f"differs from the one recorded at creation ({record.target_manifest_digest}); "
-                "check that all replicas run one version",
-            )
+                log.warning(
+                    "cached augmented image for %s does not match its record; recomputing", token_id(record.token)
+                )
+        image = await augmented_from_upstream(self._upstream, record, self._content, ttl)
         await self._content.put(key, encode_augmented(image), ttl)
         return image
 
     async def _build(self, token: str) -> TokenImage:
         record = await self._fetch_record(token)
         cached = self._images.get(token)
-        if cached is not None and cached[0].record == record:
+        if cached is not None and cached[0].record.message == record.message:
             return cached[0]
-        image = await self._augmented(token, record)
-        source = ImageRef.parse(record.container_image)
-        injected = {Digest.parse(layer.gzip_digest): layer for layer in record.container_config.layers}
-        return TokenImage(token, record, source, source.tag or "latest", image, injected)
+        return TokenImage(record, await self._augmented(record))
 
     async def resolve(self, token: str) -> TokenImage:
-        now = time.monotonic()
         cached = self._images.get(token)
         if cached is not None:
             entry, checked_at = cached
             if entry.expires_at <= time.time():
-                self._forget(token)
-                raise self._unknown(token)
-            if now - checked_at < self._record_ttl:
-                self._images.move_to_end(token)
+                self._images.pop(token)
+                raise unknown_token_name()
+            if time.monotonic() - checked_at < self._record_ttl:
                 self._record_hits.inc()
                 return entry
         self._record_misses.inc()
-        pending = self._inflight.get(token)
-        if pending is None:
-            pending = asyncio.ensure_future(self._build(token))
-            self._inflight[token] = pending
-            pending.add_done_callback(lambda _f: self._inflight.pop(token, None))
         try:
-            entry = await asyncio.shield(pending)
+            entry = await self._flight.run(token, lambda: self._build(token))
         except WaveError as exc:
             if exc.kind is Errors.NAME_UNKNOWN:
-                self._forget(token)
+                self._images.pop(token)
             raise
         if entry.expires_at <= time.time():
-            raise self._unknown(token)
-        self._remember(token, entry)
+            raise unknown_token_name()
+        # Served, not kept, when one entry would take a quarter of the byte budget.
+        self._images.put(token, (entry, time.monotonic()), weight=entry.weight)
         return entry
-
-    def _forget(self, token: str) -> None:
-        old = self._images.pop(token, None)
-        if old is not None:
-            self._bytes -= old[0].weight
-
-    def _remember(self, token: str, entry: TokenImage) -> None:
-        self._forget(token)
-        weight = entry.weight
-        if weight > self._max_bytes // 4:
-            return  # served, not kept: one entry may not take a quarter of the budget
-        self._images[token] = (entry, time.monotonic())
-        self._bytes += weight
-        while len(self._images) > self._max_entries or self._bytes > self._max_bytes:
-            _, (evicted, _checked) = self._images.popitem(last=False)
-            self._bytes -= evicted.weight

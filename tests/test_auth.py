@@ -15,6 +15,7 @@ from tests import components
 from tests.fakeplatform import BROKEN, BUSY, CAROL, WRONG, FakePlatform
 from wave_grpc.config import ConfigError, StaticToken, parse_config
 from wave_grpc.errors import Errors, WaveError
+from wave_grpc.record import ANONYMOUS
 from wave_grpc.service.auth import (
     Authenticator,
     Decline,
@@ -23,7 +24,6 @@ from wave_grpc.service.auth import (
     Verifier,
     bearer_token,
 )
-from wave_grpc.stores.tokens import ANONYMOUS
 
 
 def _sha(token: str) -> str:

@@ -7,27 +7,25 @@ life sees the same upstream bytes and computes the same augmented image.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from wave_grpc.errors import Errors, WaveError, invalid_argument
+from wave_grpc.flight import BoundedCache, CachedFlight
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.manifest import ImageConfig, ImageManifest, Index, MediaType
 from wave_grpc.image.platform import Platform
 from wave_grpc.image.ref import ImageRef
 from wave_grpc.image.rewrite import (
-    Augmentation,
     AugmentedImage,
     Blob,
     IncludedLayers,
-    InjectedLayer,
     UpstreamImage,
     augment_all,
 )
-from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
+from wave_grpc.record import TokenRecord
+from wave_grpc.redaction import token_id
 from wave_grpc.registry.client import ManifestBlob, RegistryClient
 from wave_grpc.stores.content import ContentCache
 
@@ -152,39 +150,24 @@ class SourceResolver:
     resolution is reused for ``ttl`` seconds (``[upstream].tag_cache_ttl``; None
     turns reuse off, concurrent callers still share). Failures are never cached.
     The cache is bounded in entries; a digest reference never changes, but it is
-    kept no longer than a tag so the bound holds.
+    kept no longer than a tag so the bound holds. When every creation waiting on a
+    resolution has gone, the resolution is cancelled (wave_grpc/flight.py).
     """
 
     MAX_ENTRIES = 4096
 
     def __init__(self, client: RegistryClient, ttl: float | None, clock: Callable[[], float] = time.monotonic) -> None:
         self._client = client
-        self._ttl = ttl
-        self._clock = clock
-        self._cache: OrderedDict[tuple[str, str, bool], tuple[float, ResolvedSource]] = OrderedDict()
-        self._inflight: dict[tuple[str, str, bool], asyncio.Future[ResolvedSource]] = {}
+        cache: BoundedCache[tuple[str, str, bool], ResolvedSource] = BoundedCache(
+            self.MAX_ENTRIES, ttl=ttl or 0.0, clock=clock
+        )
+        self._flight = CachedFlight(cache, keep=lambda _source: bool(ttl))
 
     async def resolve(self, ref: ImageRef, platforms: tuple[Platform, ...], *, platform_given: bool) -> ResolvedSource:
         key = (str(ref), ",".join(str(p) for p in platforms), platform_given)
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] > self._clock():
-            self._cache.move_to_end(key)
-            return hit[1]
-        pending = self._inflight.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(resolve_source(self._client, ref, platforms, platform_given=platform_given))
-            self._inflight[key] = pending
-            pending.add_done_callback(lambda f: self._settle(key, f))
-        return await asyncio.shield(pending)
-
-    def _settle(self, key: tuple[str, str, bool], future: asyncio.Future[ResolvedSource]) -> None:
-        self._inflight.pop(key, None)
-        if future.cancelled() or future.exception() is not None or not self._ttl:
-            return
-        self._cache[key] = (self._clock() + self._ttl, future.result())
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.MAX_ENTRIES:
-            self._cache.popitem(last=False)
+        return await self._flight.get(
+            key, lambda: resolve_source(self._client, ref, platforms, platform_given=platform_given)
+        )
 
 
 async def _cached_manifest(
@@ -239,19 +222,6 @@ def pinned_from(resolved: ResolvedSource, includes: Sequence[ResolvedSource]) ->
     return PinnedImage(resolved.index, tuple(platforms))
 
 
-def record_platforms(record: pb.ContainerRecord) -> list[pb.PlatformTarget]:
-    """The record's platforms: its ``platforms`` list, or the one its single fields describe."""
-    if record.platforms:
-        return list(record.platforms)
-    return [
-        pb.PlatformTarget(
-            platform=record.container_platform,
-            source_manifest_digest=record.source_manifest_digest,
-            target_manifest_digest=record.target_manifest_digest,
-        )
-    ]
-
-
 async def _pinned_config(
     client: RegistryClient, ref: ImageRef, manifest: ImageManifest, cache: ContentCache | None, ttl: float
 ) -> bytes:
@@ -280,17 +250,15 @@ async def _included_layers(
 
 
 async def fetch_pinned(
-    client: RegistryClient, record: pb.ContainerRecord, cache: ContentCache | None = None, ttl: float = 3600
+    client: RegistryClient, record: TokenRecord, cache: ContentCache | None = None, ttl: float = 3600
 ) -> PinnedImage:
     """The exact upstream bytes a record pinned (every digest verified), for every platform."""
-    ref = ImageRef.parse(record.container_image)
-    targets = record_platforms(record)
-    index: Blob | None = None
-    if record.source_digest != targets[0].source_manifest_digest:
-        index = _to_blob(await _cached_manifest(client, ref, record.source_digest, cache, ttl))
-    includes = [ImageRef.parse(included.image) for included in record.includes]
+    ref = record.source
+    index_digest = record.index_digest
+    index = _to_blob(await _cached_manifest(client, ref, index_digest, cache, ttl)) if index_digest else None
+    includes = record.includes
     platforms = []
-    for target in targets:
+    for target in record.platforms:
         manifest = await _cached_manifest(client, ref, target.source_manifest_digest, cache, ttl)
         config = await _pinned_config(client, ref, _image_manifest(ref, manifest), cache, ttl)
         included = tuple(
@@ -313,50 +281,26 @@ def history_created(config: ImageConfig) -> str:
     return value if isinstance(value, str) and value else EPOCH
 
 
-def augmentations_from_record(
-    record: pb.ContainerRecord, includes: Sequence[tuple[IncludedLayers, ...]] = ()
-) -> list[Augmentation]:
-    """One augmentation per platform: its own layers (a layer's ``platform``, or every
-    platform's), the shared config overrides, and its platform's included layers."""
-    cfg = record.container_config
-    augmentations = []
-    for i, target in enumerate(record_platforms(record)):
-        platform = Platform.parse(target.platform)
-        augmentations.append(
-            Augmentation(
-                layers=tuple(
-                    InjectedLayer(Digest.parse(layer.gzip_digest), layer.gzip_size, Digest.parse(layer.tar_digest))
-                    for layer in cfg.layers
-                    if not layer.platform or layer.platform == str(platform)
-                ),
-                platform=platform,
-                created=record.history_created or record.create_time.ToJsonString(),
-                entrypoint=tuple(cfg.entrypoint),
-                cmd=tuple(cfg.cmd),
-                env=tuple(cfg.env),
-                working_dir=cfg.working_dir,
-                includes=includes[i] if i < len(includes) else (),
-            )
-        )
-    return augmentations
-
-
-def augment_record(pinned: PinnedImage, record: pb.ContainerRecord) -> AugmentedImage:
+def augment_record(pinned: PinnedImage, record: TokenRecord) -> AugmentedImage:
     """The augmented image a record describes, from its pinned bytes."""
-    augmentations = augmentations_from_record(record, [platform.includes for platform in pinned.platforms])
+    augmentations = record.augmentations([platform.includes for platform in pinned.platforms])
     return augment_all(
         pinned.index, [(platform.image, a) for platform, a in zip(pinned.platforms, augmentations, strict=True)]
     )
 
 
-def matches_record(image: AugmentedImage, record: pb.ContainerRecord) -> bool:
-    """Does this augmented image have the digests recorded at creation, on every platform?"""
-    targets = record_platforms(record)
-    return (
-        len(image.images) == len(targets)
-        and all(
-            str(platform.manifest.digest) == target.target_manifest_digest
-            for platform, target in zip(image.images, targets, strict=True)
+async def augmented_from_upstream(
+    client: RegistryClient, record: TokenRecord, cache: ContentCache | None = None, ttl: float = 3600
+) -> AugmentedImage:
+    """The record's augmented image from its pinned upstream bytes, checked against the digests
+    recorded at creation: the same pinned bytes giving another result means this replica's
+    rewrite differs from the creator's, and serving it would serve bytes others would not."""
+    image = augment_record(await fetch_pinned(client, record, cache, ttl), record)
+    if not record.matches(image):
+        raise WaveError(
+            Errors.MANIFEST_INVALID,
+            f"token {token_id(record.token)}: the augmented manifest computed here ({image.manifest.digest}) "
+            f"differs from the one recorded at creation ({record.message.target_manifest_digest}); "
+            "check that all replicas run one version",
         )
-        and str(image.top_level(accepts_index=True).digest) == record.target_digest
-    )
+    return image

@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.keys import RESOLVER
-from gateway.resolver import TokenImage, unknown_name
+from gateway.resolver import TokenImage
+from wave_grpc.record import unknown_token_name
 
 
 async def token_image(request: web.Request) -> TokenImage:
@@ -13,7 +14,7 @@ async def token_image(request: web.Request) -> TokenImage:
     name = request.match_info["name"]
     image = await request.app[RESOLVER].resolve(token)
     if name != image.source.repository:
-        raise unknown_name()
+        raise unknown_token_name()
     return image
 
 

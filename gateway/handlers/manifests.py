@@ -9,8 +9,7 @@ from gateway.keys import CONFIG, LIMITER, METRICS
 from wave_grpc.errors import Errors, WaveError, brief
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.manifest import MediaType
-from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
-from wave_grpc.stores.tokens import record_listing_key
+from wave_grpc.record import TokenRecord
 
 _INDEX_TYPES = {str(MediaType.OCI_INDEX), str(MediaType.DOCKER_LIST), "*/*", "application/*"}
 
@@ -28,12 +27,12 @@ def accepts_index(request: web.Request) -> bool:
     return False
 
 
-async def _count_pull(request: web.Request, record: pb.ContainerRecord) -> None:
+async def _count_pull(request: web.Request, record: TokenRecord) -> None:
     """Manifest GETs count against the token's owner, as Seqera Wave counts pulls (blobs do not)."""
     limit = request.app[CONFIG].limits.pulls_per_minute
     if not limit or request.method != "GET":
         return
-    wait = await request.app[LIMITER].hit(f"pull:{record_listing_key(record)}", limit)
+    wait = await request.app[LIMITER].hit(f"pull:{record.listing_key}", limit)
     if wait is not None:
         request.app[METRICS].rate_limited.labels("pull").inc()
         raise WaveError(

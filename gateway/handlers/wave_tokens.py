@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gateway.handlers.wave_api import call_service, json_response, rfc3339, service
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
-from wave_grpc.stores.tokens import ANONYMOUS
+from wave_grpc.record import ANONYMOUS
 
 
 def _layer(layer: pb.ContainerLayer) -> dict[str, Any]:

@@ -41,7 +41,7 @@ import aiohttp
 
 from wave_grpc.config import Config, StaticToken
 from wave_grpc.errors import Errors, WaveError
-from wave_grpc.stores.tokens import ANONYMOUS
+from wave_grpc.record import ANONYMOUS
 
 log = logging.getLogger(__name__)
 

@@ -41,6 +41,7 @@ from wave_grpc.image.rewrite import AugmentedImage
 from wave_grpc.metrics import Metrics
 from wave_grpc.pinning import augment_record, fetch_pinned
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
+from wave_grpc.record import TokenRecord
 from wave_grpc.registry.auth import hint_credentials
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.registry.push import CheckedStream, Repository, StreamResent
@@ -227,7 +228,8 @@ class FreezeRunner:
             log.info("freeze %s pushed %s", record.request_id, record.target_image)
 
     async def _augmented(self, record: pb.ContainerRecord) -> AugmentedImage:
-        image = augment_record(await fetch_pinned(self._upstream, record), record)
+        pinned = TokenRecord.of(record)
+        image = augment_record(await fetch_pinned(self._upstream, pinned), pinned)
         if str(image.manifest.digest) != record.target_manifest_digest:
             raise WaveError(
                 Errors.INTERNAL,

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
-from wave_grpc.stores.tokens import expiry_seconds, record_listing_key
+from wave_grpc.record import expiry_seconds, record_listing_key
 
 DEFAULT_PREFIX = "wave-grpc:"
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
-from wave_grpc.stores.tokens import EPHEMERAL_LOCK_PREFIX, expiry_seconds, record_listing_key
+from wave_grpc.record import expiry_seconds, record_listing_key
+from wave_grpc.stores.tokens import EPHEMERAL_LOCK_PREFIX
 
 
 class SqliteTokenStore:

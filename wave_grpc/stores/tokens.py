@@ -11,23 +11,8 @@ from typing import Protocol
 
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 
-# The owner of a record created by a caller without a token.
-ANONYMOUS = "anonymous"
 # Locks named with this prefix are taken once per piece of work (a freeze), not reused.
 EPHEMERAL_LOCK_PREFIX = "once-"
-
-
-def listing_key(owner: str, client_address: str) -> str:
-    """Whose tokens a listing shows: the user's, or an anonymous caller's from one address."""
-    return owner if owner != ANONYMOUS else f"{ANONYMOUS}@{client_address}"
-
-
-def record_listing_key(record: pb.ContainerRecord) -> str:
-    return listing_key(record.owner, record.creator_address)
-
-
-def expiry_seconds(record: pb.ContainerRecord) -> float:
-    return record.expiration.seconds + record.expiration.nanos / 1e9
 
 
 class TokenStore(Protocol):
@@ -61,7 +46,7 @@ class TokenStore(Protocol):
     async def revoke(self, token: str) -> bool: ...
 
     async def listed(self, listing: str, offset: int, limit: int) -> list[pb.ContainerRecord]:
-        """Live records whose :func:`record_listing_key` is ``listing``, soonest to expire first."""
+        """Live records whose :func:`wave_grpc.record.record_listing_key` is ``listing``, soonest to expire first."""
         ...
 
     def live_records(self) -> AsyncIterator[pb.ContainerRecord]:

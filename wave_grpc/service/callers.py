@@ -1,0 +1,79 @@
+"""Who is calling: the verified user (or ``anonymous``), the client's address, and whether
+the caller may go on (``[limits]``)."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import grpc
+
+from wave_grpc.addresses import ip_literal
+from wave_grpc.channel import CLIENT_ADDRESS_METADATA
+from wave_grpc.config import Config
+from wave_grpc.errors import Errors, WaveError
+from wave_grpc.metrics import Metrics
+from wave_grpc.record import listing_key
+from wave_grpc.service.auth import Authenticator, bearer_token
+from wave_grpc.service.creation import Caller
+from wave_grpc.stores.limits import RateLimiter
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+
+class Callers:
+    """Authentication, the client address and the per-caller rate limits, for every RPC."""
+
+    def __init__(self, config: Config, auth: Authenticator, limiter: RateLimiter, metrics: Metrics) -> None:
+        self._config = config
+        self._auth = auth
+        self._limiter = limiter
+        self._metrics = metrics
+
+    async def authenticate(
+        self,
+        context: grpc.aio.ServicerContext[_Req, _Resp],
+        tower_access_token: str = "",
+        tower_endpoint: str = "",
+    ) -> str:
+        """The caller's user id (wave_grpc/service/auth.py); 'authorization' metadata wins over tower_access_token."""
+        token = bearer_token(context.invocation_metadata()) or tower_access_token.strip()
+        return await self._auth.authenticate(token, tower_endpoint)
+
+    def client_address(self, context: grpc.aio.ServicerContext[_Req, _Resp]) -> str:
+        """The caller's address: its own, or the one a trusted proxy (the gateway) forwarded."""
+        peer = context.peer() or ""
+        kind, _, rest = peer.partition(":")
+        address = rest.rsplit(":", 1)[0].strip("[]") if kind in ("ipv4", "ipv6") else kind or "unknown"
+        if address in self._config.service.trusted_proxies:
+            for key, value in context.invocation_metadata() or ():
+                if key == CLIENT_ADDRESS_METADATA and isinstance(value, str) and ip_literal(value) is not None:
+                    return str(ip_literal(value))
+        return address
+
+    async def check_rate(self, counter: str, key: str, limit: int, config_key: str) -> None:
+        if not limit:
+            return
+        wait = await self._limiter.hit(f"{counter}:{key}", limit)
+        if wait is not None:
+            self._metrics.rate_limited.labels(counter).inc()
+            raise WaveError(
+                Errors.TOO_MANY_REQUESTS,
+                f"{key} is over {limit} {counter}s a minute ({config_key}); retry in {wait:.0f}s",
+                retry_after=wait,
+            )
+
+    async def admit(
+        self,
+        context: grpc.aio.ServicerContext[_Req, _Resp],
+        tower_access_token: str,
+        tower_endpoint: str,
+        counter: str,
+    ) -> Caller:
+        """The caller, past authentication and ``[limits].creates_per_minute`` (counted per ``counter``)."""
+        owner = await self.authenticate(context, tower_access_token, tower_endpoint)
+        address = self.client_address(context)
+        await self.check_rate(
+            counter, listing_key(owner, address), self._config.limits.creates_per_minute, "[limits].creates_per_minute"
+        )
+        return Caller(owner, address)
