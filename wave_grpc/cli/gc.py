@@ -1,0 +1,49 @@
+"""``gc``: garbage-collect the layer store now, as the service does every ``gc_interval``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from wave_grpc.cli.errors import RequestFailed
+from wave_grpc.cli.subcommands import Subcommands
+from wave_grpc.config import load_config
+from wave_grpc.errors import WaveError
+from wave_grpc.registry.client import RegistryClient
+from wave_grpc.stores.gc import collect_layers
+from wave_grpc.stores.open import open_layer_store, open_token_store
+
+
+async def _gc(args: argparse.Namespace) -> int:
+    config = load_config(Path(args.config))
+    upstream = RegistryClient(config)
+    await upstream.start()
+    tokens = open_token_store(config.service.store)
+    try:
+        layers = open_layer_store(config, upstream)
+        collected = await collect_layers(tokens, layers, config.layers.gc_grace.total_seconds(), dry_run=args.dry_run)
+    except WaveError as exc:
+        raise RequestFailed(exc.message, exc.kind.oci_code) from None
+    finally:
+        await tokens.close()
+        await upstream.close()
+    if collected is None:
+        raise RequestFailed("another garbage collection is running (a service replica or `wave-grpc gc`); try later")
+    verb = "would remove" if args.dry_run else "removed"
+    for digest, size in collected.removed:
+        print(f"{verb} {digest} ({size} bytes)")
+    total = "would free" if args.dry_run else "freed"
+    print(f"{verb} {len(collected.removed)} layer(s), {total} {collected.freed} bytes; kept {collected.kept}")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    return asyncio.run(_gc(args))
+
+
+def add_gc_command(sub: Subcommands) -> None:
+    gc = sub.add_parser("gc", help="garbage-collect the layer store now (as the service does every gc_interval)")
+    gc.add_argument("--config", required=True, help="the service's TOML config")
+    gc.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
+    gc.set_defaults(func=cmd_gc)

@@ -1,0 +1,120 @@
+"""``inspect``, ``list`` and ``revoke``: the caller's tokens, described, listed and revoked."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+from google.protobuf.json_format import MessageToDict
+
+from wave_grpc.cli.client import add_client_command, caller_metadata, service_stub
+from wave_grpc.cli.output import print_result
+from wave_grpc.cli.subcommands import Subcommands
+from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
+
+
+def token_of(value: str) -> str:
+    """A token, or the target image name that carries one (``host/wt/<token>/path:tag``)."""
+    parts = value.strip().split("/")
+    if "wt" in parts[:-1]:
+        return parts[parts.index("wt") + 1]
+    return value.strip()
+
+
+async def _inspect(args: argparse.Namespace) -> int:
+    async with service_stub(args) as stub:
+        # DescribeContainer, not GetContainer: a description is the token owner's.
+        response = await stub.DescribeContainer(
+            pb.DescribeContainerRequest(container_token=token_of(args.token_id)), metadata=caller_metadata(args)
+        )
+    record = response.container
+    layers = ", ".join(f"{layer.gzip_digest} ({layer.gzip_size} bytes)" for layer in record.container_config.layers)
+    text = "\n".join(
+        f"{label:<12} {value}"
+        for label, value in (
+            ("token", record.container_token),
+            ("image", record.target_image),
+            ("source", f"{record.container_image} ({record.source_digest})"),
+            ("platform", record.container_platform),
+            ("digest", record.target_digest),
+            ("created", record.create_time.ToJsonString()),
+            ("expires", record.expiration.ToJsonString()),
+            ("layers", layers or "none"),
+        )
+    )
+    print_result(record, args, text)
+    return 0
+
+
+async def _list(args: argparse.Namespace) -> int:
+    summaries: list[pb.ContainerSummary] = []
+    async with service_stub(args) as stub:
+        page = ""
+        while True:
+            response = await stub.ListContainers(
+                pb.ListContainersRequest(page_size=1000, page_token=page), metadata=caller_metadata(args)
+            )
+            summaries.extend(response.containers)
+            page = response.next_page_token
+            if not page:
+                break
+    if args.output == "json":
+        print(json.dumps([MessageToDict(item) for item in summaries], indent=2))
+        return 0
+    if not summaries:
+        print("no live tokens")
+        return 0
+    rows = [("TOKEN", "EXPIRES", "SOURCE", "TARGET")] + [
+        (
+            item.container_token or "(freeze)",
+            item.expiration.ToJsonString(),
+            item.container_image,
+            item.target_image,
+        )
+        for item in summaries
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+    return 0
+
+
+async def _revoke(args: argparse.Namespace) -> int:
+    async with service_stub(args) as stub:
+        response = await stub.RevokeContainer(
+            pb.RevokeContainerRequest(container_token=token_of(args.token_id)), metadata=caller_metadata(args)
+        )
+    print_result(response, args, f"revoked {response.container_token}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    return asyncio.run(_inspect(args))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    return asyncio.run(_list(args))
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    return asyncio.run(_revoke(args))
+
+
+def add_inspect_command(sub: Subcommands) -> None:
+    inspect = add_client_command(sub, "inspect", "describe a token")
+    inspect.add_argument("token_id", metavar="TOKEN", help="a token, or the target image name that carries it")
+    inspect.set_defaults(func=cmd_inspect)
+
+
+def add_revoke_command(sub: Subcommands) -> None:
+    revoke = add_client_command(sub, "revoke", "revoke a token")
+    revoke.add_argument("token_id", metavar="TOKEN", help="a token, or the target image name that carries it")
+    revoke.set_defaults(func=cmd_revoke)
+
+
+def add_list_command(sub: Subcommands) -> None:
+    listing = add_client_command(
+        sub, "list", "list your live tokens (anonymous callers: those created from this address)"
+    )
+    listing.set_defaults(func=cmd_list)
