@@ -40,15 +40,6 @@ MAX_TAGS_PAGE_BYTES = 4 << 20
 _LAYER_TAG = re.compile(r"sha256-[0-9a-f]{64}")
 
 
-def parse_store_url(url: str) -> tuple[str, str]:
-    """``oci://<registry>/<repository>`` -> (registry, repository)."""
-    rest = url[len("oci://") :]
-    registry, _, repository = rest.partition("/")
-    if not registry or not repository:
-        raise ValueError(f"{url!r} must be oci://<registry host[:port]>/<repository>")
-    return registry, repository
-
-
 def _tag(digest: Digest) -> str:
     return f"{digest.algorithm}-{digest.hex}"
 

@@ -2,42 +2,51 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from wave_grpc.config import Config
 from wave_grpc.registry.client import RegistryClient
+from wave_grpc.store_urls import StoreRole, StoreUrl, serves
 from wave_grpc.stores.layers import FileLayerStore, LayerStore
 from wave_grpc.stores.limits import LocalRateLimiter, RateLimiter
-from wave_grpc.stores.oci import RegistryLayerStore, parse_store_url
+from wave_grpc.stores.oci import RegistryLayerStore
 from wave_grpc.stores.redis import RedisRateLimiter, RedisTokenStore, redis_client
 from wave_grpc.stores.sqlite import SqliteTokenStore
 from wave_grpc.stores.tokens import TokenStore
 
+# Each scheme of the table in store_urls that may hold tokens, and its store.
+_TOKEN_STORES: dict[str, Callable[[str], TokenStore]] = {
+    "sqlite": SqliteTokenStore.from_url,
+    "redis": RedisTokenStore.from_url,
+    "rediss": RedisTokenStore.from_url,
+}
+
 
 def open_token_store(url: str) -> TokenStore:
-    if url.startswith("sqlite:"):
-        return SqliteTokenStore.from_url(url)
-    if url.startswith(("redis://", "rediss://")):
-        return RedisTokenStore.from_url(url)
-    raise ValueError(f"token store {url!r}: use sqlite:///path or redis://host:port/db")
+    try:
+        scheme = StoreUrl.parse(url, StoreRole.TOKENS).scheme
+    except ValueError:
+        raise ValueError(f"token store {url!r}: use sqlite:///path or redis://host:port/db") from None
+    return _TOKEN_STORES[scheme](url)
 
 
 def open_layer_store(config: Config, upstream: RegistryClient) -> LayerStore:
     """The configured layer store; an oci:// store talks through ``upstream`` (its route holds any credentials)."""
-    if config.layers.store.startswith("oci://"):
-        registry, repository = parse_store_url(config.layers.store)
+    store = config.layers.store_url
+    if store.scheme == "oci":
         staging = FileLayerStore(
             Path(config.layers.staging), config.layers.limits, verify_workers=config.layers.verify_workers
         )
         return RegistryLayerStore(
-            upstream, registry, repository, staging, gc_grace=config.layers.gc_grace.total_seconds()
+            upstream, store.registry, store.repository, staging, gc_grace=config.layers.gc_grace.total_seconds()
         )
     return FileLayerStore(config.layers.file_root, config.layers.limits, verify_workers=config.layers.verify_workers)
 
 
 def open_rate_limiter(redis_url: str) -> RateLimiter:
     """Shared through Redis when the deployment has one (``redis_url``), else this process's own."""
-    if redis_url.startswith(("redis://", "rediss://")):
+    if serves(redis_url, StoreRole.SHARED_CACHE):
         client, prefix = redis_client(redis_url)
         return RedisRateLimiter(client, prefix)
     return LocalRateLimiter()

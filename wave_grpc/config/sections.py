@@ -1,0 +1,281 @@
+"""The config's sections, one frozen dataclass per TOML table; each field declares its key."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from wave_grpc.addresses import ip_literal
+from wave_grpc.config.keys import (
+    Reading,
+    Validated,
+    address,
+    choice,
+    duration_or_off,
+    optional_address,
+    read_table,
+    readable_file,
+    setting,
+    store_url,
+)
+from wave_grpc.config.table import KeyProblem, Table
+from wave_grpc.image.layers import LayerLimits
+from wave_grpc.store_urls import StoreRole, StoreUrl, serves
+
+
+@dataclass(frozen=True, slots=True)
+class StaticToken:
+    """A caller token, stored as its sha256 hex so the config holds no secret."""
+
+    user: str
+    sha256: str
+
+
+def _tokens(r: Reading) -> tuple[StaticToken, ...]:
+    tokens = []
+    for i, entry in enumerate(r.table.get(r.key, list, [])):
+        t = Table(entry, f"{r.table.where}.{r.key}[{i}]", r.table.source)
+        user, digest = t.string("user"), t.string("sha256")
+        if not user or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise t.error("sha256", "each token needs user and sha256 (hex sha256 of the token)")
+        t.done()
+        tokens.append(StaticToken(user, digest))
+    return tuple(tokens)
+
+
+def _strings(r: Reading) -> tuple[str, ...]:
+    return tuple(str(v) for v in r.table.get(r.key, list, list(r.default)))
+
+
+@dataclass(frozen=True)
+class ServiceConfig(Validated):
+    listen: str = setting("127.0.0.1:50051", read=address)
+    store: str = setting("sqlite:///.wave-grpc/wave.db", read=store_url(StoreRole.TOKENS))
+    token_ttl: timedelta = setting(timedelta(hours=36))
+    anonymous: bool = setting(True)
+    tokens: tuple[StaticToken, ...] = setting((), read=_tokens)
+    max_message_size: int = setting(128 << 20, unit="bytes")
+    # Layers up to this size may come inline as data:; bigger ones go through UploadLayer.
+    inline_layer_limit: int = setting(64 << 20, unit="bytes")
+    # Largest token record (the config, the layer list, the digests): every gateway must
+    # be able to fetch it back, and a record is read on every pull's cache miss.
+    max_record_size: int = setting(1 << 20, unit="bytes")
+    # RPCs in flight at once (more are answered RESOURCE_EXHAUSTED), and how long a client
+    # connection with no RPC in flight is kept (clients reconnect transparently).
+    max_concurrent_rpcs: int = setting(1024)
+    idle_timeout: timedelta = setting(timedelta(minutes=2))
+    # Peers whose forwarded client address (the gateway's, for REST callers) is believed;
+    # every other caller is known by its own address.
+    trusted_proxies: tuple[str, ...] = setting(("127.0.0.1", "::1"), read=_strings)
+    # Largest layer UploadLayer takes (compressed bytes): bounds the disk one upload can fill.
+    max_layer_size: int = setting(16 << 30, unit="bytes", at_least=1)
+    # PEM files: with both set the AugmentService speaks TLS only.
+    tls_cert: str = setting("", read=readable_file)
+    tls_key: str = setting("", read=readable_file)
+    # Freeze copies run at once per replica; more wait PENDING.
+    freeze_workers: int = setting(2, at_least=1, at_most=64)
+
+    def check_together(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise KeyProblem("tls_key" if self.tls_cert else "tls_cert", "give both tls_cert and tls_key, or neither")
+
+
+def _host_without_path(value: str) -> str | None:
+    return None if value and "/" not in value else f"{value!r} must be host[:port], without scheme or path"
+
+
+def _redis_or_empty(value: str) -> str | None:
+    if not value or serves(value, StoreRole.SHARED_CACHE):
+        return None
+    return f"{value!r} must be a redis:// URL (or empty for none)"
+
+
+def _service_store_if_redis(tree: Any) -> str:
+    store = str(tree["service"].store)
+    return store if serves(store, StoreRole.SHARED_CACHE) else ""
+
+
+@dataclass(frozen=True)
+class GatewayConfig(Validated):
+    listen: str = setting("127.0.0.1:9090", read=address)
+    # host[:port] written into target image names.
+    public_host: str = setting("localhost:9090", check=_host_without_path)
+    # The AugmentService the gateway asks (default: the service's own listen address).
+    service: str = setting("127.0.0.1:50051", read=address, default_from=lambda tree: tree["service"].listen)
+    # Token records are cached this long; revocation is seen within it.
+    record_cache_ttl: timedelta = setting(timedelta(milliseconds=500))
+    rewrite_cache_size: int = setting(4096)
+    # PEM CA bundle: when set, the gateway reaches the service over TLS and verifies it.
+    service_tls_ca: str = setting("", read=readable_file)
+    # In-process cache of pinned upstream manifests/configs and augmented images.
+    content_cache_bytes: int = setting(256 << 20, unit="bytes")
+    # redis://... shared by all gateways (default: the service store when it is Redis).
+    shared_cache: str = setting("", check=_redis_or_empty, default_from=_service_store_if_redis)
+    # Worker processes serving the gateway port (0: one per core).
+    workers: int = setting(1, at_least=0, zero_means="one per core")
+    # One log line per request; costly at tens of thousands of requests a second.
+    access_log: bool = setting(True)
+    # Largest Wave REST body: room for Wave's 14,000,000-character inline layer field,
+    # refused from Content-Length before any byte is read.
+    max_body_size: int = setting(16 << 20, unit="bytes", at_least=1024)
+    # A connection with no request in flight (before its first request too) is closed
+    # after this; so is one whose request head does not arrive within it.
+    idle_timeout: timedelta = setting(timedelta(seconds=15))
+    # A REST body must arrive within this; a blob chunk must be taken by the client within this.
+    body_timeout: timedelta = setting(timedelta(seconds=60))
+    send_timeout: timedelta = setting(timedelta(seconds=60))
+    # Open connections per gateway process; past it a new one gets 503 with Retry-After.
+    max_connections: int = setting(2048, at_least=1)
+
+
+@dataclass(frozen=True)
+class LayersConfig(Validated):
+    # file://<dir> (one machine) or oci://<registry>/<repository> (shared by replicas).
+    store: str = setting("file://.wave-grpc/layers", read=store_url(StoreRole.LAYERS))
+    # Where uploads are verified before they go to an oci:// store.
+    staging: str = setting(".wave-grpc/staging")
+    # Decompression bombs end early: a layer may inflate to at most this many bytes, and
+    # (past 64 MiB) to at most this many times its compressed size (0: no ratio limit).
+    max_inflated_size: int = setting(32 << 30, unit="bytes", at_least=1 << 20)
+    max_inflation_ratio: int = setting(200, at_least=0, zero_means="no ratio limit")
+    # Character and block devices in a layer's tar: refused unless allowed.
+    allow_devices: bool = setting(False)
+    # Threads that hash, inflate and check uploaded layers (their own pool).
+    verify_workers: int = setting(2, at_least=1)
+    # Garbage collection: a stored layer is kept while a live token references it and
+    # for gc_grace after the last reference (or its upload) was seen; the service
+    # collects every gc_interval (None, "off" in TOML: only `wave-grpc gc`).
+    gc_grace: timedelta = setting(timedelta(hours=6))
+    gc_interval: timedelta | None = setting(timedelta(hours=1), read=duration_or_off)
+
+    @cached_property
+    def store_url(self) -> StoreUrl:
+        return StoreUrl.parse(self.store, StoreRole.LAYERS)
+
+    @property
+    def limits(self) -> LayerLimits:
+        return LayerLimits(self.max_inflated_size, self.max_inflation_ratio, self.allow_devices)
+
+    @property
+    def file_root(self) -> Path:
+        return Path(self.store_url.path).expanduser()
+
+
+_LAYER_HOST = re.compile(
+    r"^(?:\*\.)?(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?::\d{1,5})?$"
+)
+
+
+def _layer_hosts(r: Reading) -> tuple[str, ...]:
+    hosts = []
+    for i, entry in enumerate(r.table.get(r.key, list, [])):
+        value = entry.strip().lower() if isinstance(entry, str) else entry
+        if not isinstance(value, str) or not (
+            _LAYER_HOST.match(value) or re.fullmatch(r"\[[0-9a-f:.]+\](:\d+)?", value)
+        ):
+            raise r.error(
+                f"{entry!r} is not a host: use 'host', 'host:port' or '*.domain' (no scheme/path)", f"{r.key}[{i}]"
+            )
+        host = value[1:].partition("]")[0] if value.startswith("[") else value.rsplit(":", 1)[0]
+        if ip_literal(host) is not None:
+            raise r.error(
+                f"{entry!r} is an IP address; layer_hosts match host names only (a runtime is redirected there, "
+                "and an address can be spelt many ways): name the host",
+                f"{r.key}[{i}]",
+            )
+        hosts.append(value)
+    return tuple(hosts)
+
+
+@dataclass(frozen=True)
+class UpstreamConfig(Validated):
+    # Registries no [[registries]] entry names: "https" (plain http for loopback
+    # hosts, as docker treats 127.0.0.0/8 as insecure) or "deny".
+    default_route: Literal["https", "deny"] = setting("https", read=choice("https", "deny"))
+    connect_timeout: timedelta = setting(timedelta(seconds=10))
+    read_timeout: timedelta = setting(timedelta(seconds=60))
+    retries: int = setting(3, at_least=0)
+    # Hosts that http(s) layer locations may point at ("host", "host:port",
+    # "*.domain"); empty: none. Runtimes are redirected only to these.
+    layer_hosts: tuple[str, ...] = setting((), read=_layer_hosts)
+    # How long a tag's resolution (tag -> digests) is reused by creations (None, "off"
+    # in TOML: never). Seqera Wave keeps 20 s: a tag moved upstream is seen at most this
+    # much later, and a burst of creations of one image costs the registry one resolution.
+    tag_cache_ttl: timedelta | None = setting(timedelta(seconds=20), read=duration_or_off)
+
+
+@dataclass(frozen=True)
+class AdminConfig(Validated):
+    # host:port for /metrics, /healthz and /readyz; empty: no admin endpoints.
+    listen: str = setting("", read=optional_address)
+
+
+@dataclass(frozen=True)
+class LimitsConfig(Validated):
+    # Per caller (the authenticated user, else the client address); 0: no limit.
+    creates_per_minute: int = setting(0, at_least=0, zero_means="no limit")
+    # Manifest GETs per token owner (per creating client address for anonymous tokens); 0: no limit.
+    pulls_per_minute: int = setting(0, at_least=0, zero_means="no limit")
+
+
+AUTH_VERIFIERS = ("static", "tower")
+
+
+def _endpoint_url(r: Reading, value: Any, key: str) -> str:
+    text = value.strip().rstrip("/") if isinstance(value, str) else ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.username or parts.password:
+        raise r.error(f"{value!r} must be an http(s) URL without credentials, e.g. https://api.cloud.seqera.io", key)
+    return text
+
+
+def _tower_endpoint(r: Reading) -> str:
+    endpoint = r.table.string(r.key, r.default)
+    return _endpoint_url(r, endpoint, r.key) if endpoint else ""
+
+
+def _tower_allowed_endpoints(r: Reading) -> tuple[str, ...]:
+    return tuple(_endpoint_url(r, e, f"{r.key}[{i}]") for i, e in enumerate(r.table.get(r.key, list, [])))
+
+
+@dataclass(frozen=True)
+class TowerAuthConfig(Validated):
+    """``[auth.tower]``: a Seqera-Platform-compatible ``<endpoint>/user-info`` token check."""
+
+    endpoint: str = setting("", read=_tower_endpoint)
+    # Other endpoints a request's tower_endpoint may name; any other is never called.
+    allowed_endpoints: tuple[str, ...] = setting((), read=_tower_allowed_endpoints)
+    cache_ttl: timedelta = setting(timedelta(seconds=60))
+    timeout: timedelta = setting(timedelta(seconds=10))
+
+
+def _verifiers(r: Reading) -> tuple[str, ...]:
+    names = r.table.get(r.key, list, r.default)
+    for i, name in enumerate(names):
+        if name not in AUTH_VERIFIERS:
+            raise r.error(f"{name!r} is not one of {', '.join(AUTH_VERIFIERS)}", f"{r.key}[{i}]")
+        if names.index(name) != i:
+            raise r.error(f"{name!r} is listed twice", f"{r.key}[{i}]")
+    return tuple(names)
+
+
+def _tower(r: Reading) -> TowerAuthConfig:
+    where = f"{r.table.where[:-1]}.{r.key}]"  # [auth.tower]
+    return read_table(TowerAuthConfig, r.table.get(r.key, dict, {}), where, r.table.source, r.tree)
+
+
+@dataclass(frozen=True)
+class AuthConfig(Validated):
+    """``[auth]``: the caller-token verifiers, tried in order (see wave_grpc/service/auth.py)."""
+
+    # Default: "static" when [service].tokens lists tokens. What they need from other
+    # sections is checked where the sections meet (tree.check_callers).
+    verifiers: tuple[str, ...] = setting(
+        (), read=_verifiers, default_from=lambda tree: ["static"] if tree["service"].tokens else []
+    )
+    tower: TowerAuthConfig = setting(TowerAuthConfig(), read=_tower)
