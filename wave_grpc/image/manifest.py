@@ -5,7 +5,6 @@ Each is parsed once from upstream bytes and validated at construction; no I/O.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -14,6 +13,7 @@ from typing import Any
 
 from wave_grpc.errors import Errors, WaveError, brief, invalid_argument
 from wave_grpc.image.digest import Digest
+from wave_grpc.image.jsonbound import DEFAULT_JSON_LIMITS, JsonLimits, loads_bounded
 from wave_grpc.image.platform import Platform
 
 
@@ -49,11 +49,14 @@ MANIFEST_MEDIA_TYPES: tuple[MediaType, ...] = (
 )
 
 
-def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WaveError(Errors.MANIFEST_INVALID, f"{what} is not valid JSON: {exc}") from None
+# No runtime unpacks more (overlayfs stops near 128 layers, Docker builds at 127);
+# a manifest listing tens of thousands is an upstream making us work, not an image.
+DEFAULT_MAX_LAYERS = 1000
+
+
+def parse_json_object(data: bytes, what: str, limits: JsonLimits = DEFAULT_JSON_LIMITS) -> dict[str, Any]:
+    """An upstream JSON object, measured before it is built (wave_grpc/image/jsonbound.py)."""
+    value = loads_bounded(data, what, limits)
     if not isinstance(value, dict):
         raise WaveError(Errors.MANIFEST_INVALID, f"{what} is not a JSON object")
     return value
@@ -134,7 +137,9 @@ class ImageManifest:
     document: Mapping[str, Any]
 
     @classmethod
-    def parse(cls, data: bytes, media_type: MediaType, what: str) -> ImageManifest:
+    def parse(
+        cls, data: bytes, media_type: MediaType, what: str, *, max_layers: int = DEFAULT_MAX_LAYERS
+    ) -> ImageManifest:
         if not media_type.is_image_manifest:
             raise WaveError(Errors.MANIFEST_INVALID, f"expected an image manifest, got {media_type}")
         document = parse_json_object(data, what)
@@ -143,6 +148,12 @@ class ImageManifest:
         layers = document.get("layers")
         if not isinstance(layers, list):
             raise WaveError(Errors.MANIFEST_INVALID, f"{what} has no layers list")
+        if len(layers) > max_layers:
+            raise WaveError(
+                Errors.MANIFEST_INVALID,
+                f"{what} lists {len(layers)} layers, more than the {max_layers} wave-grpc augments "
+                "([upstream].max_layers); no runtime can unpack that many",
+            )
         return cls(
             media_type,
             Descriptor.parse(document["config"], f"{what}: config"),

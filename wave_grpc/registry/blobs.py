@@ -37,6 +37,8 @@ from wave_grpc.registry.client import REDIRECT_STATUSES, RegistryClient
 log = logging.getLogger(__name__)
 
 STREAM_CHUNK = 1 << 19
+# The one blob that may be answered with no bytes at all.
+EMPTY_BLOB = Digest.of(b"")
 _BYTE_RANGE = re.compile(r"^bytes=(?:\d+-\d*|-\d+)$")
 
 
@@ -129,10 +131,18 @@ async def registry_blob(
             # somewhere no runtime should go): fetch through it ourselves.
             log.info("%s: upstream redirect not relayable; streaming instead", label)
             resp = await send(follow=True)
+        partial = resp.status == 206 and "Content-Range" in resp.headers
+        if not partial and resp.content_length == 0 and digest != EMPTY_BLOB:
+            # Relayed, it would arrive as a complete (empty) blob before any hash could
+            # disagree: the Content-Length is the whole answer. Refused before a byte goes out.
+            raise WaveError(
+                Errors.UPSTREAM_UNAVAILABLE,
+                f"{label}: registry {registry} answered HTTP {resp.status} with Content-Length 0 for a blob that "
+                "is not empty; not relayed, retry later or check the registry's storage",
+            )
     except BaseException:
         await stack.aclose()
         raise
-    partial = resp.status == 206 and "Content-Range" in resp.headers
     restore = _bigger_reads(resp)
     chunks = client.iter_body(resp, registry, label, chunk_size=STREAM_CHUNK)
 

@@ -1,4 +1,12 @@
-"""HTTP to registries: one pooled session, TLS per route, retries with backoff, bounded reads.
+"""HTTP to registries: pooled sessions, TLS per route, retries with backoff, bounded reads.
+
+* Isolation (wave_grpc/registry/isolation.py): one connection pool per listed
+  registry and one smaller one for all unlisted registries, so a slow registry
+  fills only its own; a total deadline on every exchange (headers and a
+  buffered body) on top of the per-read timeout, and a minimum average rate
+  for a streamed body, so a registry that drips a byte a second does not hold
+  a connection forever; a circuit breaker per registry, so one that keeps
+  timing out is not waited on by every request.
 
 * Failures: bounded retries with exponential backoff and jitter on ``429``
   (honouring ``Retry-After`` up to a cap) and ``5xx``, and on refused or reset
@@ -21,6 +29,7 @@ import random
 import re
 import ssl
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -34,6 +43,7 @@ from wave_grpc.config import Config, RegistryRoute
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.metrics import Metrics
 from wave_grpc.registry.auth import hint_credentials
+from wave_grpc.registry.isolation import CircuitBreakers, UpstreamLimits
 from wave_grpc.registry.policy import AddressRefused, Listeners, PolicyConnector
 
 log = logging.getLogger(__name__)
@@ -67,14 +77,26 @@ class Transport:
     """One per process: the pooled session and the TLS contexts."""
 
     def __init__(
-        self, config: Config, *, max_backoff: float, scrub: Callable[[str], str], metrics: Metrics | None = None
+        self,
+        config: Config,
+        *,
+        max_backoff: float,
+        scrub: Callable[[str], str],
+        metrics: Metrics | None = None,
+        limits: UpstreamLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
         self._metrics = metrics
-        # Two pools: one for the registries the operator listed (they, their realms and
-        # redirects may be anywhere), one that reaches public addresses only.
-        self._listed: aiohttp.ClientSession | None = None
+        self.limits = limits or UpstreamLimits()
+        self.breakers = CircuitBreakers(self.limits, clock)
+        # One pool per listed registry (it, its realm and its redirects may be anywhere),
+        # made on first use; one pool for every unlisted registry, public addresses only.
+        self._listed: dict[str, aiohttp.ClientSession] = {}
         self._unlisted: aiohttp.ClientSession | None = None
+        self._started = False
+        # A response -> the loop time its exchange must end by (headers and buffered body).
+        self._deadlines: weakref.WeakKeyDictionary[aiohttp.ClientResponse, float] = weakref.WeakKeyDictionary()
         self._listeners = Listeners((config.service.listen, config.gateway.listen, config.admin.listen))
         self._max_backoff = max_backoff
         self._scrub = scrub
@@ -94,8 +116,13 @@ class Transport:
         return context
 
     def _new_session(self, *, public_only: bool) -> aiohttp.ClientSession:
+        limits = self.limits
+        if public_only:
+            limit, per_host = limits.unlisted_connections, limits.unlisted_connections_per_host
+        else:
+            limit, per_host = limits.registry_connections, 0
         connector = PolicyConnector(
-            public_only=public_only, listeners=self._listeners, limit=256, limit_per_host=64, ttl_dns_cache=300
+            public_only=public_only, listeners=self._listeners, limit=limit, limit_per_host=per_host, ttl_dns_cache=300
         )
         return aiohttp.ClientSession(
             connector=connector,
@@ -106,20 +133,26 @@ class Transport:
         )
 
     async def start(self) -> None:
-        if self._listed is None:
-            self._listed = self._new_session(public_only=False)
+        if not self._started:
+            self._started = True
             self._unlisted = self._new_session(public_only=True)
 
     async def close(self) -> None:
-        for session in (self._listed, self._unlisted):
-            if session is not None:
-                await session.close()
-        self._listed = self._unlisted = None
+        sessions = [*self._listed.values(), *([self._unlisted] if self._unlisted is not None else [])]
+        self._listed, self._unlisted, self._started = {}, None, False
+        for session in sessions:
+            await session.close()
 
     def session(self, route: RegistryRoute) -> aiohttp.ClientSession:
-        session = self._listed if route.listed else self._unlisted
-        if session is None:
+        """The pool of ``route``: its own when listed, the shared unlisted one otherwise."""
+        if not self._started:
             raise RuntimeError("Transport.start() was not called")
+        if not route.listed:
+            assert self._unlisted is not None
+            return self._unlisted
+        session = self._listed.get(route.name)
+        if session is None:
+            session = self._listed[route.name] = self._new_session(public_only=False)
         return session
 
     def refused(self, route: RegistryRoute, label: str) -> WaveError:
@@ -134,6 +167,11 @@ class Transport:
     def timeout_error(self, route: RegistryRoute, label: str, exc: BaseException, what: str) -> WaveError:
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             detail = f"did not accept a connection within {route.connect_timeout.total_seconds():g}s (connect_timeout)"
+            limit = self.limits.registry_connections if route.listed else self.limits.unlisted_connections_per_host
+            detail += (
+                f", or all {limit} connections kept for it stayed busy for {self.limits.pool_wait:g}s "
+                "([upstream].pool_wait: earlier requests to it are answered slowly)"
+            )
         else:
             detail = f"stalled: no data within {route.read_timeout.total_seconds():g}s (read_timeout)"
         return WaveError(
@@ -159,10 +197,15 @@ class Transport:
         """
         if resp.method == "HEAD":
             return ""
+        deadline = self._deadlines.get(resp, asyncio.get_running_loop().time() + self.limits.exchange_deadline)
         try:
-            raw = await resp.content.read(4096)
+            async with asyncio.timeout_at(deadline):
+                raw = await resp.content.read(4096)
         except (aiohttp.ClientError, TimeoutError):
             return ""
+        except BaseException:
+            resp.close()  # cancelled: the connection must not wait for the caller's release
+            raise
         text = raw.decode("utf-8", "replace").strip()
         try:
             doc = json.loads(text)
@@ -188,8 +231,11 @@ class Transport:
         return base / 2 + random.uniform(0, base / 2)  # noqa: S311 - jitter, not crypto
 
     def _timeout(self, route: RegistryRoute) -> aiohttp.ClientTimeout:
+        # The total is the exchange deadline (send, read_limited); ``connect`` bounds
+        # the wait for a free connection of the route's pool plus the connect itself.
         return aiohttp.ClientTimeout(
             total=None,
+            connect=self.limits.pool_wait + route.connect_timeout.total_seconds(),
             sock_connect=route.connect_timeout.total_seconds(),
             sock_read=route.read_timeout.total_seconds(),
         )
@@ -222,6 +268,15 @@ class Transport:
             self._metrics.upstream_requests.labels(registry, str(resp.status)).inc()
         return resp
 
+    def deadline_error(self, route: RegistryRoute, label: str, what: str) -> WaveError:
+        self.breakers.failed(route.name)
+        return WaveError(
+            Errors.UPSTREAM_TIMEOUT,
+            f"{label}: {what} did not finish answering within {self.limits.exchange_deadline:g}s "
+            "([upstream].exchange_deadline: headers and body together), although it kept sending; "
+            "it is answering too slowly, retry later",
+        )
+
     async def send(
         self,
         route: RegistryRoute,
@@ -238,8 +293,30 @@ class Transport:
         resend it from its first byte).
 
         Timeouts are final (no retry): a stalled registry must not cost the caller
-        a multiple of the timeout it configured.
+        a multiple of the timeout it configured. The whole of it, retries included,
+        ends by the exchange deadline, which :meth:`read_limited` then holds the
+        body to; a registry whose breaker is open is not contacted at all.
         """
+        self.breakers.check(route.name, label)
+        deadline = asyncio.get_running_loop().time() + self.limits.exchange_deadline
+        try:
+            async with asyncio.timeout_at(deadline):
+                resp = await self._send_with_retries(route, method, url, headers, label, what, body)
+        except TimeoutError:
+            raise self.deadline_error(route, label, what) from None
+        self._deadlines[resp] = deadline
+        return resp
+
+    async def _send_with_retries(
+        self,
+        route: RegistryRoute,
+        method: str,
+        url: str | URL,
+        headers: CIMultiDict[str],
+        label: str,
+        what: str,
+        body: Callable[[], Any] | None,
+    ) -> aiohttp.ClientResponse:
         retries = self._config.upstream.retries
         attempt = 0
         while True:
@@ -247,6 +324,7 @@ class Transport:
             try:
                 resp = await self._counted(route, method, url, headers, body)
             except TimeoutError as exc:
+                self.breakers.failed(route.name)
                 raise self.timeout_error(route, label, exc, what) from None
             except aiohttp.ClientConnectorCertificateError:
                 # Not worth a retry: the certificate will not change in a second.
@@ -267,6 +345,7 @@ class Transport:
                     log.debug("%s %s: %s; retrying", method, _without_query(str(url)), type(exc).__name__)
                     await asyncio.sleep(self._backoff(attempt, None))
                     continue
+                self.breakers.failed(route.name)
                 raise self.unreachable(route, label, exc, what, attempt) from None
             log.debug("%s %s -> %d", method, _without_query(str(url)), resp.status)
             retryable = resp.status == 429 or (resp.status >= 500 and resp.status not in (501, 505))
@@ -294,14 +373,24 @@ class Transport:
     async def read_limited(
         self, route: RegistryRoute, resp: aiohttp.ClientResponse, limit: int, label: str, what: str = ""
     ) -> bytes:
+        """The whole body, at most ``limit`` bytes, by the exchange's deadline."""
         length = resp.content_length
         if length is not None and length > limit:
             raise WaveError(Errors.MANIFEST_INVALID, f"{label} is {length} bytes, over the {limit} byte limit")
+        deadline = self._deadlines.get(resp, asyncio.get_running_loop().time() + self.limits.exchange_deadline)
         data = bytearray()
-        async for chunk in self.iter_body(resp, route, label, what=what):
-            data += chunk
-            if len(data) > limit:
-                raise WaveError(Errors.MANIFEST_INVALID, f"{label} is over the {limit} byte limit")
+        try:
+            async with asyncio.timeout_at(deadline):
+                async for chunk in self.iter_body(resp, route, label, what=what):
+                    data += chunk
+                    if len(data) > limit:
+                        raise WaveError(Errors.MANIFEST_INVALID, f"{label} is over the {limit} byte limit")
+        except TimeoutError:
+            resp.close()
+            raise self.deadline_error(route, label, what or f"registry {route.name}") from None
+        except BaseException:
+            resp.close()  # cancelled or refused mid-body: the connection is not reused
+            raise
         return bytes(data)
 
     async def iter_body(
@@ -313,18 +402,39 @@ class Transport:
         what: str = "",
         chunk_size: int = 1 << 16,
     ) -> AsyncIterator[bytes]:
-        """The body in chunks; a stall or a cut connection is a WaveError naming the image."""
+        """The body in chunks; a stall, a cut connection or a crawl is a WaveError naming the image.
+
+        A crawl: once the stream is older than the exchange deadline, it must have
+        averaged ``min_stream_rate`` bytes a second (a drip never trips read_timeout).
+        """
         what = what or f"registry {route.name}"
         iterator = resp.content.iter_chunked(chunk_size).__aiter__()
+        started, received = time.monotonic(), 0
         while True:
             try:
                 chunk = await iterator.__anext__()
             except StopAsyncIteration:
+                self.breakers.succeeded(route.name)
                 return
             except TimeoutError as exc:
+                self.breakers.failed(route.name)
                 raise self.timeout_error(route, label, exc, what) from None
             except aiohttp.ClientError as exc:
+                self.breakers.failed(route.name)
                 raise WaveError(
                     Errors.UPSTREAM_UNAVAILABLE, f"{label}: {what} cut the transfer ({type(exc).__name__})"
                 ) from None
+            received += len(chunk)
+            self._check_rate(route, label, what, started, received)
             yield chunk
+
+    def _check_rate(self, route: RegistryRoute, label: str, what: str, started: float, received: int) -> None:
+        elapsed = time.monotonic() - started
+        rate = self.limits.min_stream_rate
+        if elapsed > self.limits.exchange_deadline and received < rate * elapsed:
+            self.breakers.failed(route.name)
+            raise WaveError(
+                Errors.UPSTREAM_TIMEOUT,
+                f"{label}: {what} sent {received} bytes in {elapsed:.0f}s, under {rate} bytes/s "
+                "([upstream].min_stream_rate); the transfer was cut, retry later",
+            )
