@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wave_grpc.errors import Errors, WaveError
-from wave_grpc.image.jsonbound import JsonLimits, check_bounds, loads_bounded, measure
-from wave_grpc.image.manifest import DEFAULT_MAX_LAYERS, ImageConfig, ImageManifest, MediaType, parse_json_object
+from wave_grpc.image.jsonbound import DEFAULT_MAX_LAYERS, JsonLimits, check_bounds, loads_bounded, measure
+from wave_grpc.image.manifest import ImageConfig, ImageManifest, MediaType, parse_json_object
 
 _BUDGET = settings(max_examples=300, deadline=None)
 

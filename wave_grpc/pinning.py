@@ -37,6 +37,7 @@ class ResolvedPlatform:
     platform: Platform
     image: UpstreamImage
     config: ImageConfig
+    layer_count: int  # the manifest's layers: what the augmented image starts from
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +112,8 @@ async def resolve_source(
     """
     top = await client.get_manifest(ref.registry, ref.repository, ref.reference)
     if not top.media_type.is_index:
-        config = await _fetch_config(client, ref, _image_manifest(ref, top))
+        parsed = _image_manifest(ref, top)
+        config = await _fetch_config(client, ref, parsed)
         image_config = ImageConfig.parse(config, f"config of {ref}")
         image_platform = f"{image_config.os}/{image_config.architecture}"
         if len(platforms) > 1:
@@ -124,7 +126,9 @@ async def resolve_source(
             if platform_given:
                 raise invalid_argument(field, f"image {ref} is {image_platform} only; it has no {platform} manifest")
             platform = Platform(image_config.os or "linux", image_config.architecture or "amd64", image_config.variant)
-        single = ResolvedPlatform(platform, UpstreamImage(_to_blob(top), config, None), image_config)
+        single = ResolvedPlatform(
+            platform, UpstreamImage(_to_blob(top), config, None), image_config, len(parsed.layers)
+        )
         return ResolvedSource(str(ref), top, (single,))
     index = Index.parse(top.data, top.media_type, f"index of {ref}")
     resolved = []
@@ -135,11 +139,11 @@ async def resolve_source(
             raise WaveError(
                 Errors.MANIFEST_INVALID, f"{ref}: the {platform} entry of the index is not an image manifest"
             )
-        config = await _fetch_config(client, ref, _image_manifest(ref, manifest))
+        parsed = _image_manifest(ref, manifest)
+        config = await _fetch_config(client, ref, parsed)
         image_config = ImageConfig.parse(config, f"config of {ref}")
-        resolved.append(
-            ResolvedPlatform(platform, UpstreamImage(_to_blob(manifest), config, _to_blob(top)), image_config)
-        )
+        image = UpstreamImage(_to_blob(manifest), config, _to_blob(top))
+        resolved.append(ResolvedPlatform(platform, image, image_config, len(parsed.layers)))
     return ResolvedSource(str(ref), top, tuple(resolved))
 
 

@@ -79,6 +79,11 @@ class ServiceConfig(Validated):
     tls_key: str = setting("", read=readable_file)
     # Freeze copies run at once per replica; more wait PENDING.
     freeze_workers: int = setting(2, at_least=1, at_most=64)
+    # What one token's image may be: layers per platform (base, included and injected;
+    # overlayfs stacks at most 500 lower directories) and the size of each served manifest
+    # (distribution refuses manifests over 4 MiB). Checked at creation, naming the key.
+    max_image_layers: int = setting(500, at_least=1)
+    max_manifest_size: int = setting(4 << 20, unit="bytes", at_least=4096)
 
     def check_together(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -207,6 +212,26 @@ class UpstreamConfig(Validated):
     # in TOML: never). Seqera Wave keeps 20 s: a tag moved upstream is seen at most this
     # much later, and a burst of creations of one image costs the registry one resolution.
     tag_cache_ttl: timedelta | None = setting(timedelta(seconds=20), read=duration_or_off)
+    # One upstream must not degrade the service for the others (wave_grpc/registry/isolation.py):
+    # a whole exchange (headers, retries, a buffered body) ends by exchange_deadline; a streamed
+    # blob older than that must have averaged min_stream_rate; each listed registry has its own
+    # connections, every unlisted one shares a smaller pool; pool_wait bounds the wait for one.
+    exchange_deadline: timedelta = setting(timedelta(seconds=120))
+    min_stream_rate: int = setting(16 << 10, unit="bytes per second", at_least=0, zero_means="no minimum")
+    registry_connections: int = setting(64, at_least=1)
+    unlisted_connections: int = setting(32, at_least=1)
+    unlisted_connections_per_host: int = setting(8, at_least=1)
+    pool_wait: timedelta = setting(timedelta(seconds=10))
+    # A registry with breaker_failures timeouts or refused connections within breaker_window
+    # (and no completed exchange) fails fast for breaker_cooldown, naming it.
+    breaker_failures: int = setting(5, at_least=1)
+    breaker_window: timedelta = setting(timedelta(seconds=30))
+    breaker_cooldown: timedelta = setting(timedelta(seconds=30))
+    # Upstream manifests, indexes and configs are measured before they are parsed:
+    # far above any real image, far below what costs gigabytes (wave_grpc/image/jsonbound.py).
+    max_json_values: int = setting(200_000, at_least=1)
+    max_json_depth: int = setting(64, at_least=1, at_most=1000)
+    max_layers: int = setting(1000, at_least=1)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ DEFAULT_MAX_JSON_VALUES = 200_000
 # Real documents nest 4 or 5 levels; 64 leaves room for annotations and labels
 # while keeping json.loads far from Python's recursion limit.
 DEFAULT_MAX_JSON_DEPTH = 64
+DEFAULT_MAX_LAYERS = 1000
 
 # A JSON string once its escaped backslashes and quotes are gone, or an unterminated
 # one up to the end: matching from any quote always succeeds, so substitution is linear.
@@ -54,6 +55,9 @@ class JsonLimits:
 
     max_values: int = DEFAULT_MAX_JSON_VALUES
     max_depth: int = DEFAULT_MAX_JSON_DEPTH
+    # Layers one upstream manifest may list ([upstream].max_layers): no runtime unpacks more
+    # (overlayfs stops near 128 layers, Docker builds at 127).
+    max_layers: int = DEFAULT_MAX_LAYERS
 
     def __post_init__(self) -> None:
         if self.max_values < 1:
@@ -63,6 +67,17 @@ class JsonLimits:
 
 
 DEFAULT_JSON_LIMITS = JsonLimits()
+_in_force = [DEFAULT_JSON_LIMITS]
+
+
+def use_limits(limits: JsonLimits) -> None:
+    """Set the limits every parse of upstream JSON in this process applies, once at start
+    from ``[upstream]``: the parses happen inside values (manifests, configs) that take no config."""
+    _in_force[0] = limits
+
+
+def limits_in_force() -> JsonLimits:
+    return _in_force[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +105,14 @@ def _utf8(data: bytes) -> bytes:
     return data.decode(encoding, "surrogatepass").encode("utf-8", "surrogatepass")
 
 
-def measure(data: bytes, limits: JsonLimits = DEFAULT_JSON_LIMITS) -> JsonShape:
+def measure(data: bytes, limits: JsonLimits | None = None) -> JsonShape:
     """Count the values and the depth of ``data`` without building any of it.
 
     When the strings alone are over ``limits.max_values``, ``values`` is their
     number and ``depth`` is not measured (0): a regex substitution costs about a
     microsecond per match, so no more than ``max_values`` strings are ever matched.
     """
+    limits = limits or limits_in_force()
     # Escapes first, with bytes.replace (no per-match cost): left to right, "\\" is
     # an escaped backslash exactly as a JSON parser reads it, then "\"" an escaped quote.
     # What quotes remain delimit strings, two each.
@@ -113,8 +129,9 @@ def measure(data: bytes, limits: JsonLimits = DEFAULT_JSON_LIMITS) -> JsonShape:
     return JsonShape(values=values, depth=max(accumulate(steps), default=0))
 
 
-def check_bounds(data: bytes, what: str, limits: JsonLimits = DEFAULT_JSON_LIMITS) -> None:
-    """Refuse ``data`` (MANIFEST_INVALID) when it holds more JSON than ``limits`` allow."""
+def check_bounds(data: bytes, what: str, limits: JsonLimits | None = None) -> None:
+    """Refuse ``data`` (MANIFEST_INVALID) when it holds more JSON than ``limits`` (default: those in force) allow."""
+    limits = limits or limits_in_force()
     # Upper bounds from the raw bytes (strings included) settle most documents
     # without a copy: real manifests have a few hundred values.
     raw_openers = data.count(b"[") + data.count(b"{")
@@ -139,7 +156,7 @@ def check_bounds(data: bytes, what: str, limits: JsonLimits = DEFAULT_JSON_LIMIT
         )
 
 
-def loads_bounded(data: bytes, what: str, limits: JsonLimits = DEFAULT_JSON_LIMITS) -> Any:
+def loads_bounded(data: bytes, what: str, limits: JsonLimits | None = None) -> Any:
     """``json.loads`` of upstream bytes, after :func:`check_bounds`; bad JSON is MANIFEST_INVALID."""
     check_bounds(data, what, limits)
     try:

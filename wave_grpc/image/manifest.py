@@ -13,7 +13,7 @@ from typing import Any
 
 from wave_grpc.errors import Errors, WaveError, brief, invalid_argument
 from wave_grpc.image.digest import Digest
-from wave_grpc.image.jsonbound import DEFAULT_JSON_LIMITS, JsonLimits, loads_bounded
+from wave_grpc.image.jsonbound import JsonLimits, limits_in_force, loads_bounded
 from wave_grpc.image.platform import Platform
 
 
@@ -49,12 +49,7 @@ MANIFEST_MEDIA_TYPES: tuple[MediaType, ...] = (
 )
 
 
-# No runtime unpacks more (overlayfs stops near 128 layers, Docker builds at 127);
-# a manifest listing tens of thousands is an upstream making us work, not an image.
-DEFAULT_MAX_LAYERS = 1000
-
-
-def parse_json_object(data: bytes, what: str, limits: JsonLimits = DEFAULT_JSON_LIMITS) -> dict[str, Any]:
+def parse_json_object(data: bytes, what: str, limits: JsonLimits | None = None) -> dict[str, Any]:
     """An upstream JSON object, measured before it is built (wave_grpc/image/jsonbound.py)."""
     value = loads_bounded(data, what, limits)
     if not isinstance(value, dict):
@@ -137,9 +132,7 @@ class ImageManifest:
     document: Mapping[str, Any]
 
     @classmethod
-    def parse(
-        cls, data: bytes, media_type: MediaType, what: str, *, max_layers: int = DEFAULT_MAX_LAYERS
-    ) -> ImageManifest:
+    def parse(cls, data: bytes, media_type: MediaType, what: str, *, max_layers: int | None = None) -> ImageManifest:
         if not media_type.is_image_manifest:
             raise WaveError(Errors.MANIFEST_INVALID, f"expected an image manifest, got {media_type}")
         document = parse_json_object(data, what)
@@ -148,6 +141,7 @@ class ImageManifest:
         layers = document.get("layers")
         if not isinstance(layers, list):
             raise WaveError(Errors.MANIFEST_INVALID, f"{what} has no layers list")
+        max_layers = max_layers or limits_in_force().max_layers
         if len(layers) > max_layers:
             raise WaveError(
                 Errors.MANIFEST_INVALID,

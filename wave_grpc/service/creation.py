@@ -65,6 +65,26 @@ class Creation:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenBounds:
+    """What one token's augmented image may be, so that no token costs a gateway more than
+    a real image does: every bound is checked at creation, never discovered per pull."""
+
+    max_layers: int
+    max_manifest_size: int
+    # The gateway keeps an augmented image only under a quarter of its content cache;
+    # a bigger one would be rebuilt on every manifest request, so it is refused instead.
+    max_image_size: int
+
+    @classmethod
+    def of(cls, config: Config) -> TokenBounds:
+        return cls(
+            max_layers=config.service.max_image_layers,
+            max_manifest_size=config.service.max_manifest_size,
+            max_image_size=config.gateway.content_cache_bytes // 4,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ResolvedCreation:
     """A creation with its source and includes pinned for every platform."""
 
@@ -206,7 +226,7 @@ async def _resolve_include(
         raise
 
 
-async def resolve_creation(creation: Creation, sources: SourceResolver) -> ResolvedCreation:
+async def resolve_creation(creation: Creation, sources: SourceResolver, bounds: TokenBounds) -> ResolvedCreation:
     source = await resolve_image(sources, creation.source, creation.platforms, creation.platform_given)
     actual = tuple(p.platform for p in source.platforms)
     for i, layer_platform in creation.layer_platforms.items():
@@ -216,7 +236,47 @@ async def resolve_creation(creation: Creation, sources: SourceResolver) -> Resol
                 f"{layer_platform} is not a requested platform; requested: {', '.join(map(str, actual))}",
             )
     includes = [await _resolve_include(sources, i, ref, actual) for i, ref in enumerate(creation.includes)]
-    return ResolvedCreation(creation, source, tuple(includes))
+    resolved = ResolvedCreation(creation, source, tuple(includes))
+    _check_layer_count(resolved, bounds)
+    return resolved
+
+
+def _check_layer_count(resolved: ResolvedCreation, bounds: TokenBounds) -> None:
+    """Layers per platform, counted from what was resolved, before any layer is stored."""
+    creation = resolved.creation
+    for i, target in enumerate(resolved.source.platforms):
+        base = target.layer_count
+        included = sum(include.platforms[i].layer_count for include in resolved.includes)
+        injected = sum(
+            1
+            for j in range(len(creation.config.layers))
+            if creation.layer_platforms.get(j, target.platform) == target.platform
+        )
+        total = base + included + injected
+        if total > bounds.max_layers:
+            raise invalid_argument(
+                "container_includes" if included else "container_config.layers",
+                f"the {target.platform} image would have {total} layers ({base} of the source, {included} included, "
+                f"{injected} injected), over the limit of {bounds.max_layers} ([service].max_image_layers)",
+            )
+
+
+def _check_image_size(augmented: AugmentedImage, bounds: TokenBounds) -> None:
+    blobs = [image.manifest for image in augmented.images] + ([augmented.index] if augmented.index else [])
+    for blob in blobs:
+        if len(blob.data) > bounds.max_manifest_size:
+            raise invalid_argument(
+                "container_config",
+                f"the augmented {blob.media_type} would be {len(blob.data)} bytes, over the "
+                f"{bounds.max_manifest_size}-byte limit ([service].max_manifest_size); include fewer images or layers",
+            )
+    size = sum(len(blob.data) for blob in blobs) + sum(len(image.config.data) for image in augmented.images)
+    if size > bounds.max_image_size:
+        raise invalid_argument(
+            "container_platform",
+            f"the augmented manifests and configs would take {size} bytes, more than a gateway keeps for one image "
+            f"({bounds.max_image_size} bytes, a quarter of [gateway].content_cache_bytes); ask for fewer platforms",
+        )
 
 
 def timestamp(seconds: float) -> Timestamp:
@@ -288,6 +348,7 @@ def build_record(
         target.target_manifest_digest = str(image.manifest.digest)
     record.target_manifest_digest = str(augmented.manifest.digest)
     record.target_digest = str(augmented.top_level(accepts_index=True).digest)
+    _check_image_size(augmented, TokenBounds.of(config))
     # Checked with the longest target image name, before anything is stored: a record the
     # gateways cannot fetch back would make every pull of the token fail.
     size = record.ByteSize() + len(config.gateway.public_host) + len(resolved.creation.source.repository) + 64

@@ -33,6 +33,7 @@ from wave_grpc.registry.client import RegistryClient
 from wave_grpc.service.auth import Authenticator
 from wave_grpc.service.callers import Callers
 from wave_grpc.service.creation import (
+    TokenBounds,
     build_record,
     parse_creation,
     pushed_digest,
@@ -198,7 +199,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         creation = parse_creation(request, self._config)
         if creation.freeze_target is not None:
             check_push_allowed(self._upstream, creation.freeze_target)
-        resolved = await resolve_creation(creation, self._sources)
+        resolved = await resolve_creation(creation, self._sources, TokenBounds.of(self._config))
         if creation.validate_only:
             # Everything but the layers (they are what the caller has not sent yet) is checked.
             return pb.CreateContainerResponse(
