@@ -15,7 +15,7 @@ from gateway.errors import render_errors
 from gateway.keys import CONFIG, LAYERS, LIMITER, METRICS, RESOLVER, SERVICE, UPSTREAM
 from gateway.observe import count_requests
 from gateway.resolver import TokenResolver
-from gateway.routes import add_routes
+from gateway.routes import WAVE_ROUTES_HINT, add_routes
 from wave_grpc.channel import service_channel
 from wave_grpc.config import Config
 from wave_grpc.metrics import Metrics
@@ -109,7 +109,8 @@ def create_app(
     address = service_address or config.gateway.service
     # Wave REST bodies carry data: layers inline, up to [gateway].max_body_size.
     app = web.Application(
-        middlewares=[count_requests(counted), render_errors], client_max_size=config.gateway.max_body_size
+        middlewares=[count_requests(counted), render_errors(WAVE_ROUTES_HINT)],
+        client_max_size=config.gateway.max_body_size,
     )
     app[CONFIG] = config
     app[METRICS] = counted
