@@ -12,7 +12,8 @@ from wave_grpc.image.manifest import MediaType
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.stores.tokens import record_listing_key
 
-_INDEX_TYPES = {str(MediaType.OCI_INDEX), str(MediaType.DOCKER_LIST), "*/*", "application/*"}
+# Every index type MediaType knows, and the wildcards that cover them.
+_INDEX_TYPES = frozenset({*(str(m) for m in MediaType if m.is_index), "*/*", "application/*"})
 
 
 def accepts_index(request: web.Request) -> bool:
