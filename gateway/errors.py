@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from wave_grpc.errors import Errors, WaveError, brief
 from wave_grpc.redaction import redact_path
@@ -25,10 +26,6 @@ from wave_grpc.redaction import redact_path
 log = logging.getLogger("gateway")
 
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
-WAVE_ROUTES_HINT = (
-    "POST /v1alpha2/container, POST /container-token, GET /v1alpha2/container/<requestId>/status, "
-    "GET|DELETE /container-token/<token>, GET /service-info"
-)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -64,8 +61,20 @@ def wave_error_response(error: WaveError, allow: str = "") -> web.Response:
     return web.Response(status=error.kind.http_status, body=body, content_type="application/json", headers=headers)
 
 
-@web.middleware
-async def render_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+def render_errors(wave_routes_hint: str) -> Middleware:
+    """The middleware that renders every error; an unknown Wave path is answered with ``wave_routes_hint``.
+
+    The hint comes from the route table (gateway/routes.py), which imports this module, so it is passed in.
+    """
+
+    @web.middleware
+    async def rendered(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await _render_errors(request, handler, wave_routes_hint)
+
+    return rendered
+
+
+async def _render_errors(request: web.Request, handler: Handler, wave_routes_hint: str) -> web.StreamResponse:
     registry = is_registry_path(request.path)
     try:
         response = await handler(request)
@@ -106,7 +115,7 @@ async def render_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return wave_error_response(
             WaveError(
                 Errors.NAME_UNKNOWN,
-                f"{brief(redact_path(request.path))} is not served here; the Wave API is {WAVE_ROUTES_HINT}",
+                f"{brief(redact_path(request.path))} is not served here; the Wave API is {wave_routes_hint}",
             )
         )
     except web.HTTPException:

@@ -10,7 +10,7 @@ from gateway.resolver import TokenResolver
 from wave_grpc.config import Config
 from wave_grpc.metrics import Metrics
 from wave_grpc.registry.client import RegistryClient
-from wave_grpc.stores.layers import LayerStore
+from wave_grpc.stores.layers import LayerReader
 from wave_grpc.stores.limits import RateLimiter
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 CONFIG = web.AppKey("config", Config)
 RESOLVER = web.AppKey("resolver", TokenResolver)
 UPSTREAM = web.AppKey("upstream", RegistryClient)
-LAYERS = web.AppKey("layers", LayerStore)
+LAYERS = web.AppKey("layers", LayerReader)
 METRICS = web.AppKey("metrics", Metrics)
 LIMITER = web.AppKey("limiter", RateLimiter)
 # The AugmentService, over the gateway's one gRPC channel (the Wave REST API calls it).

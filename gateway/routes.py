@@ -14,6 +14,7 @@ from typing import Literal
 
 from aiohttp import web
 
+from gateway.errors import is_registry_path
 from gateway.handlers import base, blobs, manifests, referrers, tags, wave_containers, wave_info, wave_tokens
 from wave_grpc.errors import Errors, WaveError, brief
 from wave_grpc.redaction import redact_path
@@ -58,8 +59,42 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-# A registry API path (any of the routes above) whose name lacks the wt/<token>/ prefix.
-_UNTOKENED = re.compile(rf"^/v2/(?P<name>{_REPOSITORY})/(?:manifests|blobs|tags|referrers)/")
+_TOKENED_PREFIX = f"/v2/wt/{_TOKEN_PARAM}/{_NAME}/"
+# A registry API path of any tokened family above (manifests, blobs, ...) whose name
+# lacks the wt/<token>/ prefix: the families are read off the table, not listed again.
+_UNTOKENED_FAMILIES = tuple(
+    dict.fromkeys(
+        route.path.removeprefix(_TOKENED_PREFIX).split("/", 1)[0]
+        for route in ROUTES
+        if route.path.startswith(_TOKENED_PREFIX)
+    )
+)
+_UNTOKENED = re.compile(rf"^/v2/(?P<name>{_REPOSITORY})/(?:{'|'.join(map(re.escape, _UNTOKENED_FAMILIES))})/")
+
+
+def shown_path(path: str) -> str:
+    """A Wave route path as its clients read it: ``/x/{request_id:[^/]+}`` -> ``/x/<requestId>``.
+
+    A parameter is shown by its JSON name in Wave's bodies (``requestId``), which is how clients know the value.
+    """
+
+    def placeholder(match: re.Match[str]) -> str:
+        first, *rest = match[1].split("_")
+        return "<" + first + "".join(word.capitalize() for word in rest) + ">"
+
+    return re.sub(r"\{(\w+)(?::[^}]*)?\}", placeholder, path)
+
+
+def wave_routes_hint(routes: tuple[Route, ...] = ROUTES) -> str:
+    """Wave's REST routes (every route outside ``/v2``), one path each with its methods: ``GET|DELETE /x``."""
+    methods: dict[str, list[str]] = {}
+    for route in routes:
+        if not is_registry_path(route.path):
+            methods.setdefault(shown_path(route.path), []).append(route.method)
+    return ", ".join(f"{'|'.join(verbs)} {path}" for path, verbs in methods.items())
+
+
+WAVE_ROUTES_HINT = wave_routes_hint()
 
 
 def untokened_name(path: str) -> str | None:

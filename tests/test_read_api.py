@@ -12,11 +12,12 @@ import pytest
 
 from tests import components
 from tests.stack import WaveStack, registry_route
+from wave_grpc.image.manifest import MediaType
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 
 pytestmark = pytest.mark.components
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_INDEX = str(MediaType.OCI_INDEX)
 EMPTY_INDEX = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
 UNKNOWN_TOKEN = "abcdefabcdef"  # noqa: S105 - a well-formed token no service handed out
 

@@ -10,6 +10,7 @@ Workers share nothing in process; Redis (``shared_cache``) shares the caches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
@@ -80,10 +81,15 @@ async def _gateway_on_socket(config: Config, sock: socket.socket, metrics: Metri
         # arrive in time (a slow or idle client) ends the connection.
         keepalive_timeout=config.gateway.idle_timeout.total_seconds(),
     )
-    await runner.setup()
-    assert runner.server is not None
-    guard = ConnectionGuard(config.gateway.max_connections, metrics.live_connections)
-    server = await serve_guarded(runner.server, sock, guard)
+    try:
+        await runner.setup()
+        assert runner.server is not None
+        guard = ConnectionGuard(config.gateway.max_connections, metrics.live_connections)
+        server = await serve_guarded(runner.server, sock, guard)
+    except BaseException:
+        # The app's resources that did open (its cleanup contexts) close again.
+        await runner.cleanup()
+        raise
     return GatewayListener(runner, server)
 
 
@@ -195,12 +201,16 @@ async def _start_admin(config: Config, metrics: Metrics, checks: list[ReadinessC
     return runner
 
 
-async def run_servers(config: Config, only: str | None, ready: Callable[[str], None] = print) -> None:
-    """Run what ``serve`` asks for until SIGTERM or SIGINT, then shut down gracefully."""
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _warn_on_open_file_limit(config: Config) -> None:
     limit = raise_open_file_limit()
     if limit < config.gateway.max_connections + 256:
         log.warning(
@@ -208,82 +218,82 @@ async def run_servers(config: Config, only: str | None, ready: Callable[[str], N
             limit,
             config.gateway.max_connections,
         )
-    workers = config.gateway.workers or os.cpu_count() or 1
-    pooled = only in (None, "gateway") and workers > 1
-    metrics_dir = tempfile.TemporaryDirectory(prefix="wave-grpc-metrics-") if pooled else None
-    if metrics_dir is not None:
-        # Before any metric exists: the workers inherit the directory and write there too.
-        enable_multiprocess(metrics_dir.name)
-    metrics = Metrics()
-    service: RunningService | None = None
-    runner: GatewayListener | None = None
-    admin: web.AppRunner | None = None
-    pool: WorkerPool | None = None
-    watcher: asyncio.Task[None] | None = None
-    sock: socket.socket | None = None
+
+
+async def _start_service(
+    config: Config, metrics: Metrics, opened: contextlib.AsyncExitStack, ready: Callable[[str], None]
+) -> RunningService:
+    service = await serve(config, metrics=metrics)
+    opened.push_async_callback(service.stop)
+    if isinstance(service.layers, FileLayerStore):
+        store = service.layers
+        metrics.sample("wave_grpc_layer_store_bytes", "Bytes of layers in the layer store", lambda: store.stored_bytes)
+    ready(f"AugmentService listening on {config.service.listen.rsplit(':', 1)[0]}:{service.port}")
     try:
-        if only in (None, "service"):
-            service = await serve(config, metrics=metrics)
-            if isinstance(service.layers, FileLayerStore):
-                store = service.layers
-                metrics.sample(
-                    "wave_grpc_layer_store_bytes", "Bytes of layers in the layer store", lambda: store.stored_bytes
-                )
-            ready(f"AugmentService listening on {config.service.listen.rsplit(':', 1)[0]}:{service.port}")
-            try:
-                await service.tokens.ping()
-            except WaveError as exc:
-                log.warning("%s; creations and pulls fail until it answers", exc.message)
-        if only in (None, "gateway"):
-            sock = _bind(config.gateway.listen)
-            if not pooled:
-                runner = await _gateway_on_socket(config, sock, metrics)
-            else:
-                if config.source.startswith("<"):
-                    raise ServeError("gateway workers need a config file: pass --config")
-                pool = WorkerPool(config, sock, workers)
-                pool.start()
-                watcher = asyncio.create_task(pool.watch())
+        await service.tokens.ping()
+    except WaveError as exc:
+        log.warning("%s; creations and pulls fail until it answers", exc.message)
+    return service
+
+
+async def _start_gateway(config: Config, metrics: Metrics, opened: contextlib.AsyncExitStack, workers: int) -> None:
+    """The gateway on its listening socket: in this process, or in ``workers`` worker processes."""
+    sock = _bind(config.gateway.listen)
+    opened.callback(sock.close)
+    if workers <= 1:
+        runner = await _gateway_on_socket(config, sock, metrics)
+        opened.push_async_callback(runner.cleanup)
+        return
+    if config.source.startswith("<"):
+        raise ServeError("gateway workers need a config file: pass --config")
+    pool = WorkerPool(config, sock, workers)
+    pool.start()
+    opened.push_async_callback(pool.stop)
+    watcher = asyncio.create_task(pool.watch())
+    opened.callback(watcher.cancel)
+
+
+async def run_servers(config: Config, only: str | None, ready: Callable[[str], None] = print) -> None:
+    """Run what ``serve`` asks for until SIGTERM or SIGINT, then shut down gracefully.
+
+    Everything opens on one exit stack, so a failure halfway (a busy port) closes
+    what was already open, and shutdown closes in reverse order of opening.
+    """
+    stop = _stop_on_signals()
+    _warn_on_open_file_limit(config)
+    workers = config.gateway.workers or os.cpu_count() or 1
+    gateway = only in (None, "gateway")
+    pooled = gateway and workers > 1
+    async with contextlib.AsyncExitStack() as opened:
+        if pooled:
+            # Before any metric exists: the workers inherit the directory and write there too.
+            enable_multiprocess(opened.enter_context(tempfile.TemporaryDirectory(prefix="wave-grpc-metrics-")))
+        metrics = Metrics()
+        service = await _start_service(config, metrics, opened, ready) if only in (None, "service") else None
+        if gateway:
+            await _start_gateway(config, metrics, opened, workers if pooled else 1)
             ready(
                 f"gateway listening on {config.gateway.listen} with {workers} worker(s) "
                 f"(images named {config.gateway.public_host}/wt/...)"
             )
         if config.admin.listen:
-            admin = await _start_admin(config, metrics, _readiness(config, service, only in (None, "gateway")))
+            admin = await _start_admin(config, metrics, _readiness(config, service, gateway))
+            opened.push_async_callback(admin.cleanup)
             ready(f"admin endpoints on {config.admin.listen} (/metrics, /healthz, /readyz)")
         await stop.wait()
         log.info("shutting down")
-    finally:
-        if admin is not None:
-            await admin.cleanup()
-        if watcher is not None:
-            watcher.cancel()
-        if pool is not None:
-            await pool.stop()
-        if runner is not None:
-            await runner.cleanup()
-        if sock is not None:
-            sock.close()
-        if service is not None:
-            await service.stop()
-        if metrics_dir is not None:
-            metrics_dir.cleanup()
 
 
 async def run_gateway_worker(config: Config, fd: int) -> None:
     """One worker of the pool: serve the inherited socket until SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     raise_open_file_limit()
     directory = os.environ.get(MULTIPROCESS_ENV)
     if directory:
         enable_multiprocess(directory)
-    sock = socket.socket(fileno=fd)
-    runner = await _gateway_on_socket(config, sock, Metrics())
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-        sock.close()
+    with socket.socket(fileno=fd) as sock:
+        runner = await _gateway_on_socket(config, sock, Metrics())
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()

@@ -11,7 +11,8 @@ from wave_grpc.image.digest import Digest
 from wave_grpc.image.manifest import MediaType
 from wave_grpc.record import TokenRecord
 
-_INDEX_TYPES = {str(MediaType.OCI_INDEX), str(MediaType.DOCKER_LIST), "*/*", "application/*"}
+# Every index type MediaType knows, and the wildcards that cover them.
+_INDEX_TYPES = frozenset({*(str(m) for m in MediaType if m.is_index), "*/*", "application/*"})
 
 
 def accepts_index(request: web.Request) -> bool:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+from wave_grpc.image.manifest import MediaType
+
+# Spelled once, in MediaType; plain strings here because the harness writes them into JSON and headers.
+OCI_MANIFEST = str(MediaType.OCI_MANIFEST)
+OCI_INDEX = str(MediaType.OCI_INDEX)
+OCI_CONFIG = str(MediaType.OCI_CONFIG)
+OCI_LAYER_GZIP = str(MediaType.OCI_LAYER_GZIP)
+DOCKER_MANIFEST = str(MediaType.DOCKER_MANIFEST)
+DOCKER_MANIFEST_LIST = str(MediaType.DOCKER_LIST)
+DOCKER_CONFIG = str(MediaType.DOCKER_CONFIG)
+DOCKER_LAYER_GZIP = str(MediaType.DOCKER_LAYER_GZIP)
 #: Sent as four separate ``Accept`` headers (distribution 2.8 reads them as a list).
 ALL_MANIFEST_TYPES: tuple[str, ...] = (
     OCI_MANIFEST,
@@ -20,7 +23,7 @@ ALL_MANIFEST_TYPES: tuple[str, ...] = (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
 )
-INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+INDEX_TYPES = frozenset(str(m) for m in MediaType if m.is_index)
 
 JSONDict = dict[str, Any]
 

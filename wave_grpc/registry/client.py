@@ -10,7 +10,9 @@ It speaks the distribution API the way real registries need:
   (minus a margin); concurrent requests share one token fetch. ``Basic`` sends
   the credentials. A ``401`` is retried once with a fresh token, then it is an
   error that says which registry and image refused and what to configure
-  (wave_grpc/registry/auth.py).
+  (wave_grpc/registry/auth.py; the token service exchange: realm.py).
+* Each request is a value first (wave_grpc/registry/exchange.py): its URL,
+  scopes and headers follow from it before any I/O.
 * Transport, retries and timeouts: wave_grpc/registry/transport.py.
 * Redirects are followed here, never by aiohttp, so ``Authorization`` is sent
   only to the registry's own origin (and to the token realm) and every hop is
@@ -24,7 +26,6 @@ message, a log line, or a URL handed back to a caller.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -35,7 +36,6 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from multidict import CIMultiDict
-from yarl import URL
 
 from wave_grpc.addresses import ip_literal, public_unicast
 from wave_grpc.config import Config, RegistryRoute
@@ -44,7 +44,6 @@ from wave_grpc.image.digest import Digest
 from wave_grpc.image.manifest import MANIFEST_MEDIA_TYPES, MediaType, manifest_media_type
 from wave_grpc.metrics import Metrics
 from wave_grpc.registry.auth import (
-    DEFAULT_TOKEN_SECONDS,
     AuthScheme,
     BearerTokens,
     Challenge,
@@ -52,7 +51,9 @@ from wave_grpc.registry.auth import (
     basic_authorization,
     denied,
 )
+from wave_grpc.registry.exchange import UpstreamRequest, origin, upstream_repository
 from wave_grpc.registry.policy import contactable_url
+from wave_grpc.registry.realm import fetch_bearer_token
 from wave_grpc.registry.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,6 @@ log = logging.getLogger(__name__)
 # Manifests and configs are small; refuse to buffer anything bigger.
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_CONFIG_BYTES = 32 << 20
-MAX_TOKEN_BYTES = 1 << 20
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
@@ -72,12 +72,6 @@ class ManifestBlob:
     data: bytes
     media_type: MediaType
     digest: Digest
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-    return parts.scheme, (parts.hostname or "").lower(), port
 
 
 class RegistryClient:
@@ -134,7 +128,7 @@ class RegistryClient:
     @staticmethod
     def upstream_repository(route: RegistryRoute, repository: str) -> str:
         """The repository name at the route's endpoint (a mirror may add a prefix)."""
-        return f"{route.repository_prefix}/{repository}" if route.repository_prefix else repository
+        return upstream_repository(route, repository)
 
     async def _single(self, key: tuple[str, ...], make: Callable[[], Awaitable[_T]]) -> _T:
         pending: asyncio.Future[Any] | None = self._inflight.get(key)
@@ -185,47 +179,7 @@ class RegistryClient:
     async def _fetch_token(
         self, route: RegistryRoute, scheme: AuthScheme, scopes: tuple[str, ...], label: str, key: tuple[str, str]
     ) -> str:
-        realm = urlsplit(scheme.realm)
-        what = f"the token service of registry {route.name} ({realm.scheme}://{realm.netloc})"
-        if not contactable_url(scheme.realm):
-            raise WaveError(
-                Errors.UPSTREAM_UNAVAILABLE, f"{label}: registry {route.name} sent an unusable token realm; not fetched"
-            )
-        headers: CIMultiDict[str] = CIMultiDict({"Accept": "application/json", "Accept-Encoding": "identity"})
-        basic = basic_authorization(route)
-        if basic is not None:
-            # Never downgrade credentials to plain http when the registry itself is https.
-            if realm.scheme == "http" and route.endpoint.startswith("https://"):
-                raise WaveError(
-                    Errors.UPSTREAM_UNAVAILABLE,
-                    f"{label}: registry {route.name} asks for credentials at a plain-http token realm; refused",
-                )
-            headers["Authorization"] = basic
-        query = [("scope", scope) for scope in scopes]
-        if scheme.service:
-            query.insert(0, ("service", scheme.service))
-        url = URL(scheme.realm).extend_query(query)
-        resp = await self._transport.send(route, "GET", url, headers, label, what)
-        try:
-            if resp.status in (401, 403):
-                raise denied(route, label, resp.status, await self._transport.upstream_said(resp, route), by=what)
-            if resp.status != 200:
-                said = await self._transport.upstream_said(resp, route)
-                raise WaveError(
-                    Errors.UPSTREAM_UNAVAILABLE,
-                    f"{label}: {what} answered HTTP {resp.status}{said}",
-                )
-            raw = await self._transport.read_limited(route, resp, MAX_TOKEN_BYTES, label, what)
-        finally:
-            resp.release()
-        try:
-            body = json.loads(raw)
-            token = body.get("token") or body.get("access_token")
-            expires_in = float(body.get("expires_in") or DEFAULT_TOKEN_SECONDS)
-        except (ValueError, AttributeError, TypeError):
-            token, expires_in = None, 0.0
-        if not isinstance(token, str) or not token:
-            raise WaveError(Errors.UPSTREAM_UNAVAILABLE, f"{label}: {what} answered without a token")
+        token, expires_in = await fetch_bearer_token(self._transport, route, scheme, scopes, label)
         self._tokens.put(key, token, expires_in)
         return token
 
@@ -240,52 +194,24 @@ class RegistryClient:
             return "Bearer " + await self._token(route, scheme, scopes, label)
         return None
 
-    async def _open(
-        self,
-        route: RegistryRoute,
-        repository: str,
-        method: str,
-        path: str,
-        accept: tuple[str, ...],
-        follow: bool,
-        not_found: ErrorKind,
-        label: str,
-        *,
-        actions: str = "pull",
-        body: Callable[[], Any] | None = None,
-        extra_headers: Mapping[str, str] | None = None,
-        url: str | None = None,
-        mount_from: str | None = None,
-    ) -> aiohttp.ClientResponse:
-        upstream_repo = self.upstream_repository(route, repository)
-        if url is None:
-            url = f"{route.endpoint}/v2/{upstream_repo}/{path}"
-        elif _origin(url) != _origin(route.endpoint):
-            # An upload location on another host would receive our credentials.
-            raise WaveError(Errors.UPSTREAM_UNAVAILABLE, f"{label}: registry {route.name} sent a foreign upload URL")
-        what = f"registry {route.name} ({route.endpoint})"
-        scopes: tuple[str, ...] = (f"repository:{upstream_repo}:{actions}",)
-        if mount_from is not None:
-            # A cross-repository mount reads the source repository too.
-            scopes = (*scopes, f"repository:{self.upstream_repository(route, mount_from)}:pull")
+    async def _open(self, exchange: UpstreamRequest) -> aiohttp.ClientResponse:
+        route, label = exchange.route, exchange.label
+        scopes = exchange.scopes
         scheme = await self.scheme(route.name, label=label)
         retried = False
         while True:
-            headers: CIMultiDict[str] = CIMultiDict({"Accept-Encoding": "identity"})
-            for media_type in accept:  # one header each: distribution reads them as a list
-                headers.add("Accept", media_type)
-            headers.update(extra_headers or {})
             authorization = await self._authorization(route, scheme, scopes, label, fresh=retried)
-            if authorization is not None:
-                headers["Authorization"] = authorization
-            resp = await self._transport.send(route, method, url, headers, label, what, body)
+            headers = exchange.headers_with(authorization)
+            resp = await self._transport.send(
+                route, exchange.method, exchange.target, headers, label, exchange.registry_what, exchange.body
+            )
             if resp.status != 401:
                 break
             challenge = Challenge.parse(resp.headers.get("WWW-Authenticate", ""))
             said = await self._transport.upstream_said(resp, route)
             resp.release()
             if authorization is None:
-                self._needs_auth.add((route.name, upstream_repo))
+                self._needs_auth.add((route.name, exchange.upstream_repository))
             learnt = AuthScheme.from_challenge(challenge)
             if retried or learnt is None or (learnt.kind == "basic" and not route.has_credentials):
                 raise denied(route, label, 401, said)
@@ -301,9 +227,9 @@ class RegistryClient:
         if resp.status == 404:
             said = await self._transport.upstream_said(resp, route)
             resp.release()
-            raise WaveError(not_found, f"{label}: not found in registry {route.name}{said}")
-        if resp.status in REDIRECT_STATUSES and follow:
-            resp = await self._follow(route, method, resp, headers, label)
+            raise WaveError(exchange.not_found, f"{label}: not found in registry {route.name}{said}")
+        if resp.status in REDIRECT_STATUSES and exchange.follow_redirects:
+            resp = await self._follow(route, exchange.method, resp, headers, label)
         if resp.status >= 400 or (resp.status >= 300 and resp.status not in REDIRECT_STATUSES):
             said = await self._transport.upstream_said(resp, route)
             resp.release()
@@ -312,7 +238,7 @@ class RegistryClient:
                 f"{label}: registry {route.name} answered HTTP {resp.status}{said}",
             )
         if authorization is None and resp.status < 400:
-            self._needs_auth.discard((route.name, upstream_repo))
+            self._needs_auth.discard((route.name, exchange.upstream_repository))
         return resp
 
     async def _follow(
@@ -326,7 +252,7 @@ class RegistryClient:
         """Follow a registry's redirects (blob storage, a CDN). ``Authorization``
         goes only to the registry's own origin; every hop must be http(s) and not
         link-local."""
-        registry_origin = _origin(route.endpoint)
+        registry_origin = origin(route.endpoint)
         for _ in range(MAX_REDIRECTS):
             location = resp.headers.get("Location", "")
             base = str(resp.url)
@@ -338,7 +264,7 @@ class RegistryClient:
                     f"{label}: registry {route.name} redirected to an unusable location; not followed",
                 )
             hop_headers = CIMultiDict(headers)
-            if _origin(target) != registry_origin:
+            if origin(target) != registry_origin:
                 hop_headers.popall("Authorization", None)
             resp = await self._transport.send(
                 route, method, target, hop_headers, label, f"blob storage of {route.name}"
@@ -371,30 +297,43 @@ class RegistryClient:
 
         Yields a 2xx response (or, with ``allow_redirects=False``, possibly a
         3xx to relay); anything else is raised as a WaveError that names the
-        registry and image. Read the body with :meth:`iter_body`. ``actions``
-        is the token scope's action list (``pull,push`` to write); ``mount_from``
-        names a repository of the same registry the request also reads (a mount).
+        registry and image. Read the body with :meth:`iter_body`. The keywords
+        are those of :class:`UpstreamRequest` (wave_grpc/registry/exchange.py).
         """
-        route = self.route(registry)
-        resp = await self._open(
-            route,
+        exchange = UpstreamRequest(
+            self.route(registry),
             repository,
             method,
             path,
-            accept,
-            allow_redirects,
-            not_found,
             what or f"{registry}/{repository}",
+            accept=accept,
+            follow_redirects=allow_redirects,
+            not_found=not_found,
             actions=actions,
             body=body,
-            extra_headers=headers,
+            headers=UpstreamRequest.header_pairs(headers),
             url=url,
             mount_from=mount_from,
         )
+        async with self.exchange(exchange) as resp:
+            yield resp
+
+    @asynccontextmanager
+    async def exchange(self, exchange: UpstreamRequest) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The response to ``exchange`` (as :meth:`request` describes), released on exit."""
+        resp = await self._open(exchange)
         try:
             yield resp
         finally:
             resp.release()
+
+    async def fetch(self, exchange: UpstreamRequest) -> tuple[bytes, str | None]:
+        """The whole body of ``exchange`` (at most its ``body_limit``) and its Content-Type."""
+        if not exchange.body_limit:
+            raise ValueError(f"{exchange.label}: a body read whole needs a body_limit")
+        async with self.exchange(exchange) as resp:
+            data = await self._transport.read_limited(exchange.route, resp, exchange.body_limit, exchange.label)
+            return data, resp.headers.get("Content-Type")
 
     async def iter_body(
         self,
@@ -415,17 +354,17 @@ class RegistryClient:
         """Fetch a manifest by tag or digest; a digest reference is verified against the bytes."""
         sep = "@" if ":" in reference else ":"
         label = f"{registry}/{repository}{sep}{reference}"
-        route = self.route(registry)
-        async with self.request(
-            registry,
-            repository,
-            "GET",
-            f"manifests/{reference}",
-            accept=tuple(str(m) for m in MANIFEST_MEDIA_TYPES),
-            what=label,
-        ) as resp:
-            data = await self._transport.read_limited(route, resp, MAX_MANIFEST_BYTES, label)
-            content_type = resp.headers.get("Content-Type")
+        data, content_type = await self.fetch(
+            UpstreamRequest(
+                self.route(registry),
+                repository,
+                "GET",
+                f"manifests/{reference}",
+                label,
+                accept=tuple(str(m) for m in MANIFEST_MEDIA_TYPES),
+                body_limit=MAX_MANIFEST_BYTES,
+            )
+        )
         digest = Digest.of(data)
         if Digest.is_digest(reference) and Digest.parse(reference) != digest:
             raise WaveError(Errors.DIGEST_INVALID, f"{label}: registry {registry} sent bytes with digest {digest}")
@@ -434,11 +373,17 @@ class RegistryClient:
     async def get_blob(self, registry: str, repository: str, digest: Digest, limit: int = MAX_CONFIG_BYTES) -> bytes:
         """Fetch a small blob (a config), following the registry's redirects, and verify it."""
         label = f"{registry}/{repository}@{digest}"
-        route = self.route(registry)
-        async with self.request(
-            registry, repository, "GET", f"blobs/{digest}", not_found=Errors.BLOB_UNKNOWN, what=f"blob {label}"
-        ) as resp:
-            data = await self._transport.read_limited(route, resp, limit, f"blob {label}")
+        data, _ = await self.fetch(
+            UpstreamRequest(
+                self.route(registry),
+                repository,
+                "GET",
+                f"blobs/{digest}",
+                f"blob {label}",
+                not_found=Errors.BLOB_UNKNOWN,
+                body_limit=limit,
+            )
+        )
         if Digest.of(data) != digest:
             raise WaveError(Errors.DIGEST_INVALID, f"blob {label}: registry {registry} sent bytes of another digest")
         return data

@@ -43,6 +43,8 @@ class RunningService:
     upstream: RegistryClient
     layers: LayerStore
     freezes: FreezeRunner
+    # What serve opened before the server (registry client, stores, freeze runner), closed last-opened first.
+    resources: contextlib.AsyncExitStack
     collector: asyncio.Task[None] | None = None
     resumer: asyncio.Task[None] | None = None
 
@@ -58,21 +60,12 @@ class RunningService:
                     await task
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        await self.freezes.close()
-        await self.upstream.close()
-        await self.tokens.close()
+        await self.resources.aclose()
 
 
-async def serve(config: Config, *, listen: str | None = None, metrics: Metrics | None = None) -> RunningService:
-    """Start the service on ``listen`` (``host:0`` picks a free port)."""
-    upstream = RegistryClient(config, metrics=metrics)
-    await upstream.start()
-    tokens = open_token_store(config.service.store)
-    layers = open_layer_store(config, upstream)
-    limiter = open_rate_limiter(config.service.store)
-    servicer = AugmentServicer(config, tokens, layers, upstream, metrics=metrics, limiter=limiter)
+def _grpc_server(config: Config) -> grpc.aio.Server:
     size = config.service.max_message_size
-    server = grpc.aio.server(
+    return grpc.aio.server(
         options=[
             # grpcio shares busy ports by default; a second server must fail instead.
             ("grpc.so_reuseport", 0),
@@ -85,28 +78,47 @@ async def serve(config: Config, *, listen: str | None = None, metrics: Metrics |
         ],
         maximum_concurrent_rpcs=config.service.max_concurrent_rpcs,
     )
-    add_to_server(servicer, server)
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
-    address = listen or config.service.listen
-    try:
-        if config.service.tls_cert:
-            port = server.add_secure_port(address, _server_credentials(config))
-        else:
-            port = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        await upstream.close()
-        await tokens.close()
-        raise OSError(f"cannot listen on {address} for the AugmentService: {exc}") from None
-    await server.start()
+
+
+async def serve(config: Config, *, listen: str | None = None, metrics: Metrics | None = None) -> RunningService:
+    """Start the service on ``listen`` (``host:0`` picks a free port).
+
+    Resources open in order on one exit stack: a failure halfway (a busy port, a
+    store that cannot be opened) closes those already open, last first.
+    """
+    async with contextlib.AsyncExitStack() as opened:
+        upstream = RegistryClient(config, metrics=metrics)
+        await upstream.start()
+        opened.push_async_callback(upstream.close)
+        tokens = open_token_store(config.service.store)
+        opened.push_async_callback(tokens.close)
+        layers = open_layer_store(config, upstream)
+        opened.push_async_callback(layers.close)
+        limiter = open_rate_limiter(config.service.store)
+        servicer = AugmentServicer(config, tokens, layers, upstream, metrics=metrics, limiter=limiter)
+        opened.push_async_callback(servicer.freezes.close)
+        server = _grpc_server(config)
+        add_to_server(servicer, server)
+        health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        address = listen or config.service.listen
+        try:
+            if config.service.tls_cert:
+                port = server.add_secure_port(address, _server_credentials(config))
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {address} for the AugmentService: {exc}") from None
+        await server.start()
+        resources = opened.pop_all()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     log.info("AugmentService listening on %s", address.rsplit(":", 1)[0] + f":{port}")
-    running = RunningService(server, port, health, tokens, upstream, layers, servicer.freezes)
+    running = RunningService(server, port, health, tokens, upstream, layers, servicer.freezes, resources)
     # Freezes a restart interrupted (or a replica that died) go on here.
     running.resumer = asyncio.create_task(servicer.freezes.resume_periodically(), name="freeze resumption")
     if config.layers.gc_interval is not None:

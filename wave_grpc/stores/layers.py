@@ -1,7 +1,9 @@
 """Content-addressed storage of injected layers.
 
-The seam is small (:class:`LayerStore`): put a verified stream, ask for a size
-and the tar digest, and answer how a blob is served (wave_grpc/registry/blobs.py).
+The seam is split by who needs it. The gateway only serves blobs: a
+:class:`LayerReader` answers how a blob is served (wave_grpc/registry/blobs.py)
+and its size. The service writes: a :class:`LayerStore` puts a verified stream,
+records the tar digest, references and collects, on top of the reader.
 The file store is the embedded default; a stored blob is written to a temporary
 file, verified, then renamed into place, so a reader never sees a half-written
 or unverified blob and a failed upload leaves nothing.
@@ -47,19 +49,31 @@ class ExpectedLayer:
     tar_digest: str = ""
 
 
-class LayerStore(Protocol):
-    async def put(self, chunks: AsyncIterator[bytes], expected: ExpectedLayer) -> tuple[LayerDigests, bool]:
-        """Verify and store; answer the digests and whether the blob is new."""
-        ...
+class LayerReader(Protocol):
+    """What the gateway needs of a layer store: serve a stored blob. A reader never writes.
 
-    async def size(self, digest: Digest) -> int | None: ...
+    Opening one costs nothing (no directories made, no threads, no scan), so every
+    gateway worker opens only this (wave_grpc/stores/open.open_layer_reader).
+    """
 
-    async def tar_digest(self, digest: Digest) -> Digest | None:
-        """The verified uncompressed digest recorded when the blob was stored."""
+    async def size(self, digest: Digest) -> int | None:
+        """The stored blob's size; None if it is absent."""
         ...
 
     async def answer(self, digest: Digest, method: str, range_header: str = "") -> BlobAnswer:
         """How the gateway serves the blob (a local file, a redirect or a stream); BLOB_UNKNOWN if absent."""
+        ...
+
+
+class LayerStore(LayerReader, Protocol):
+    """What the service needs: the writer (verify and put, reference, collect), built on the reader."""
+
+    async def put(self, chunks: AsyncIterator[bytes], expected: ExpectedLayer) -> tuple[LayerDigests, bool]:
+        """Verify and store; answer the digests and whether the blob is new."""
+        ...
+
+    async def tar_digest(self, digest: Digest) -> Digest | None:
+        """The verified uncompressed digest recorded when the blob was stored."""
         ...
 
     def read(self, digest: Digest) -> AsyncIterator[bytes]:
@@ -82,6 +96,10 @@ class LayerStore(Protocol):
         """
         ...
 
+    async def close(self) -> None:
+        """Release what the writer holds (its verification threads); the service calls it at shutdown."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Collection:
@@ -95,18 +113,46 @@ class Collection:
         return sum(size for _, size in self.removed)
 
 
-class FileLayerStore:
-    """Blobs under ``root/blobs``, their verified tar digests under ``root/tar-digests``.
+class FileLayerReader:
+    """Reads blobs under ``root/blobs``; makes nothing, so a missing root is only absent blobs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _blob_path(self, digest: Digest) -> Path:
+        return self.root / "blobs" / digest.algorithm / digest.hex
+
+    async def size(self, digest: Digest) -> int | None:
+        try:
+            return self._blob_path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def staged_path(self, digest: Digest) -> Path | None:
+        """The local file holding the blob, if it is here (the OCI store pushes it from there)."""
+        path = self._blob_path(digest)
+        return path if path.exists() else None
+
+    async def answer(self, digest: Digest, method: str, range_header: str = "") -> BlobAnswer:
+        path = self.staged_path(digest)
+        if path is None:
+            raise WaveError(Errors.BLOB_UNKNOWN, f"layer {digest} is missing from the layer store")
+        return LocalFile(path)
+
+
+class FileLayerStore(FileLayerReader):
+    """The writer: blobs under ``root/blobs``, their verified tar digests under ``root/tar-digests``.
 
     Verification (hashing, inflating, the tar check) runs on a small pool of its
     own, so a burst of big or hostile uploads cannot starve the default executor
-    that token lookups and file serving use. Temporary files carry the writing
-    process's id: at startup, those of processes that no longer run (a ``kill
-    -9`` mid-upload) are removed, and nobody else's upload in flight is touched.
+    that token lookups and file serving use; :meth:`close` shuts it down.
+    Temporary files carry the writing process's id: at startup, those of
+    processes that no longer run (a ``kill -9`` mid-upload) are removed, and
+    nobody else's upload in flight is touched.
     """
 
     def __init__(self, root: Path, limits: LayerLimits | None = None, *, verify_workers: int = 2) -> None:
-        self.root = root
+        super().__init__(root)
         self._limits = limits or LayerLimits()
         (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir(parents=True, exist_ok=True)
@@ -115,6 +161,10 @@ class FileLayerStore:
         self.swept = self._sweep_orphans()
         # Kept current by put (and garbage collection), so a scrape costs nothing.
         self.stored_bytes = sum(path.stat().st_size for path in (root / "blobs" / "sha256").iterdir())
+
+    async def close(self) -> None:
+        # Waits for a verification in flight (the server has stopped taking calls by now).
+        await asyncio.to_thread(self._pool.shutdown)
 
     def _temp_name(self) -> str:
         return f"{os.getpid()}-{uuid.uuid4().hex}.part"
@@ -133,9 +183,6 @@ class FileLayerStore:
         if removed:
             log.info("layer store %s: removed %d temporary file(s) left by stopped writers", self.root, removed)
         return removed
-
-    def _blob_path(self, digest: Digest) -> Path:
-        return self.root / "blobs" / digest.algorithm / digest.hex
 
     async def put(self, chunks: AsyncIterator[bytes], expected: ExpectedLayer) -> tuple[LayerDigests, bool]:
         temp = self.root / "tmp" / self._temp_name()
@@ -196,17 +243,6 @@ class FileLayerStore:
             return Digest.parse(self._meta_path(digest).read_text().strip())
         except FileNotFoundError:
             return None
-
-    async def size(self, digest: Digest) -> int | None:
-        try:
-            return self._blob_path(digest).stat().st_size
-        except FileNotFoundError:
-            return None
-
-    def staged_path(self, digest: Digest) -> Path | None:
-        """The local file holding the blob, if it is here (the OCI store pushes it from there)."""
-        path = self._blob_path(digest)
-        return path if path.exists() else None
 
     def discard(self, digest: Digest) -> None:
         """Drop a blob (a staging store does, once the blob is safely elsewhere)."""
@@ -271,12 +307,6 @@ class FileLayerStore:
 
     async def collect(self, referenced: set[Digest], grace: float, *, dry_run: bool = False) -> Collection | None:
         return await asyncio.to_thread(self._collect, referenced, grace, dry_run)
-
-    async def answer(self, digest: Digest, method: str, range_header: str = "") -> BlobAnswer:
-        path = self.staged_path(digest)
-        if path is None:
-            raise WaveError(Errors.BLOB_UNKNOWN, f"layer {digest} is missing from the layer store")
-        return LocalFile(path)
 
     async def read(self, digest: Digest) -> AsyncIterator[bytes]:
         path = self.staged_path(digest)

@@ -44,20 +44,13 @@ def _tag(digest: Digest) -> str:
     return f"{digest.algorithm}-{digest.hex}"
 
 
-class RegistryLayerStore:
-    def __init__(
-        self,
-        client: RegistryClient,
-        registry: str,
-        repository: str,
-        staging: FileLayerStore,
-        gc_grace: float = 6 * 3600.0,
-    ) -> None:
-        self._gc_grace = gc_grace
+class RegistryLayerReader:
+    """Serves layers from the repository as base layers are served; pushes nothing."""
+
+    def __init__(self, client: RegistryClient, registry: str, repository: str) -> None:
         self.client = client
         self.registry = registry
         self.repository = repository
-        self._staging = staging
 
     @property
     def _label(self) -> str:
@@ -69,6 +62,32 @@ class RegistryLayerStore:
 
     async def _exists(self, digest: Digest) -> int | None:
         return await self._repository.blob_size(digest)
+
+    async def size(self, digest: Digest) -> int | None:
+        return await self._exists(digest)
+
+    async def answer(self, digest: Digest, method: str, range_header: str = "") -> BlobAnswer:
+        # The layer lives in a registry repository: served like a base layer from there.
+        return await registry_blob(self.client, self.registry, self.repository, digest, method, range_header)
+
+
+class RegistryLayerStore(RegistryLayerReader):
+    """The writer: verifies on a local staging file store, then pushes the blob and its record."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        registry: str,
+        repository: str,
+        staging: FileLayerStore,
+        gc_grace: float = 6 * 3600.0,
+    ) -> None:
+        super().__init__(client, registry, repository)
+        self._gc_grace = gc_grace
+        self._staging = staging
+
+    async def close(self) -> None:
+        await self._staging.close()
 
     async def _push_record(self, digests: LayerDigests, referenced_at: float | None = None) -> None:
         config_digest = Digest.of(EMPTY_CONFIG)
@@ -115,9 +134,6 @@ class RegistryLayerStore:
         finally:
             # The registry is the store; the staging copy was only for verifying.
             self._staging.discard(digests.gzip_digest)
-
-    async def size(self, digest: Digest) -> int | None:
-        return await self._exists(digest)
 
     async def _record(self, digest: Digest) -> tuple[Digest, dict[str, Any]] | None:
         """The artifact manifest that keeps ``digest``: its own digest and its document."""
@@ -232,10 +248,6 @@ class RegistryLayerStore:
         ) as resp:
             async for chunk in self.client.iter_body(resp, self.registry, what, chunk_size=1 << 20):
                 yield chunk
-
-    async def answer(self, digest: Digest, method: str, range_header: str = "") -> BlobAnswer:
-        # The layer lives in a registry repository: served like a base layer from there.
-        return await registry_blob(self.client, self.registry, self.repository, digest, method, range_header)
 
 
 def _referenced_at(document: dict[str, Any]) -> float:

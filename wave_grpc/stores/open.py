@@ -8,9 +8,9 @@ from pathlib import Path
 from wave_grpc.config import Config
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.store_urls import StoreRole, StoreUrl, serves
-from wave_grpc.stores.layers import FileLayerStore, LayerStore
+from wave_grpc.stores.layers import FileLayerReader, FileLayerStore, LayerReader, LayerStore
 from wave_grpc.stores.limits import LocalRateLimiter, RateLimiter
-from wave_grpc.stores.oci import RegistryLayerStore
+from wave_grpc.stores.oci import RegistryLayerReader, RegistryLayerStore
 from wave_grpc.stores.redis import RedisRateLimiter, RedisTokenStore, redis_client
 from wave_grpc.stores.sqlite import SqliteTokenStore
 from wave_grpc.stores.tokens import TokenStore
@@ -42,6 +42,17 @@ def open_layer_store(config: Config, upstream: RegistryClient) -> LayerStore:
             upstream, store.registry, store.repository, staging, gc_grace=config.layers.gc_grace.total_seconds()
         )
     return FileLayerStore(config.layers.file_root, config.layers.limits, verify_workers=config.layers.verify_workers)
+
+
+def open_layer_reader(config: Config, upstream: RegistryClient) -> LayerReader:
+    """The configured layer store, read side only: what a gateway worker serves blobs from.
+
+    It makes no directories, starts no threads and scans nothing (the writer does, in the service).
+    """
+    store = config.layers.store_url
+    if store.scheme == "oci":
+        return RegistryLayerReader(upstream, store.registry, store.repository)
+    return FileLayerReader(config.layers.file_root)
 
 
 def open_rate_limiter(redis_url: str) -> RateLimiter:
