@@ -31,6 +31,7 @@ from wave_grpc.admin import CHECK_TIMEOUT, ReadinessCheck, create_admin_app
 from wave_grpc.channel import service_channel
 from wave_grpc.config import Config
 from wave_grpc.errors import WaveError
+from wave_grpc.image.jsonbound import JsonLimits, use_limits
 from wave_grpc.metrics import MULTIPROCESS_ENV, Metrics, enable_multiprocess, forget_process
 from wave_grpc.service.server import SERVICE_NAME, RunningService, serve
 from wave_grpc.stores.layers import FileLayerStore
@@ -210,6 +211,12 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
+def _use_upstream_parse_limits(config: Config) -> None:
+    """Every parse of upstream JSON in this process measures it against ``[upstream]``'s limits."""
+    upstream = config.upstream
+    use_limits(JsonLimits(upstream.max_json_values, upstream.max_json_depth, upstream.max_layers))
+
+
 def _warn_on_open_file_limit(config: Config) -> None:
     limit = raise_open_file_limit()
     if limit < config.gateway.max_connections + 256:
@@ -261,6 +268,7 @@ async def run_servers(config: Config, only: str | None, ready: Callable[[str], N
     """
     stop = _stop_on_signals()
     _warn_on_open_file_limit(config)
+    _use_upstream_parse_limits(config)
     workers = config.gateway.workers or os.cpu_count() or 1
     gateway = only in (None, "gateway")
     pooled = gateway and workers > 1
@@ -288,6 +296,7 @@ async def run_gateway_worker(config: Config, fd: int) -> None:
     """One worker of the pool: serve the inherited socket until SIGTERM."""
     stop = _stop_on_signals()
     raise_open_file_limit()
+    _use_upstream_parse_limits(config)
     directory = os.environ.get(MULTIPROCESS_ENV)
     if directory:
         enable_multiprocess(directory)

@@ -25,13 +25,12 @@ message, a log line, or a URL handed back to a caller.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -40,6 +39,7 @@ from multidict import CIMultiDict
 from wave_grpc.addresses import ip_literal, public_unicast
 from wave_grpc.config import Config, RegistryRoute
 from wave_grpc.errors import ErrorKind, Errors, WaveError
+from wave_grpc.flight import SingleFlight
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.manifest import MANIFEST_MEDIA_TYPES, MediaType, manifest_media_type
 from wave_grpc.metrics import Metrics
@@ -52,6 +52,7 @@ from wave_grpc.registry.auth import (
     denied,
 )
 from wave_grpc.registry.exchange import UpstreamRequest, origin, upstream_repository
+from wave_grpc.registry.isolation import UpstreamLimits
 from wave_grpc.registry.policy import contactable_url
 from wave_grpc.registry.realm import fetch_bearer_token
 from wave_grpc.registry.transport import Transport
@@ -88,13 +89,19 @@ class RegistryClient:
         self._config = config
         self._tokens = BearerTokens(clock)
         self._secrets = Secrets(config, self._tokens)
-        self._transport = Transport(config, max_backoff=max_backoff, scrub=self._secrets.scrub, metrics=metrics)
+        self._transport = Transport(
+            config,
+            max_backoff=max_backoff,
+            scrub=self._secrets.scrub,
+            metrics=metrics,
+            limits=UpstreamLimits.of(config.upstream),
+        )
         # registry -> its auth scheme, from the /v2/ challenge or the last 401.
         self._schemes: dict[str, AuthScheme] = {}
         # (registry, upstream repository) that answered 401 to a request without credentials.
         self._needs_auth: set[tuple[str, str]] = set()
         # Single-flight: concurrent pulls of one image share one ping and one token fetch.
-        self._inflight: dict[tuple[str, ...], asyncio.Future[Any]] = {}
+        self._flight: SingleFlight[tuple[str, ...], Any] = SingleFlight()
 
     async def start(self) -> None:
         await self._transport.start()
@@ -131,18 +138,8 @@ class RegistryClient:
         return upstream_repository(route, repository)
 
     async def _single(self, key: tuple[str, ...], make: Callable[[], Awaitable[_T]]) -> _T:
-        pending: asyncio.Future[Any] | None = self._inflight.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(make())
-            self._inflight[key] = pending
-            pending.add_done_callback(lambda f: self._done(key, f))
-        result: _T = await asyncio.shield(pending)
-        return result
-
-    def _done(self, key: tuple[str, ...], future: asyncio.Future[Any]) -> None:
-        self._inflight.pop(key, None)
-        if not future.cancelled():
-            future.exception()  # retrieved here, so a fetch nobody waits for any more is not logged as lost
+        """One exchange for concurrent askers of one key (a token, a challenge); see wave_grpc/flight.py."""
+        return cast(_T, await self._flight.run(key, make))
 
     async def scheme(self, registry: str, *, label: str = "") -> AuthScheme:
         """The registry's auth scheme: from the cache, else from its ``/v2/`` challenge."""

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from wave_grpc.config import UpstreamConfig
 from wave_grpc.errors import Errors, WaveError
 
 # The defaults, one per key the config will expose under [upstream].
@@ -47,6 +48,21 @@ class UpstreamLimits:
     breaker_failures: int = DEFAULT_BREAKER_FAILURES
     breaker_window: float = DEFAULT_BREAKER_WINDOW
     breaker_cooldown: float = DEFAULT_BREAKER_COOLDOWN
+
+    @classmethod
+    def of(cls, upstream: UpstreamConfig) -> UpstreamLimits:
+        """The ``[upstream]`` keys of the same names."""
+        return cls(
+            exchange_deadline=upstream.exchange_deadline.total_seconds(),
+            min_stream_rate=upstream.min_stream_rate,
+            registry_connections=upstream.registry_connections,
+            unlisted_connections=upstream.unlisted_connections,
+            unlisted_connections_per_host=upstream.unlisted_connections_per_host,
+            pool_wait=upstream.pool_wait.total_seconds(),
+            breaker_failures=upstream.breaker_failures,
+            breaker_window=upstream.breaker_window.total_seconds(),
+            breaker_cooldown=upstream.breaker_cooldown.total_seconds(),
+        )
 
     def __post_init__(self) -> None:
         for name in ("exchange_deadline", "pool_wait", "breaker_window", "breaker_cooldown"):
