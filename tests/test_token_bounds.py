@@ -51,7 +51,8 @@ def test_layers_per_platform_are_counted_before_any_layer_is_stored(
     image = base_images.ref("latest")
     before = _stored_layers(bounded)
     details = _refused(bounded, image, container_config=pb.ContainerConfig(layers=_layers(5)))
-    assert "would have" in details and "over the limit of 4 ([service].max_image_layers)" in details
+    assert "would have" in details
+    assert "over the limit of 4 ([service].max_image_layers)" in details
     assert _stored_layers(bounded) == before
     # Within the bound, the same kind of request is a token.
     assert bounded.create(image, container_config=pb.ContainerConfig(layers=_layers(2))).container_token
@@ -75,9 +76,7 @@ def test_an_image_a_gateway_would_not_keep_is_refused_not_rebuilt_per_pull(
     tmp_path: Path, registry: components.Registry, base_images: components.BaseImages
 ) -> None:
     # A quarter of 4 KiB: smaller than any manifest and config together.
-    with WaveStack(
-        tmp_path, registries=[registry_route(registry)], gateway={"content_cache_bytes": 4096}
-    ) as wave:
+    with WaveStack(tmp_path, registries=[registry_route(registry)], gateway={"content_cache_bytes": 4096}) as wave:
         wave.start()
         details = _refused(wave, base_images.ref("latest"))
     assert "a quarter of [gateway].content_cache_bytes" in details
