@@ -83,7 +83,7 @@ def test_gc_keeps_referenced_layers_and_removes_the_rest_after_grace(
     tmp_path: Path, registry: components.Registry, base_images: components.BaseImages
 ) -> None:
     # The grace must outlast two `wave-grpc gc` runs back to back on a loaded machine.
-    layers = {"gc_grace": "5s", "gc_interval": "off"}
+    layers = {"gc_grace": "8s", "gc_interval": "off"}
     with WaveStack(tmp_path / "gc", registries=[registry_route(registry)], layers=layers) as wave:
         wave.start()
         orphan = _upload(wave, _layer("orphan"))
@@ -95,7 +95,7 @@ def test_gc_keeps_referenced_layers_and_removes_the_rest_after_grace(
             ),
         )
         used_digest = components.sha256_digest(used)
-        time.sleep(5.5)
+        time.sleep(8.5)
         dry = _gc(wave, "--dry-run")
         assert f"would remove {orphan.gzip_digest}" in dry
         assert used_digest not in dry
@@ -113,7 +113,7 @@ def test_gc_keeps_referenced_layers_and_removes_the_rest_after_grace(
         # Revoked: kept for gc_grace from the last time a collection saw it referenced, then removed.
         cli("revoke", created.container_token, "--server", wave.grpc_address)
         assert used_digest not in _gc(wave)
-        time.sleep(5.5)
+        time.sleep(8.5)
         assert f"removed {used_digest}" in _gc(wave)
 
         # An upload referenced later than its grace allows is refused cleanly, never dangling.

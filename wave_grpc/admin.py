@@ -6,6 +6,11 @@ gateway, the AugmentService (gRPC health) and the shared cache when one is set.
 A failure answers ``503`` with a body naming the dependency, its address and
 the config key that sets it, so the fix is obvious from the probe's output.
 The checks are given by the entry point, which knows what runs in the process.
+
+``/readyz`` also follows the process's life: 503 ``starting`` until everything is
+open, and 503 ``draining`` from the first SIGTERM on, at once, while in-flight
+requests finish (a load balancer or Kubernetes stops sending new ones).
+``/healthz`` never depends on anything else: a Redis blip must not restart pods.
 """
 
 from __future__ import annotations
@@ -44,7 +49,27 @@ async def _run(check: ReadinessCheck) -> dict[str, str] | None:
     return {"dependency": check.dependency, "address": check.address, "key": check.key, "problem": problem}
 
 
-def create_admin_app(metrics: Metrics, checks: Sequence[ReadinessCheck]) -> web.Application:
+class Readiness:
+    """What ``/readyz`` answers: the process's phase, then its dependencies' checks."""
+
+    def __init__(self, checks: Sequence[ReadinessCheck] = ()) -> None:
+        self.checks = list(checks)
+        self.phase = "starting"
+
+    def started(self, checks: Sequence[ReadinessCheck]) -> None:
+        self.checks = list(checks)
+        self.phase = "serving"
+
+    def drain(self) -> None:
+        self.phase = "draining"
+
+
+def _not_ready(message: str, failing: list[dict[str, str]] | None = None) -> web.Response:
+    body = {"ready": False, "failing": failing or [], "message": message}
+    return web.Response(status=503, body=json.dumps(body).encode(), content_type="application/json")
+
+
+def create_admin_app(metrics: Metrics, state: Readiness) -> web.Application:
     app = web.Application()
 
     async def get_metrics(request: web.Request) -> web.Response:
@@ -54,15 +79,15 @@ def create_admin_app(metrics: Metrics, checks: Sequence[ReadinessCheck]) -> web.
         return web.Response(text="ok\n")
 
     async def readyz(request: web.Request) -> web.Response:
-        failing = [result for result in await asyncio.gather(*(_run(c) for c in checks)) if result is not None]
+        if state.phase == "starting":
+            return _not_ready("starting: not every listener is open yet")
+        if state.phase == "draining":
+            return _not_ready("draining: shutting down, in-flight requests are finishing")
+        failing = [result for result in await asyncio.gather(*(_run(c) for c in state.checks)) if result is not None]
         if not failing:
             return web.Response(text="ready\n")
-        body = {
-            "ready": False,
-            "failing": failing,
-            "message": "; ".join(f"{f['dependency']} at {f['address']} ({f['key']}): {f['problem']}" for f in failing),
-        }
-        return web.Response(status=503, body=json.dumps(body).encode(), content_type="application/json")
+        message = "; ".join(f"{f['dependency']} at {f['address']} ({f['key']}): {f['problem']}" for f in failing)
+        return _not_ready(message, failing)
 
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)

@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.access_log import AccessLog
 from gateway.app import create_app
 from gateway.connections import ConnectionGuard, serve_guarded
-from wave_grpc.admin import CHECK_TIMEOUT, ReadinessCheck, create_admin_app
+from wave_grpc.admin import CHECK_TIMEOUT, Readiness, ReadinessCheck, create_admin_app
 from wave_grpc.channel import service_channel
 from wave_grpc.config import Config
 from wave_grpc.errors import WaveError
@@ -81,6 +81,8 @@ async def _gateway_on_socket(config: Config, sock: socket.socket, metrics: Metri
         # Also runs before a connection's first request: a request head that does not
         # arrive in time (a slow or idle client) ends the connection.
         keepalive_timeout=config.gateway.idle_timeout.total_seconds(),
+        # A SIGTERM closes the listener at once and lets requests and streams in flight finish.
+        shutdown_timeout=config.gateway.shutdown_grace.total_seconds(),
     )
     try:
         await runner.setup()
@@ -188,9 +190,9 @@ def _readiness(config: Config, service: RunningService | None, gateway: bool) ->
     return checks
 
 
-async def _start_admin(config: Config, metrics: Metrics, checks: list[ReadinessCheck]) -> web.AppRunner:
+async def _start_admin(config: Config, metrics: Metrics, readiness: Readiness) -> web.AppRunner:
     host, _, port = config.admin.listen.rpartition(":")
-    runner = web.AppRunner(create_admin_app(metrics, checks), access_log=None)
+    runner = web.AppRunner(create_admin_app(metrics, readiness), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host.strip("[]"), int(port)).start()
@@ -231,7 +233,7 @@ async def _start_service(
     config: Config, metrics: Metrics, opened: contextlib.AsyncExitStack, ready: Callable[[str], None]
 ) -> RunningService:
     service = await serve(config, metrics=metrics)
-    opened.push_async_callback(service.stop)
+    opened.push_async_callback(service.stop, config.service.shutdown_grace.total_seconds())
     if isinstance(service.layers, FileLayerStore):
         store = service.layers
         metrics.sample("wave_grpc_layer_store_bytes", "Bytes of layers in the layer store", lambda: store.stored_bytes)
@@ -255,7 +257,8 @@ async def _start_gateway(config: Config, metrics: Metrics, opened: contextlib.As
         raise ServeError("gateway workers need a config file: pass --config")
     pool = WorkerPool(config, sock, workers)
     pool.start()
-    opened.push_async_callback(pool.stop)
+    # Each worker drains for [gateway].shutdown_grace; a little more before it is killed.
+    opened.push_async_callback(pool.stop, config.gateway.shutdown_grace.total_seconds() + 5)
     watcher = asyncio.create_task(pool.watch())
     opened.callback(watcher.cancel)
 
@@ -277,6 +280,12 @@ async def run_servers(config: Config, only: str | None, ready: Callable[[str], N
             # Before any metric exists: the workers inherit the directory and write there too.
             enable_multiprocess(opened.enter_context(tempfile.TemporaryDirectory(prefix="wave-grpc-metrics-")))
         metrics = Metrics()
+        readiness = Readiness()
+        if config.admin.listen:
+            # First open, last closed: /readyz answers 503 while starting and while draining.
+            admin = await _start_admin(config, metrics, readiness)
+            opened.push_async_callback(admin.cleanup)
+            ready(f"admin endpoints on {config.admin.listen} (/metrics, /healthz, /readyz)")
         service = await _start_service(config, metrics, opened, ready) if only in (None, "service") else None
         if gateway:
             await _start_gateway(config, metrics, opened, workers if pooled else 1)
@@ -284,10 +293,10 @@ async def run_servers(config: Config, only: str | None, ready: Callable[[str], N
                 f"gateway listening on {config.gateway.listen} with {workers} worker(s) "
                 f"(images named {config.gateway.public_host}/wt/...)"
             )
-        if config.admin.listen:
-            admin = await _start_admin(config, metrics, _readiness(config, service, gateway))
-            opened.push_async_callback(admin.cleanup)
-            ready(f"admin endpoints on {config.admin.listen} (/metrics, /healthz, /readyz)")
+        readiness.started(_readiness(config, service, gateway))
+        # Closed first: from the first SIGTERM on, readiness is 503 while the listeners
+        # close and in-flight requests and streams finish (up to each face's shutdown_grace).
+        opened.callback(readiness.drain)
         await stop.wait()
         log.info("shutting down")
 

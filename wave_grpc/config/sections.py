@@ -84,6 +84,8 @@ class ServiceConfig(Validated):
     # (distribution refuses manifests over 4 MiB). Checked at creation, naming the key.
     max_image_layers: int = setting(500, at_least=1)
     max_manifest_size: int = setting(4 << 20, unit="bytes", at_least=4096)
+    # On SIGTERM, RPCs in flight get this long to finish before they are cancelled.
+    shutdown_grace: timedelta = setting(timedelta(seconds=30))
 
     def check_together(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -136,6 +138,9 @@ class GatewayConfig(Validated):
     send_timeout: timedelta = setting(timedelta(seconds=60))
     # Open connections per gateway process; past it a new one gets 503 with Retry-After.
     max_connections: int = setting(2048, at_least=1)
+    # On SIGTERM the listener closes at once; requests and blob streams in flight get this
+    # long to finish (readiness answers 503 "draining" meanwhile), then the process exits 0.
+    shutdown_grace: timedelta = setting(timedelta(seconds=30))
 
 
 @dataclass(frozen=True)
