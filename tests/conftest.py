@@ -66,3 +66,16 @@ def platform() -> Iterator[FakePlatform]:
         yield fake
     finally:
         fake.close()
+
+
+@pytest.fixture(scope="session")
+def project_image(workdir_root: Path) -> components.ProjectImage:
+    """The repo's Containerfile built once per run into a private podman store (tests/components/project_image.py)."""
+    built = components.build_project_image(
+        workdir_root / "podman-image", Path(__file__).resolve().parent.parent, workdir_root / "image-build"
+    )
+    print(
+        f"\nproject image {built.ref}: {built.size_mib:.1f} MiB, built in {built.build_seconds:.1f} s "
+        f"(bases ready in {built.base_seconds:.1f} s)"
+    )
+    return built
