@@ -4,8 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(docker-registry skopeo umoci busybox-static podman containerd redis-server apache2-utils wrk docker.io haproxy)
-tools=(docker-registry skopeo umoci busybox podman ctr redis-server htpasswd wrk dockerd haproxy)
+packages=(docker-registry skopeo umoci busybox-static podman containerd redis-server apache2-utils wrk docker.io)
+tools=(docker-registry skopeo umoci busybox podman ctr redis-server htpasswd wrk dockerd)
+# The project's own image and its Compose stack (tests/test_image.py, tests/test_compose.py):
+# mmdebstrap makes the offline python base, docker-compose (1.29) drives the private dockerd.
+packages+=(mmdebstrap docker-compose)
+tools+=(mmdebstrap docker-compose)
+# A real load balancer in front of two gateways for the rolling-restart test (tests/test_drain.py).
+packages+=(haproxy)
+tools+=(haproxy)
 missing=()
 for i in "${!tools[@]}"; do
   command -v "${tools[$i]}" >/dev/null 2>&1 || missing+=("${packages[$i]}")

@@ -66,3 +66,18 @@ def platform() -> Iterator[FakePlatform]:
         yield fake
     finally:
         fake.close()
+
+
+@pytest.fixture(scope="session")
+def project_image(workdir_root: Path) -> Iterator[components.ProjectImage]:
+    """The repo's Containerfile built once per run into a private podman store (tests/components/project_image.py)."""
+    store = workdir_root / "podman-image"
+    try:
+        built = components.build_project_image(store, Path(__file__).resolve().parent.parent, workdir_root / "build")
+        print(
+            f"\nproject image {built.ref}: {built.size_mib:.1f} MiB, built in {built.build_seconds:.1f} s "
+            f"(bases ready in {built.base_seconds:.1f} s)"
+        )
+        yield built
+    finally:
+        components.podman_cleanup(store)

@@ -18,7 +18,10 @@ The modules, lowest first (a module imports only those above it):
 * ``images``: the busybox test images and readers of image bytes;
 * ``runtimes``: skopeo, umoci, podman and containerd;
 * ``redis``: redis-server (``start_redis``);
-* ``docker``: a private Docker daemon (``DockerDaemon``, Debian ``docker.io``).
+* ``docker``: a private Docker daemon (``DockerDaemon``, Debian ``docker.io``);
+* ``project_image``: the repo's own image built offline with podman
+  (``build_project_image``) and run (``PodmanContainer``), and a stand-in for
+  the official registry and redis images (``build_peer_image``).
 
 Callers write ``from tests import components`` and ``components.start_registry(...)``.
 """
@@ -69,11 +72,14 @@ from tests.components.processes import (
     run_tool,
     vm_hwm_kib,
 )
+from tests.components.project_image import PodmanContainer, ProjectImage, build_peer_image, build_project_image
 from tests.components.redis import RedisServer, start_redis
 from tests.components.registry import Registry, start_registry
 from tests.components.runtimes import (
     Containerd,
+    podman_argv,
     podman_cleanup,
+    podman_command,
     podman_inspect,
     podman_pull,
     podman_runroot,
@@ -102,10 +108,14 @@ __all__ = [
     "ImageManifest",
     "LoopbackListener",
     "ManagedProcess",
+    "PodmanContainer",
+    "ProjectImage",
     "RedisServer",
     "Registry",
     "TaggedImage",
     "ToolError",
+    "build_peer_image",
+    "build_project_image",
     "free_port",
     "get_blob",
     "get_manifest",
@@ -113,7 +123,9 @@ __all__ = [
     "iter_tar_names",
     "layer_tar_gz",
     "missing_component",
+    "podman_argv",
     "podman_cleanup",
+    "podman_command",
     "podman_inspect",
     "podman_pull",
     "podman_runroot",

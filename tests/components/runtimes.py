@@ -238,3 +238,13 @@ class Containerd(Component):
             if self._sockdir is not None:
                 shutil.rmtree(self._sockdir, ignore_errors=True)
                 self._sockdir = None
+
+
+def podman_command(root: Path, *args: str, timeout: float = 180.0) -> str:
+    """``podman ARGS...`` on the private vfs store under ``root``; its stdout (``ToolError`` on failure)."""
+    return run_tool([*_podman_base(root), *args], env=_podman_env(root), timeout=timeout)
+
+
+def podman_argv(root: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment of ``podman ARGS...`` on the store under ``root``, for a long-running podman."""
+    return [*_podman_base(root), *args], _podman_env(root)
