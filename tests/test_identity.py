@@ -5,19 +5,28 @@ token guessing is refused past [limits].token_misses_per_minute."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
+import pytest
 
+from gateway.clients import forwarded_client
+from gateway.resolver import TokenResolver
 from tests import components
 from tests.stack import WaveStack, registry_route
+from wave_grpc.addresses import Networks
 from wave_grpc.channel import CLIENT_ADDRESS_METADATA, GATEWAY_PROOF_METADATA
+from wave_grpc.config import ConfigError, parse_config
+from wave_grpc.errors import Errors, WaveError
+from wave_grpc.metrics import Metrics
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
+from wave_grpc.serving import with_gateway_secret
 
 ALICE = "alice-token-0123456789"
 TOKENS = [{"user": "alice", "sha256": hashlib.sha256(ALICE.encode()).hexdigest()}]
@@ -91,13 +100,14 @@ def test_forged_forwarded_addresses_buy_no_extra_creations(
         assert "127.0.0.1" in untrusted.json()["message"]
 
 
+@pytest.mark.parametrize("workers", [1, 2])  # 2: the workers get serve's own secret too
 def test_a_trusted_proxys_forwarded_address_is_what_counts(
-    tmp_path: Path, registry: components.Registry, base_images: components.BaseImages
+    tmp_path: Path, registry: components.Registry, base_images: components.BaseImages, workers: int
 ) -> None:
     with WaveStack(
         tmp_path,
         registries=[registry_route(registry)],
-        gateway={"trusted_proxies": ["127.0.0.0/8"]},
+        gateway={"trusted_proxies": ["127.0.0.0/8"], "workers": workers},
         limits={"creates_per_minute": 1},
     ) as stack:
         stack.start()
@@ -203,3 +213,85 @@ def test_token_guessing_is_refused_past_the_limit(
         assert int(over.header("Retry-After") or "0") >= 1
         # From then on a live token answers the same: a refused guess tells nothing.
         assert stack.http("GET", _manifest_path(live)).status == 429
+
+
+# -- the pieces, without processes ------------------------------------------------------
+
+
+def test_the_client_behind_trusted_proxies_is_the_rightmost_address_not_a_proxy() -> None:
+    proxies = Networks.parse(["127.0.0.1", "192.0.2.0/24"])
+    assert forwarded_client("198.51.100.1", ["203.0.113.9"], proxies) == "198.51.100.1"  # not a proxy: its own
+    assert forwarded_client("127.0.0.1", [], proxies) == "127.0.0.1"
+    assert forwarded_client("127.0.0.1", ["203.0.113.9, 198.51.100.7"], proxies) == "198.51.100.7"
+    assert forwarded_client("127.0.0.1", ["203.0.113.9", "198.51.100.7, 192.0.2.4"], proxies) == "198.51.100.7"
+    assert forwarded_client("127.0.0.1", ["192.0.2.5, 192.0.2.4"], proxies) == "192.0.2.5"  # all proxies
+    assert forwarded_client("127.0.0.1", ["unknown, 192.0.2.4"], proxies) == "192.0.2.4"  # a bad hop stops the walk
+    assert forwarded_client("127.0.0.1", ["203.0.113.9"], Networks()) == "127.0.0.1"  # no proxies: none believed
+
+
+def test_trusted_proxies_take_addresses_and_cidrs_and_name_a_bad_entry() -> None:
+    config = parse_config({"gateway": {"trusted_proxies": ["10.0.0.0/8", "::1"]}}, "c.toml")
+    assert "10.1.2.3" in config.gateway.trusted_proxies
+    assert "::ffff:10.1.2.3" in config.gateway.trusted_proxies
+    assert "::1" in config.gateway.trusted_proxies
+    assert "127.0.0.1" not in config.gateway.trusted_proxies
+    assert not parse_config({}, "c.toml").service.trusted_proxies
+    with pytest.raises(ConfigError, match=r"\[gateway\]\.trusted_proxies\[1\]: 'proxy\.internal' is not an IP"):
+        parse_config({"gateway": {"trusted_proxies": ["::1", "proxy.internal"]}}, "c.toml")
+
+
+def test_gateway_secret_env_names_a_set_variable_of_sixteen_characters(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PROOF_ENV, raising=False)
+    with pytest.raises(ConfigError, match=rf"\[service\]\.gateway_secret_env: environment variable {PROOF_ENV} is not"):
+        parse_config({"service": {"gateway_secret_env": PROOF_ENV}}, "c.toml")
+    monkeypatch.setenv(PROOF_ENV, "short")
+    with pytest.raises(ConfigError, match="holds 5 characters"):
+        parse_config({"service": {"gateway_secret_env": PROOF_ENV}}, "c.toml")
+    monkeypatch.setenv(PROOF_ENV, GATEWAY_KEY)
+    service = parse_config({"service": {"gateway_secret_env": PROOF_ENV}}, "c.toml").service
+    assert service.gateway_secret is not None
+    assert service.gateway_secret.value == GATEWAY_KEY
+    assert GATEWAY_KEY not in repr(service)
+
+
+def test_serve_makes_a_secret_for_both_faces_only_when_it_runs_both() -> None:
+    config = parse_config({}, "c.toml")
+    both = with_gateway_secret(config, None)
+    assert both.service.gateway_secret is not None
+    assert len(both.service.gateway_secret.value) >= 32
+    assert with_gateway_secret(config, None).service.gateway_secret != both.service.gateway_secret
+    assert with_gateway_secret(config, "service").service.gateway_secret is None
+    assert with_gateway_secret(both, None) is both
+
+
+class _UnknownTokens:
+    """An AugmentService stub that knows no token, counting the lookups it is asked."""
+
+    def __init__(self) -> None:
+        self.lookups = 0
+
+    async def GetContainer(self, request: pb.GetContainerRequest, **_: Any) -> pb.GetContainerResponse:
+        self.lookups += 1
+        raise grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), "unknown", "")
+
+
+def test_an_unknown_token_is_answered_from_memory_on_repeats() -> None:
+    stub = _UnknownTokens()
+    resolver = TokenResolver(
+        cast(Any, stub),
+        cast(Any, None),
+        cast(Any, None),
+        record_ttl=60.0,
+        max_entries=8,
+        max_bytes=1 << 20,
+        metrics=Metrics(),
+    )
+
+    async def twice() -> None:
+        for _ in range(2):
+            with pytest.raises(WaveError) as caught:
+                await resolver.resolve("abcdefabcdef")
+            assert caught.value.kind is Errors.NAME_UNKNOWN
+
+    asyncio.run(twice())
+    assert stub.lookups == 1
