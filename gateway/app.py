@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from gateway.clients import GUESSES, TokenGuesses
 from gateway.errors import render_errors
-from gateway.keys import CONFIG, LAYERS, LIMITER, METRICS, RESOLVER, SERVICE, UPSTREAM
+from gateway.keys import CONFIG, GATEWAY_PROOF, LAYERS, LIMITER, METRICS, RESOLVER, SERVICE, UPSTREAM
 from gateway.observe import count_requests
 from gateway.resolver import TokenResolver
 from gateway.routes import WAVE_ROUTES_HINT, add_routes
-from wave_grpc.channel import service_channel
+from wave_grpc.channel import gateway_proof, service_channel
 from wave_grpc.config import Config
 from wave_grpc.metrics import Metrics
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
@@ -95,6 +96,7 @@ def _resolver(service_address: str) -> CleanupContext:
             max_bytes=config.gateway.content_cache_bytes,
             metrics=app[METRICS],
             service_address=service_address,
+            proof=app[GATEWAY_PROOF],
         )
         yield
 
@@ -115,6 +117,9 @@ def create_app(
     app[CONFIG] = config
     app[METRICS] = counted
     app[LIMITER] = open_rate_limiter(config.gateway.shared_cache)
+    secret = config.service.gateway_secret
+    app[GATEWAY_PROOF] = gateway_proof(secret.value if secret is not None else "")
+    app[GUESSES] = TokenGuesses(app[LIMITER], config.limits.token_misses_per_minute, counted)
     app.cleanup_ctx.extend(
         (_upstream(config, counted), _layer_reader, _service(config, address), _content_cache, _resolver(address))
     )

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from gateway.resolver import TokenResolver
+from wave_grpc.channel import Metadata
 from wave_grpc.config import Config
 from wave_grpc.metrics import Metrics
 from wave_grpc.registry.client import RegistryClient
@@ -23,5 +24,7 @@ UPSTREAM = web.AppKey("upstream", RegistryClient)
 LAYERS = web.AppKey("layers", LayerReader)
 METRICS = web.AppKey("metrics", Metrics)
 LIMITER = web.AppKey("limiter", RateLimiter)
+# The metadata that proves the gateway to the service (empty without a gateway secret).
+GATEWAY_PROOF: web.AppKey[Metadata] = web.AppKey("gateway_proof")
 # The AugmentService, over the gateway's one gRPC channel (the Wave REST API calls it).
 SERVICE: web.AppKey[AugmentServiceAsyncStub] = web.AppKey("service")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import grpc
 
 from gateway.caches import decode_augmented, encode_augmented
+from wave_grpc.channel import Metadata
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.flight import BoundedCache, SingleFlight
 from wave_grpc.image.digest import Digest
@@ -83,8 +84,11 @@ class TokenResolver:
         max_bytes: int,
         metrics: Metrics,
         service_address: str = "",
+        proof: Metadata = (),
     ) -> None:
         self._service_address = service_address or "its configured address"
+        # With it the service answers the owner too (pulls are counted per owner).
+        self._proof = proof
         self._record_hits = metrics.cache_requests.labels("record", "hit")
         self._record_misses = metrics.cache_requests.labels("record", "miss")
         self._stub = stub
@@ -95,10 +99,15 @@ class TokenResolver:
         # An entry is (image, when its record was last checked); age is judged here, not by the cache.
         self._images: BoundedCache[str, tuple[TokenImage, float]] = BoundedCache(max_entries, max_weight=max_bytes)
         self._flight: SingleFlight[str, TokenImage] = SingleFlight()
+        # Tokens the service did not know, for record_ttl: a repeated unknown token answers from
+        # memory, as a live one under the wrong image path does, so timing tells them apart less.
+        self._unknown: BoundedCache[str, bool] = BoundedCache(max(max_entries, 1), ttl=record_ttl)
 
     async def _fetch_record(self, token: str) -> TokenRecord:
         try:
-            response = await self._stub.GetContainer(pb.GetContainerRequest(container_token=token), timeout=10)
+            response = await self._stub.GetContainer(
+                pb.GetContainerRequest(container_token=token), timeout=10, metadata=self._proof
+            )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 raise unknown_token_name() from None
@@ -137,6 +146,8 @@ class TokenResolver:
         return TokenImage(record, await self._augmented(record))
 
     async def resolve(self, token: str) -> TokenImage:
+        if self._unknown.get(token) is not None:
+            raise unknown_token_name()
         cached = self._images.get(token)
         if cached is not None:
             entry, checked_at = cached
@@ -152,8 +163,10 @@ class TokenResolver:
         except WaveError as exc:
             if exc.kind is Errors.NAME_UNKNOWN:
                 self._images.pop(token)
+                self._unknown.put(token, True)
             raise
         if entry.expires_at <= time.time():
+            self._unknown.put(token, True)
             raise unknown_token_name()
         # Served, not kept, when one entry would take a quarter of the byte budget.
         self._images.put(token, (entry, time.monotonic()), weight=entry.weight)

@@ -64,10 +64,18 @@ def test_list_shows_the_callers_live_tokens(stack: WaveStack, base_images: compo
     text = cli("list", "--server", stack.grpc_address, "--token", ALICE).stdout
     assert text.splitlines()[0].split() == ["TOKEN", "EXPIRES", "SOURCE", "TARGET"]
     assert all(token in text for token in mine)
-    # Anonymous callers see the anonymous tokens created from their own address, nobody else's.
-    anon = json.loads(cli("list", "--server", stack.grpc_address, "-o", "json").stdout)
-    assert anonymous in {item["containerToken"] for item in anon}
-    assert not set(mine) & {item["containerToken"] for item in anon}
+    # An address is no identity (a NAT, a login node, a proxy shares it): an anonymous caller
+    # lists nothing, and is told how to get a caller token. Two anonymous callers at one
+    # address (two processes here) see none of each other's tokens.
+    other_anonymous = stack.create(image).container_token
+    for _ in range(2):
+        refused = cli("list", "--server", stack.grpc_address, "-o", "json", check=False)
+        assert refused.returncode == 1
+        assert anonymous not in refused.stdout
+        assert other_anonymous not in refused.stdout
+        assert json.loads(refused.stdout)["code"] == "PERMISSION_DENIED"
+        assert "listing tokens needs a caller token" in refused.stderr
+        assert "[service].tokens" in refused.stderr
 
     cli("revoke", mine[0], "--server", stack.grpc_address, "--token", ALICE)
     after = {item["containerToken"] for item in json.loads(listed_again(stack).stdout)}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -53,3 +55,40 @@ def plain_host_name(host: str) -> bool:
         return False
     labels = name.split(".")
     return all(_HOST_LABEL.match(label) for label in labels) and not labels[-1].isdigit()
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Networks:
+    """Addresses and CIDR blocks (trusted proxies): does a peer's address fall in one of them?
+
+    Empty is a meaningful value (no block listed); a caller says what empty means."""
+
+    blocks: tuple[Network, ...] = ()
+
+    @classmethod
+    def parse(cls, entries: Iterable[str]) -> Networks:
+        """``["10.0.0.0/8", "127.0.0.1", "::1"]``; a ``ValueError`` names the entry that is neither."""
+        blocks = []
+        for entry in entries:
+            try:
+                blocks.append(ipaddress.ip_network(entry.strip(), strict=False))
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR block (e.g. 10.0.0.0/8)") from None
+        return cls(tuple(blocks))
+
+    def __bool__(self) -> bool:
+        return bool(self.blocks)
+
+    def __contains__(self, host: object) -> bool:
+        """True when ``host`` (an address string, IPv4-mapped judged as IPv4) is in a listed block."""
+        address = ip_literal(host) if isinstance(host, str) else None
+        if address is None:
+            return False
+        candidates = {address, as_ipv4(address)}
+        return any(candidate in block for candidate in candidates for block in self.blocks)
+
+    def __str__(self) -> str:
+        return ", ".join(str(block) for block in self.blocks)

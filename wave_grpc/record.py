@@ -19,6 +19,7 @@ from wave_grpc.image.platform import Platform
 from wave_grpc.image.ref import ImageRef
 from wave_grpc.image.rewrite import Augmentation, AugmentedImage, IncludedLayers, InjectedLayer
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
+from wave_grpc.redaction import token_id
 
 # The owner of a record created by a caller without a token.
 ANONYMOUS = "anonymous"
@@ -119,6 +120,32 @@ class TokenRecord:
     @property
     def listing_key(self) -> str:
         return record_listing_key(self.message)
+
+    def without_identity(self) -> pb.ContainerRecord:
+        """The record as any token holder may see it: without its owner and the creator's address."""
+        message = pb.ContainerRecord()
+        message.CopyFrom(self.message)
+        message.ClearField("owner")
+        message.ClearField("creator_address")
+        return message
+
+    def described_to(self, caller: str) -> pb.ContainerRecord:
+        """What DescribeContainer shows ``caller``: the creator's address only to its authenticated
+        owner (a token created anonymously is described to whoever holds it)."""
+        if caller != ANONYMOUS and self.message.owner == caller:
+            return self.message
+        message = pb.ContainerRecord()
+        message.CopyFrom(self.message)
+        message.ClearField("creator_address")
+        return message
+
+    @property
+    def pull_key(self) -> str:
+        """Whose count a pull adds to (``[limits].pulls_per_minute``): the owner's listing, or,
+        when the service did not tell this gateway the owner (no gateway secret), the token's."""
+        if not self.message.owner:
+            return f"token:{token_id(self.token)}"
+        return self.listing_key
 
     @property
     def index_digest(self) -> str | None:

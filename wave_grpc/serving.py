@@ -14,12 +14,14 @@ import contextlib
 import logging
 import os
 import resource
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -30,6 +32,7 @@ from gateway.connections import ConnectionGuard, serve_guarded
 from wave_grpc.admin import CHECK_TIMEOUT, Readiness, ReadinessCheck, create_admin_app
 from wave_grpc.channel import service_channel
 from wave_grpc.config import Config
+from wave_grpc.config.registries import Secret
 from wave_grpc.errors import WaveError
 from wave_grpc.image.jsonbound import JsonLimits, use_limits
 from wave_grpc.metrics import MULTIPROCESS_ENV, Metrics, enable_multiprocess, forget_process
@@ -38,6 +41,9 @@ from wave_grpc.stores.layers import FileLayerStore
 from wave_grpc.stores.redis import redis_client, safe_url
 
 log = logging.getLogger("wave_grpc")
+
+# How `serve` hands its per-process gateway secret to its gateway workers (never a config key).
+_WORKER_PROOF_ENV = "WAVE_GRPC_WORKER_GATEWAY_SECRET"
 
 
 class ServeError(OSError):
@@ -126,7 +132,11 @@ class WorkerPool:
         fd = self._sock.fileno()
         argv = [sys.executable, "-m", "wave_grpc.cli", "gateway-worker"]
         argv += ["--config", self._config.source, "--fd", str(fd)]
-        return subprocess.Popen(argv, pass_fds=(fd,), stdin=subprocess.DEVNULL)
+        env = dict(os.environ)
+        secret = self._config.service.gateway_secret
+        if secret is not None and not self._config.service.gateway_secret_env:
+            env[_WORKER_PROOF_ENV] = secret.value  # made by this process: the config file does not name it
+        return subprocess.Popen(argv, pass_fds=(fd,), stdin=subprocess.DEVNULL, env=env)
 
     def start(self) -> None:
         self._procs = [self._spawn() for _ in range(self._count)]
@@ -263,6 +273,22 @@ async def _start_gateway(config: Config, metrics: Metrics, opened: contextlib.As
     opened.callback(watcher.cancel)
 
 
+def with_gateway_secret(config: Config, only: str | None) -> Config:
+    """The config with the secret the gateway proves itself with: [service].gateway_secret_env's,
+    or, when one process runs both faces and none is named, a random one for this process."""
+    if config.service.gateway_secret is not None:
+        return config
+    if only is None:
+        return replace(config, service=replace(config.service, gateway_secret=Secret(secrets.token_urlsafe(32))))
+    if only == "gateway":
+        log.warning(
+            "no [service].gateway_secret_env: the service cannot tell this gateway from any other caller, so "
+            "REST callers' addresses are not forwarded and [limits].pulls_per_minute counts pulls per token; "
+            "name an environment variable holding one secret in both the service's and the gateway's config"
+        )
+    return config
+
+
 async def run_servers(config: Config, only: str | None, ready: Callable[[str], None] = print) -> None:
     """Run what ``serve`` asks for until SIGTERM or SIGINT, then shut down gracefully.
 
@@ -270,6 +296,7 @@ async def run_servers(config: Config, only: str | None, ready: Callable[[str], N
     what was already open, and shutdown closes in reverse order of opening.
     """
     stop = _stop_on_signals()
+    config = with_gateway_secret(config, only)
     _warn_on_open_file_limit(config)
     _use_upstream_parse_limits(config)
     workers = config.gateway.workers or os.cpu_count() or 1
@@ -309,6 +336,9 @@ async def run_gateway_worker(config: Config, fd: int) -> None:
     directory = os.environ.get(MULTIPROCESS_ENV)
     if directory:
         enable_multiprocess(directory)
+    inherited = os.environ.pop(_WORKER_PROOF_ENV, "")
+    if inherited and config.service.gateway_secret is None:
+        config = replace(config, service=replace(config.service, gateway_secret=Secret(inherited)))
     with socket.socket(fileno=fd) as sock:
         runner = await _gateway_on_socket(config, sock, Metrics())
         try:

@@ -4,17 +4,29 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.clients import GUESSES, client_address
 from gateway.keys import RESOLVER
 from gateway.resolver import TokenImage
+from wave_grpc.errors import Errors, WaveError
 from wave_grpc.record import unknown_token_name
 
 
 async def token_image(request: web.Request) -> TokenImage:
+    """The token's image, if the name is the one it was created for; unknown-token answers
+    count against the client's address ([limits].token_misses_per_minute)."""
     token = request.match_info["token"]
     name = request.match_info["name"]
-    image = await request.app[RESOLVER].resolve(token)
-    if name != image.source.repository:
-        raise unknown_token_name()
+    guesses = request.app[GUESSES]
+    address = client_address(request)
+    guesses.check(address)
+    try:
+        image = await request.app[RESOLVER].resolve(token)
+        if name != image.source.repository:
+            raise unknown_token_name()
+    except WaveError as exc:
+        if exc.kind is Errors.NAME_UNKNOWN:
+            await guesses.missed(address)
+        raise
     return image
 
 

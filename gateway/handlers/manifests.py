@@ -29,11 +29,12 @@ def accepts_index(request: web.Request) -> bool:
 
 
 async def _count_pull(request: web.Request, record: TokenRecord) -> None:
-    """Manifest GETs count against the token's owner, as Seqera Wave counts pulls (blobs do not)."""
+    """Manifest GETs count against the token's owner, as Seqera Wave counts pulls (blobs do not);
+    against the token itself when the service did not name the owner (no gateway secret)."""
     limit = request.app[CONFIG].limits.pulls_per_minute
     if not limit or request.method != "GET":
         return
-    wait = await request.app[LIMITER].hit(f"pull:{record.listing_key}", limit)
+    wait = await request.app[LIMITER].hit(f"pull:{record.pull_key}", limit)
     if wait is not None:
         request.app[METRICS].rate_limited.labels("pull").inc()
         raise WaveError(

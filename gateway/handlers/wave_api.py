@@ -24,7 +24,8 @@ from google.protobuf.json_format import ParseDict, ParseError
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from gateway.keys import CONFIG, SERVICE
+from gateway.clients import client_address
+from gateway.keys import CONFIG, GATEWAY_PROOF, SERVICE
 from wave_grpc.channel import CLIENT_ADDRESS_METADATA
 from wave_grpc.errors import ErrorKind, Errors, WaveError, brief, invalid_argument
 
@@ -58,14 +59,16 @@ def service(request: web.Request) -> AugmentServiceAsyncStub:
 
 
 def metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
-    """The caller's ``Authorization`` header and address, forwarded as gRPC metadata.
+    """The caller's ``Authorization`` header and, with the gateway's proof, its address, as gRPC metadata.
 
-    The service checks the credential, and believes the address only from peers
-    in its ``[service].trusted_proxies`` (it limits and lists anonymous callers by it).
+    The service checks the credential, and believes the address only from a caller that
+    proves it is the gateway (it limits anonymous callers by it); the address is the peer's,
+    or X-Forwarded-For's from a proxy in ``[gateway].trusted_proxies``.
     """
-    forwarded: tuple[tuple[str, str], ...] = ((CLIENT_ADDRESS_METADATA, request.remote),) if request.remote else ()
+    proof = request.app[GATEWAY_PROOF]
+    forwarded = ((CLIENT_ADDRESS_METADATA, client_address(request)),) if proof else ()
     value = request.headers.get("Authorization", "").strip()
-    return ((("authorization", value),) if value else ()) + forwarded
+    return ((("authorization", value),) if value else ()) + forwarded + proof
 
 
 def _camel(segment: str) -> str:

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from wave_grpc.addresses import ip_literal
+from wave_grpc.addresses import Network, Networks, ip_literal
 from wave_grpc.config.keys import (
     Reading,
     Validated,
     address,
     choice,
     duration_or_off,
+    filled_by_reader,
     optional_address,
     read_table,
     readable_file,
     setting,
     store_url,
 )
+from wave_grpc.config.registries import Secret
 from wave_grpc.config.table import KeyProblem, Table
 from wave_grpc.image.layers import LayerLimits
 from wave_grpc.store_urls import StoreRole, StoreUrl, serves
@@ -48,8 +51,37 @@ def _tokens(r: Reading) -> tuple[StaticToken, ...]:
     return tuple(tokens)
 
 
-def _strings(r: Reading) -> tuple[str, ...]:
-    return tuple(str(v) for v in r.table.get(r.key, list, list(r.default)))
+def _networks(r: Reading) -> Networks:
+    """A list of addresses and CIDR blocks (trusted proxies); an entry that is neither is named."""
+    blocks: list[Network] = []
+    for i, entry in enumerate(r.table.get(r.key, list, [])):
+        try:
+            blocks.extend(Networks.parse([entry if isinstance(entry, str) else repr(entry)]).blocks)
+        except ValueError as exc:
+            raise r.error(str(exc), f"{r.key}[{i}]") from None
+    return Networks(tuple(blocks))
+
+
+# The gateway's proof to the service: long enough that guessing it is hopeless.
+MIN_GATEWAY_SECRET_LENGTH = 16
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _gateway_secret(r: Reading) -> dict[str, Any]:
+    """gateway_secret_env and the secret it names, read once at load (like a registry's password_env)."""
+    name = r.table.string(r.key, "")
+    if not name:
+        return {"gateway_secret_env": "", "gateway_secret": None}
+    if not _ENV_NAME.fullmatch(name):
+        raise r.error(f"{name!r} is not an environment variable name")
+    value = os.environ.get(name, "")
+    if len(value) < MIN_GATEWAY_SECRET_LENGTH:
+        found = "is not set" if name not in os.environ else f"holds {len(value)} characters"
+        raise r.error(
+            f"environment variable {name} {found}; set it to the same secret of at least "
+            f"{MIN_GATEWAY_SECRET_LENGTH} characters for the service and the gateway (e.g. `openssl rand -hex 32`)"
+        )
+    return {"gateway_secret_env": name, "gateway_secret": Secret(value)}
 
 
 @dataclass(frozen=True)
@@ -69,9 +101,10 @@ class ServiceConfig(Validated):
     # connection with no RPC in flight is kept (clients reconnect transparently).
     max_concurrent_rpcs: int = setting(1024)
     idle_timeout: timedelta = setting(timedelta(minutes=2))
-    # Peers whose forwarded client address (the gateway's, for REST callers) is believed;
-    # every other caller is known by its own address.
-    trusted_proxies: tuple[str, ...] = setting(("127.0.0.1", "::1"), read=_strings)
+    # A forwarded client address (the gateway's, for REST callers) is believed only from a
+    # caller that proves it is the gateway (gateway_secret_env); when listed, only from these
+    # peers (addresses or CIDR blocks) as well. Empty: any peer that has the secret.
+    trusted_proxies: Networks = setting(Networks(), read=_networks)
     # Largest layer UploadLayer takes (compressed bytes): bounds the disk one upload can fill.
     max_layer_size: int = setting(16 << 30, unit="bytes", at_least=1)
     # PEM files: with both set the AugmentService speaks TLS only.
@@ -86,10 +119,20 @@ class ServiceConfig(Validated):
     max_manifest_size: int = setting(4 << 20, unit="bytes", at_least=4096)
     # On SIGTERM, RPCs in flight get this long to finish before they are cancelled.
     shutdown_grace: timedelta = setting(timedelta(seconds=30))
+    # The environment variable holding the secret the gateway proves itself with (gRPC
+    # metadata): only then does the service believe its forwarded client addresses and
+    # answer GetContainer with the owner. Both faces read it from the same config. Unset:
+    # `wave-grpc serve` running both faces makes a random one per process.
+    gateway_secret_env: str = filled_by_reader("", _gateway_secret)
+    gateway_secret: Secret | None = field(default=None, repr=False)
 
     def check_together(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise KeyProblem("tls_key" if self.tls_cert else "tls_cert", "give both tls_cert and tls_key, or neither")
+        if self.gateway_secret is not None and len(self.gateway_secret.value) < MIN_GATEWAY_SECRET_LENGTH:
+            raise KeyProblem(
+                "gateway_secret_env", f"the gateway secret needs at least {MIN_GATEWAY_SECRET_LENGTH} characters"
+            )
 
 
 def _host_without_path(value: str) -> str | None:
@@ -141,6 +184,9 @@ class GatewayConfig(Validated):
     # On SIGTERM the listener closes at once; requests and blob streams in flight get this
     # long to finish (readiness answers 503 "draining" meanwhile), then the process exits 0.
     shutdown_grace: timedelta = setting(timedelta(seconds=30))
+    # Reverse proxies (addresses or CIDR blocks) in front of the gateway: from these peers
+    # only, X-Forwarded-For names the client (its rightmost address not listed here).
+    trusted_proxies: Networks = setting(Networks(), read=_networks)
 
 
 @dataclass(frozen=True)
@@ -251,6 +297,9 @@ class LimitsConfig(Validated):
     creates_per_minute: int = setting(0, at_least=0, zero_means="no limit")
     # Manifest GETs per token owner (per creating client address for anonymous tokens); 0: no limit.
     pulls_per_minute: int = setting(0, at_least=0, zero_means="no limit")
+    # "Unknown token" answers (404 under /v2/wt/) per client address at the gateway: past it,
+    # 429 for every token lookup from that address until the minute ends. Bounds token guessing.
+    token_misses_per_minute: int = setting(120, at_least=0, zero_means="no limit")
 
 
 AUTH_VERIFIERS = ("static", "tower")

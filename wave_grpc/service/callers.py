@@ -8,7 +8,7 @@ from typing import TypeVar
 import grpc
 
 from wave_grpc.addresses import ip_literal
-from wave_grpc.channel import CLIENT_ADDRESS_METADATA
+from wave_grpc.channel import CLIENT_ADDRESS_METADATA, proves_gateway
 from wave_grpc.config import Config
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.metrics import Metrics
@@ -40,16 +40,32 @@ class Callers:
         token = bearer_token(context.invocation_metadata()) or tower_access_token.strip()
         return await self._auth.authenticate(token, tower_endpoint)
 
-    def client_address(self, context: grpc.aio.ServicerContext[_Req, _Resp]) -> str:
-        """The caller's address: its own, or the one a trusted proxy (the gateway) forwarded."""
+    @staticmethod
+    def peer_address(context: grpc.aio.ServicerContext[_Req, _Resp]) -> str:
+        """The address the call came from (``ipv4:1.2.3.4:5678`` -> ``1.2.3.4``)."""
         peer = context.peer() or ""
         kind, _, rest = peer.partition(":")
-        address = rest.rsplit(":", 1)[0].strip("[]") if kind in ("ipv4", "ipv6") else kind or "unknown"
-        if address in self._config.service.trusted_proxies:
+        return rest.rsplit(":", 1)[0].strip("[]") if kind in ("ipv4", "ipv6") else kind or "unknown"
+
+    def is_gateway(self, context: grpc.aio.ServicerContext[_Req, _Resp]) -> bool:
+        """Does the caller prove it is the gateway? The shared secret ([service].gateway_secret_env),
+        from a peer in [service].trusted_proxies when that lists any. A peer address alone proves nothing:
+        a NAT, a login node or a local process shares it."""
+        secret = self._config.service.gateway_secret
+        if secret is None:
+            return False
+        proxies = self._config.service.trusted_proxies
+        if proxies and self.peer_address(context) not in proxies:
+            return False
+        return proves_gateway(context.invocation_metadata(), secret.value)
+
+    def client_address(self, context: grpc.aio.ServicerContext[_Req, _Resp]) -> str:
+        """The caller's address: its own, or the one the gateway forwarded for its REST client."""
+        if self.is_gateway(context):
             for key, value in context.invocation_metadata() or ():
                 if key == CLIENT_ADDRESS_METADATA and isinstance(value, str) and ip_literal(value) is not None:
                     return str(ip_literal(value))
-        return address
+        return self.peer_address(context)
 
     async def check_rate(self, counter: str, key: str, limit: int, config_key: str) -> None:
         if not limit:

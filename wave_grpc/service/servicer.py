@@ -27,7 +27,7 @@ from wave_grpc.metrics import Metrics
 from wave_grpc.pinning import SourceResolver
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
-from wave_grpc.record import TokenRecord, listing_key, unknown_request, unknown_token
+from wave_grpc.record import ANONYMOUS, TokenRecord, listing_key, unknown_request, unknown_token
 from wave_grpc.redaction import token_id
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.service.auth import Authenticator
@@ -58,6 +58,11 @@ REQUEST_ID_LENGTH = 32  # uuid4().hex
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 _ALLOCATION_TRIES = 5
+_ANONYMOUS_LISTING_REFUSED = (
+    "listing tokens needs a caller token: anonymous callers cannot list (an address may be shared by others); "
+    "ask the operator for one ([service].tokens or an [auth] verifier) and pass it as 'authorization: Bearer "
+    "<token>' (wave-grpc list --token)"
+)
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
@@ -157,9 +162,11 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
             raise unknown_token()
         return record
 
-    async def _owned_record(self, token: str, context: grpc.aio.ServicerContext[_Req, _Resp]) -> TokenRecord:
-        """The live record, if the caller may act on it (describe, revoke)."""
-        caller = await self._callers.authenticate(context)
+    async def _owned_record(
+        self, token: str, context: grpc.aio.ServicerContext[_Req, _Resp], caller: str | None = None
+    ) -> TokenRecord:
+        """The live record, if the caller (authenticated here unless given) may act on it (describe, revoke)."""
+        caller = caller if caller is not None else await self._callers.authenticate(context)
         record = await self._live_record(token)
         if not record.owned_by(caller):
             raise WaveError(
@@ -269,8 +276,11 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         request: pb.GetContainerRequest,
         context: grpc.aio.ServicerContext[pb.GetContainerRequest, pb.GetContainerResponse],
     ) -> pb.GetContainerResponse:
-        # The token is itself the capability: whoever holds it may pull, so may describe.
-        return pb.GetContainerResponse(container=(await self._live_record(request.container_token)).message)
+        # The token is itself the capability: whoever holds it may pull, so may read the record,
+        # but who made it and from where only the gateway learns (it counts pulls per owner).
+        record = await self._live_record(request.container_token)
+        shown = record.message if self._callers.is_gateway(context) else record.without_identity()
+        return pb.GetContainerResponse(container=shown)
 
     @rpc
     async def RevokeContainer(
@@ -290,8 +300,9 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         request: pb.DescribeContainerRequest,
         context: grpc.aio.ServicerContext[pb.DescribeContainerRequest, pb.DescribeContainerResponse],
     ) -> pb.DescribeContainerResponse:
-        record = await self._owned_record(request.container_token, context)
-        return pb.DescribeContainerResponse(container=record.message)
+        caller = await self._callers.authenticate(context)
+        record = await self._owned_record(request.container_token, context, caller)
+        return pb.DescribeContainerResponse(container=record.described_to(caller))
 
     @rpc
     async def ListContainers(
@@ -300,6 +311,9 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         context: grpc.aio.ServicerContext[pb.ListContainersRequest, pb.ListContainersResponse],
     ) -> pb.ListContainersResponse:
         caller = await self._callers.authenticate(context)
+        if caller == ANONYMOUS:
+            # An address is no identity (a NAT, a login node, a proxy shares it), and a listing hands out pull tokens.
+            raise WaveError(Errors.DENIED, _ANONYMOUS_LISTING_REFUSED)
         size = request.page_size or DEFAULT_PAGE
         if not 0 < size <= MAX_PAGE:
             raise invalid_argument("page_size", f"must be between 1 and {MAX_PAGE}, got {request.page_size}")
@@ -307,7 +321,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         if text and not (text.isdigit() and len(text) < 10):
             raise invalid_argument("page_token", "is not a page token; pass the next_page_token of the last page")
         offset = int(text or 0)
-        listing = listing_key(caller, self._callers.client_address(context))
+        listing = listing_key(caller, "")
         # One more than the page, to know whether another page follows.
         records = await self._tokens.listed(listing, offset, size + 1)
         return pb.ListContainersResponse(
