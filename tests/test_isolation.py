@@ -256,3 +256,47 @@ def test_cheap_bytes_for_dear_objects_are_refused_with_the_memory_bounded(
     grown = components.vm_hwm_kib(stack.process.pid) - before
     # json.loads of the fat config took 3.1 GiB; the bytes themselves are 31 MiB.
     assert grown < 256 << 10, f"peak RSS grew {grown / 1024:.0f} MiB"
+
+
+@pytest.fixture(scope="module")
+def mixed_stack(
+    tmp_path_factory: pytest.TempPathFactory, hostile: HostileRegistry, registry: components.Registry
+) -> Iterator[WaveStack]:
+    workdir: Path = tmp_path_factory.mktemp("isolation-mixed")
+    registries = [{"name": hostile.host, "endpoint": hostile.url}, {"name": registry.host, "endpoint": registry.url}]
+    with WaveStack(workdir, registries=registries, upstream={"read_timeout": "5s"}) as wave:
+        wave.start()
+        yield wave
+
+
+async def test_dripping_creations_whose_callers_left_do_not_hold_up_a_healthy_one(
+    mixed_stack: WaveStack, hostile: HostileRegistry, base_images: components.BaseImages
+) -> None:
+    """The finding: 300 creations against a dripping registry, each caller giving up after 5 s,
+    kept their fetches running and starved a healthy registry's creations for 30 s and more."""
+    from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
+    from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(mixed_stack.grpc_address) as channel:
+        stub = pb_grpc.AugmentServiceStub(channel)
+
+        async def create(image: str, deadline: float) -> Any:
+            return await stub.CreateContainer(pb.CreateContainerRequest(container_image=image), timeout=deadline)
+
+        drips = [asyncio.create_task(create(f"{hostile.host}/drip/img:t{i}", deadline=3.0)) for i in range(150)]
+        results = await asyncio.gather(*drips, return_exceptions=True)
+        assert all(isinstance(r, grpc.aio.AioRpcError) for r in results)
+        # The callers are gone: so is the work they started (no fetch left dripping for nobody).
+        assert (await _settled(hostile, 0))["open"] == 0
+        started = time.monotonic()
+        healthy = await create(base_images.ref("latest"), deadline=30.0)
+        took = time.monotonic() - started
+    assert healthy.container_token
+    assert took < 5, f"a healthy creation took {took:.1f}s after the dripping callers left"
+    name = healthy.target_image.split("/", 1)[1].rsplit(":", 1)[0]
+    pulled = mixed_stack.http(
+        "GET",
+        f"/v2/{name}/manifests/{healthy.target_image.rsplit(':', 1)[1]}",
+        headers=[("Accept", t) for t in components.ALL_MANIFEST_TYPES],
+    )
+    assert pulled.status == 200
