@@ -84,6 +84,11 @@ class ServiceConfig(Validated):
     # (distribution refuses manifests over 4 MiB). Checked at creation, naming the key.
     max_image_layers: int = setting(500, at_least=1)
     max_manifest_size: int = setting(4 << 20, unit="bytes", at_least=4096)
+    # A freeze's whole copy (the pinned bytes fetched, every blob, the manifests) ends by
+    # this: a source that drips would otherwise hold a freeze worker for ever.
+    freeze_deadline: timedelta = setting(
+        timedelta(hours=1), check=lambda v: None if v > timedelta(0) else "must be over 0s"
+    )
 
     def check_together(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -246,6 +251,9 @@ class LimitsConfig(Validated):
     creates_per_minute: int = setting(0, at_least=0, zero_means="no limit")
     # Manifest GETs per token owner (per creating client address for anonymous tokens); 0: no limit.
     pulls_per_minute: int = setting(0, at_least=0, zero_means="no limit")
+    # Freezes a caller may ask for per hour: each copies whole images with the operator's
+    # push credentials, so the limit is on unless an operator turns it off; 0: no limit.
+    freezes_per_hour: int = setting(20, at_least=0, zero_means="no limit")
 
 
 AUTH_VERIFIERS = ("static", "tower")
