@@ -29,6 +29,7 @@ from tests.stack import WaveStack
 from wave_grpc.config import Config, parse_config
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.image.digest import Digest
+from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.registry.blobs import registry_blob
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.registry.isolation import CircuitBreakers, UpstreamLimits
@@ -256,3 +257,18 @@ def test_cheap_bytes_for_dear_objects_are_refused_with_the_memory_bounded(
     grown = components.vm_hwm_kib(stack.process.pid) - before
     # json.loads of the fat config took 3.1 GiB; the bytes themselves are 31 MiB.
     assert grown < 256 << 10, f"peak RSS grew {grown / 1024:.0f} MiB"
+
+
+def test_a_manifest_nested_200000_deep_is_a_clear_error_to_inspect_over_grpc_and_rest(
+    stack: WaveStack, hostile: HostileRegistry
+) -> None:
+    image = f"{hostile.host}/deep-json/img:latest"
+    names = "more than 64 deep; refused before parsing ([upstream].max_json_depth)"
+    with stack.stub() as stub, pytest.raises(grpc.RpcError) as caught:
+        stub.InspectImage(pb.InspectImageRequest(container_image=image), timeout=30)
+    error: Any = caught.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert names in error.details()
+    answer = stack.post_json("/v1alpha1/inspect", {"containerImage": image})
+    assert answer.status == 400, answer.body
+    assert names in answer.json()["message"], answer.body

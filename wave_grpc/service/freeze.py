@@ -34,7 +34,7 @@ from typing import TypeVar
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from wave_grpc.config import Config
-from wave_grpc.errors import Errors, WaveError, invalid_argument
+from wave_grpc.errors import Errors, WaveError, brief, invalid_argument
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.manifest import ImageManifest, MediaType
 from wave_grpc.image.ref import ImageRef
@@ -73,7 +73,9 @@ def build_target(text: str, field: str = "build_repository") -> ImageRef:
             field, "is required with freeze: the repository to push to, e.g. registry.example.com/team/frozen"
         )
     if "@" in raw or ":" in raw.rsplit("/", 1)[-1]:
-        raise invalid_argument(field, f"{raw!r} names a tag or digest; give the repository only (the tag is derived)")
+        raise invalid_argument(
+            field, f"{brief(raw)} names a tag or digest; give the repository only (the tag is derived)"
+        )
     return ImageRef.parse(raw + ":latest", field=field)
 
 
