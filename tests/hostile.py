@@ -6,6 +6,7 @@ The first path part of a repository picks how it misbehaves (``/v2/<mode>/...``)
 
 * ``drip``: the manifest (and any blob) at one byte per ``--drip-interval`` s,
   with an honest ``Content-Length``: no read ever stalls long enough for a read timeout;
+* ``drip-layers``: the manifest and config at once, layer blobs dripped as ``drip`` does;
 * ``fat-config``: a valid manifest whose config is ``--fat-mib`` MiB of
   ``{"history":[{},{},...]}`` (cheap bytes, dear objects);
 * ``many-layers``: a manifest that lists ``--layers`` layers;
@@ -74,6 +75,7 @@ class Hostile:
             self.blobs[digest_of(data)] = data
         self.manifests = {
             "drip": manifest(config),
+            "drip-layers": manifest(config),
             "fat-config": manifest(fat),
             "many-layers": manifest(config, self.layer_count),
             "deep-json": b"[" * DEEP + b"]" * DEEP,
@@ -105,6 +107,8 @@ class Hostile:
         if mode == "empty-blob" and data == LAYER_BYTES:
             return web.Response(status=200, headers={"Content-Length": "0", "Content-Type": "application/octet-stream"})
         headers = {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest_of(data)}
+        if mode == "drip-layers":
+            mode = "drip" if data == LAYER_BYTES else mode
         return await self.answer(request, mode, data, headers)
 
     async def answer(self, request: web.Request, mode: str, data: bytes, headers: dict[str, str]) -> web.StreamResponse:

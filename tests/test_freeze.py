@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import json
 import subprocess
 import sys
@@ -20,6 +21,8 @@ import grpc
 import pytest
 
 from tests import components
+from tests.components.hostile import HostileRegistry
+from tests.hostile import LAYER_BYTES as HOSTILE_LAYER
 from tests.stack import WaveStack, await_done, registry_route
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 
@@ -347,3 +350,57 @@ def test_a_freeze_interrupted_by_a_restart_is_resumed(
         wave.stop()
         hanging.close()
         target.stop()
+
+
+def test_a_dripping_source_ends_at_the_freeze_deadline_and_frees_its_worker(
+    tmp_path_factory: pytest.TempPathFactory,
+    targets: dict[str, components.Registry],
+    registry: components.Registry,
+    base_images: components.BaseImages,
+) -> None:
+    root = tmp_path_factory.mktemp("freeze-deadline")
+    plain = targets["plain"]
+    with HostileRegistry(root / "hostile", drip_interval=1.0) as hostile:
+        wave = WaveStack(
+            root / "stack",
+            registries=[
+                {"name": hostile.host, "endpoint": hostile.url},
+                registry_route(registry, push_repositories=["deadline/*"], freeze_to_other_registries=False),
+                registry_route(plain, push_repositories=["*"]),
+            ],
+            # One worker: the second freeze runs only once the first has let it go.
+            service={"freeze_workers": 1, "freeze_deadline": "3s"},
+            limits={"freezes_per_hour": 2},
+        )
+        with wave.start():
+            dripping = _create(wave, freeze_request(f"{hostile.host}/drip-layers/tool:v1", f"{plain.host}/drip/tool"))
+            fast = _create(wave, freeze_request(base_images.ref("latest"), f"{registry.host}/deadline/busybox"))
+            status = await_done(wave, dripping.request_id)
+            assert not status.succeeded
+            assert "[service].freeze_deadline" in status.reason, status.reason
+            assert f"blob {hostile_layer_digest()}" in status.reason, status.reason
+            assert await_done(wave, fast.request_id).succeeded
+
+            # This registry's images stay in it; refused before anything is counted or copied.
+            with pytest.raises(grpc.RpcError) as refused:
+                _create(wave, freeze_request(base_images.ref("latest"), f"{plain.host}/elsewhere/busybox"))
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            details = refused.value.details() or ""
+            assert f"[[registries]] entry named {registry.host!r}" in details, details
+            assert "freeze_to_other_registries = false" in details, details
+
+            # Two freezes an hour for this caller: the third is refused, naming the key.
+            with pytest.raises(grpc.RpcError) as limited:
+                _create(wave, freeze_request(base_images.ref("latest"), f"{registry.host}/deadline/again"))
+            assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "[limits].freezes_per_hour" in (limited.value.details() or "")
+
+
+def hostile_layer_digest() -> str:
+    return "sha256:" + hashlib.sha256(HOSTILE_LAYER).hexdigest()
+
+
+def _create(stack: WaveStack, request: pb.CreateContainerRequest) -> pb.CreateContainerResponse:
+    with stack.stub() as stub:
+        response: pb.CreateContainerResponse = stub.CreateContainer(request, timeout=60)
+    return response

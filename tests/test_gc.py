@@ -27,7 +27,7 @@ from tests.test_e2e_augment import cli
 from wave_grpc.image.digest import Digest
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
-from wave_grpc.stores.layers import ExpectedLayer, FileLayerStore
+from wave_grpc.stores.layers import TEMP_GRACE, ExpectedLayer, FileLayerStore
 
 
 def _layer(name: str) -> bytes:
@@ -65,6 +65,30 @@ async def test_a_layer_being_referenced_is_never_collected(tmp_path: Path) -> No
             gone_before_reference += 1
     print(f"race: {kept_by_reference} references won, {gone_before_reference} collections won")
     assert kept_by_reference + gone_before_reference == 150
+
+
+async def test_a_collection_sweeps_temporary_files_other_starts_left(tmp_path: Path) -> None:
+    first = FileLayerStore(tmp_path / "store")
+    leftover = first.root / "tmp" / f"{first.start_id}-0123456789abcdef.part"
+    leftover.write_bytes(b"cut short")
+    old = time.time() - TEMP_GRACE - 1
+    os.utime(leftover, (old, old))
+    await first.close()
+    # A start that cannot tell the leftover apart by its PID (one container's PID 1 is every start's).
+    second = FileLayerStore(tmp_path / "store")
+    assert not leftover.exists()
+    mine = second.root / "tmp" / f"{second.start_id}-fedcba9876543210.part"
+    mine.write_bytes(b"in flight")
+    os.utime(mine, (old, old))
+    fresh = second.root / "tmp" / "another-start-fedcba9876543210.part"
+    fresh.write_bytes(b"a replica's upload")
+    assert await second.collect(set(), 0.0) is not None
+    assert mine.exists()
+    assert fresh.exists()
+    os.utime(fresh, (old, old))
+    await second.collect(set(), 0.0)
+    assert not fresh.exists()
+    await second.close()
 
 
 def _upload(stack: WaveStack, data: bytes) -> pb.ContainerLayer:

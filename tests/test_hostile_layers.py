@@ -13,10 +13,9 @@ import base64
 import contextlib
 import gzip
 import io
+import os
 import random
 import socket
-import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -32,6 +31,7 @@ from tests import components
 from tests.stack import WaveStack, registry_route
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
+from wave_grpc.stores.layers import TEMP_GRACE
 
 
 def _tar(*entries: tuple[str, bytes, bytes, str]) -> bytes:
@@ -244,12 +244,20 @@ def test_a_killed_uploads_temporary_file_is_swept_at_start(tmp_path: Path, regis
         wave.start()
         wave.stop()
         tmp = wave.workdir / "data" / "layers" / "tmp"
-        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-        orphan = tmp / f"{dead.stdout.strip()}-0123456789abcdef.part"
+        # Left by a previous start whose service was PID 1 (a container): PID 1 always looks
+        # alive, so the sweep goes by start id and age, never by process liveness.
+        orphan = tmp / "1-0123456789abcdef.part"
         orphan.write_bytes(b"half an upload")
-        ours = tmp / "1-0123456789abcdef.part"  # pid 1 is alive: never someone else's to remove
-        ours.write_bytes(b"an upload in flight")
+        old = time.time() - TEMP_GRACE - 60
+        os.utime(orphan, (old, old))
+        meta_orphan = wave.workdir / "data" / "layers" / "tar-digests" / "sha256" / f"{'a' * 64}.1-0123456789.part"
+        meta_orphan.write_bytes(b"sha256:")
+        os.utime(meta_orphan, (old, old))
+        # Written just now by another start sharing the directory (a replica, `wave-grpc gc`).
+        in_flight = tmp / "0123456789abcdef-fedcba9876543210.part"
+        in_flight.write_bytes(b"an upload in flight")
         wave.start()
         assert not orphan.exists()
-        assert ours.exists()
-        assert "removed 1 temporary file(s)" in wave.log_text()
+        assert not meta_orphan.exists()
+        assert in_flight.exists()
+        assert "removed 2 temporary file(s)" in wave.log_text()

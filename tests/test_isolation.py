@@ -29,6 +29,8 @@ from tests.stack import WaveStack
 from wave_grpc.config import Config, parse_config
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.image.digest import Digest
+from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
+from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
 from wave_grpc.registry.blobs import registry_blob
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.registry.isolation import CircuitBreakers, UpstreamLimits
@@ -274,9 +276,6 @@ async def test_dripping_creations_whose_callers_left_do_not_hold_up_a_healthy_on
 ) -> None:
     """The finding: 300 creations against a dripping registry, each caller giving up after 5 s,
     kept their fetches running and starved a healthy registry's creations for 30 s and more."""
-    from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
-    from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
-
     async with grpc.aio.insecure_channel(mixed_stack.grpc_address) as channel:
         stub = pb_grpc.AugmentServiceStub(channel)
 
@@ -300,3 +299,18 @@ async def test_dripping_creations_whose_callers_left_do_not_hold_up_a_healthy_on
         headers=[("Accept", t) for t in components.ALL_MANIFEST_TYPES],
     )
     assert pulled.status == 200
+
+
+def test_a_manifest_nested_200000_deep_is_a_clear_error_to_inspect_over_grpc_and_rest(
+    stack: WaveStack, hostile: HostileRegistry
+) -> None:
+    image = f"{hostile.host}/deep-json/img:latest"
+    names = "more than 64 deep; refused before parsing ([upstream].max_json_depth)"
+    with stack.stub() as stub, pytest.raises(grpc.RpcError) as caught:
+        stub.InspectImage(pb.InspectImageRequest(container_image=image), timeout=30)
+    error: Any = caught.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert names in error.details()
+    answer = stack.post_json("/v1alpha1/inspect", {"containerImage": image})
+    assert answer.status == 400, answer.body
+    assert names in answer.json()["message"], answer.body

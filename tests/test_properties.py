@@ -9,9 +9,11 @@ name with the given values winning.
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,6 +25,7 @@ from wave_grpc.errors import Errors, WaveError
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.rewrite import UpstreamImage, augment
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
+from wave_grpc.registry.auth import BearerTokens, Secrets
 
 _BUDGET = settings(max_examples=200, deadline=None)
 
@@ -95,3 +98,82 @@ def test_the_rewrite_is_pure_and_merges_env_by_name(
         assert runtime["Entrypoint"] == entrypoint
     if cmd:
         assert runtime["Cmd"] == cmd
+
+
+# -- credential masking (wave_grpc/registry/auth.py) --------------------------------------
+
+_SECRET_ALPHABET = st.characters(min_codepoint=33, max_codepoint=0x2FF, exclude_characters="*")
+_SURROUNDING = st.text(alphabet=" .,:;()'\"=", max_size=20)
+
+
+def _secrets_for(password: str, user: str = "robot") -> Secrets:
+    config = parse_config(
+        {"registries": [{"name": "private.example.com", "username": user, "password": password}]}, "test.toml"
+    )
+    return Secrets(config, BearerTokens(lambda: 0.0))
+
+
+def _spellings(password: str, user: str) -> dict[str, str]:
+    raw = password.encode()
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {
+        "itself": password,
+        "basic": basic,
+        "basic header": f"Basic {basic}",
+        "its base64": base64.b64encode(raw).decode(),
+        "quoted": quote(password, safe=""),
+        "quoted, / kept": quote(password),
+        "quote_plus": quote_plus(password),
+        "upper": password.upper(),
+        "lower": password.lower(),
+        "hex": raw.hex(),
+        "HEX": raw.hex().upper(),
+        "%xx": "".join(f"%{b:02x}" for b in raw),
+        "%XX": "".join(f"%{b:02X}" for b in raw),
+        "basic, quoted": quote(basic, safe=""),
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    password=st.text(alphabet=_SECRET_ALPHABET, min_size=8, max_size=40),
+    user=st.from_regex(r"[a-z][a-z0-9]{0,11}", fullmatch=True),
+    how=st.sampled_from(list(_spellings("placeholder", "u"))),
+    before=_SURROUNDING,
+    after=_SURROUNDING,
+)
+def test_every_spelling_of_a_password_is_masked(password: str, user: str, how: str, before: str, after: str) -> None:
+    secrets = _secrets_for(password, user)
+    spelled = _spellings(password, user)[how]
+    text = f"{before}{spelled}{after}"
+    scrubbed = secrets.scrub(text)
+    assert spelled not in scrubbed
+    assert password not in scrubbed
+    assert secrets.carried_by(text)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    password=st.text(alphabet=_SECRET_ALPHABET, min_size=8, max_size=40),
+    of_base64=st.booleans(),
+    data=st.data(),
+    before=_SURROUNDING,
+    after=_SURROUNDING,
+)
+def test_any_eight_characters_of_a_password_or_its_base64_are_masked(
+    password: str, of_base64: bool, data: st.DataObject, before: str, after: str
+) -> None:
+    secrets = _secrets_for(password)
+    whole = base64.b64encode(f"robot:{password}".encode()).decode() if of_base64 else password
+    start = data.draw(st.integers(0, len(whole) - 8))
+    piece = whole[start : data.draw(st.integers(start + 8, len(whole)))]
+    scrubbed = secrets.scrub(f"{before}{piece}{after}")
+    assert piece not in scrubbed
+    assert secrets.carried_by(piece)
+
+
+def test_text_without_a_credential_is_left_as_it_was() -> None:
+    secrets = _secrets_for("correct-horse-battery")
+    said = 'denied: requested access to the resource is denied (sha256:0123456789abcdef, "library/alpine")'
+    assert secrets.scrub(said) == said
+    assert not secrets.carried_by(said)

@@ -9,6 +9,7 @@ traceback and answered as an internal error without details.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,8 @@ class Errors:
     REQUEST_TOO_LARGE = ErrorKind(
         "SIZE_INVALID", 413, grpc.StatusCode.RESOURCE_EXHAUSTED, "request body over the size limit"
     )
+    # A store's disk (or quota) is full: nothing was half-written; the operator must make room.
+    STORE_FULL = ErrorKind("UNAVAILABLE", 507, grpc.StatusCode.RESOURCE_EXHAUSTED, "insufficient storage")
     INTERNAL = ErrorKind("UNKNOWN", 500, grpc.StatusCode.INTERNAL, "unknown error")
 
 
@@ -120,3 +123,20 @@ def brief(value: object, limit: int = ECHO_LIMIT) -> str:
 def invalid_argument(field: str, problem: str) -> WaveError:
     """A bad request field: the message starts with the field's name."""
     return WaveError(Errors.INVALID_ARGUMENT, f"{field}: {problem}")
+
+
+# The errors a write gets when the filesystem, or the writer's quota on it, has no room left.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def store_full(store: str) -> WaveError:
+    """``store`` (e.g. "the layer store ([layers].store = file:///data)") has no room left."""
+    return WaveError(
+        Errors.STORE_FULL,
+        f"{store} is full; nothing was stored: ask the operator to free space there (or move it to a bigger disk), "
+        "then try again",
+    )

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from wave_grpc.errors import Errors, WaveError, invalid_argument
+from wave_grpc.errors import Errors, WaveError, brief, invalid_argument
 from wave_grpc.flight import BoundedCache, CachedFlight
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.manifest import ImageConfig, ImageManifest, Index, MediaType
@@ -84,10 +84,10 @@ def parse_platforms(text: str, *, field: str = "container_platform") -> tuple[Pl
         return (Platform.parse(text, field=field),)
     parts = [part for part in (p.strip() for p in text.split(",")) if part]
     if not parts:
-        raise invalid_argument(field, f"{text!r} names no platform; give e.g. linux/amd64,linux/arm64")
+        raise invalid_argument(field, f"{brief(text)} names no platform; give e.g. linux/amd64,linux/arm64")
     platforms = tuple(Platform.parse(part, field=field) for part in parts)
     if len(set(platforms)) != len(platforms):
-        raise invalid_argument(field, f"{text!r} names a platform twice")
+        raise invalid_argument(field, f"{brief(text)} names a platform twice")
     if len(platforms) > MAX_PLATFORMS:
         raise invalid_argument(field, f"at most {MAX_PLATFORMS} platforms, got {len(platforms)}")
     return platforms

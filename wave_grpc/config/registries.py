@@ -159,6 +159,10 @@ class RegistryRoute(Validated):
     # prefix ending in "/*" ("team/*"), or "*" for any. Empty: no pushes. Pushes are
     # opt-in because the service would push for any caller with the operator's credentials.
     push_repositories: tuple[str, ...] = setting((), read=_push_repositories)
+    # False: an image from this registry may be frozen only into this same registry. A freeze
+    # reads the source with this entry's credentials and pushes it where the target allows,
+    # which may be readable by people who cannot read this registry.
+    freeze_to_other_registries: bool = setting(True)
 
     def allows_push(self, repository: str) -> bool:
         for allowed in self.push_repositories:

@@ -125,6 +125,11 @@ class ServiceConfig(Validated):
     # `wave-grpc serve` running both faces makes a random one per process.
     gateway_secret_env: str = filled_by_reader("", _gateway_secret)
     gateway_secret: Secret | None = field(default=None, repr=False)
+    # A freeze's whole copy (the pinned bytes fetched, every blob, the manifests) ends by
+    # this: a source that drips would otherwise hold a freeze worker for ever.
+    freeze_deadline: timedelta = setting(
+        timedelta(hours=1), check=lambda v: None if v > timedelta(0) else "must be over 0s"
+    )
 
     def check_together(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -300,6 +305,9 @@ class LimitsConfig(Validated):
     # "Unknown token" answers (404 under /v2/wt/) per client address at the gateway: past it,
     # 429 for every token lookup from that address until the minute ends. Bounds token guessing.
     token_misses_per_minute: int = setting(120, at_least=0, zero_means="no limit")
+    # Freezes a caller may ask for per hour: each copies whole images with the operator's
+    # push credentials, so the limit is on unless an operator turns it off; 0: no limit.
+    freezes_per_hour: int = setting(20, at_least=0, zero_means="no limit")
 
 
 AUTH_VERIFIERS = ("static", "tower")

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 from wave_grpc.config import Config, RegistryRoute
 from wave_grpc.errors import Errors, WaveError
@@ -91,29 +92,90 @@ class BearerTokens:
 
 
 class Secrets:
-    """Every credential and token the client holds, to keep them out of anything quoted back."""
+    """Every credential and token the client holds, to keep them out of anything quoted back.
+
+    A registry may echo a credential in any spelling, so a password is looked for as
+    itself, inside its Basic ``user:password`` base64 and its own base64, URL-encoded
+    (``quote``, ``quote_plus``, every byte ``%XX``) and as hex, in any letter case; and
+    any :data:`FRAGMENT` or more characters of one of those spellings is masked too.
+    Text that still carries one once percent-decoding is undone is withheld whole.
+    Bearer tokens (opaque and many) are masked whole, as themselves and URL-encoded.
+    """
 
     def __init__(self, config: Config, tokens: BearerTokens) -> None:
         self._config = config
         self._tokens = tokens
+        spellings = [form for route in config.registries for form in _password_spellings(route)]
+        # Every FRAGMENT-long piece of a long spelling; a short spelling is matched whole.
+        self._fragments = frozenset(
+            form[i : i + FRAGMENT]
+            for form in spellings
+            if len(form) >= FRAGMENT
+            for i in range(len(form) - FRAGMENT + 1)
+        )
+        self._short = tuple(form for form in spellings if MIN_SECRET <= len(form) < FRAGMENT)
 
-    def _values(self) -> list[str]:
-        values = self._tokens.values()
-        for route in self._config.registries:
-            if route.password is not None and route.password.value:
-                values.append(route.password.value)
-                values.append(base64.b64encode(f"{route.username}:{route.password.value}".encode()).decode())
-        return values
+    def _token_spellings(self) -> list[str]:
+        tokens = [token for token in self._tokens.values() if len(token) >= MIN_SECRET]
+        return [_fold(form) for token in tokens for form in {token, quote(token, safe="")}]
+
+    def _masked(self, text: str) -> list[bool]:
+        folded = _fold(text)
+        masked = [False] * len(text)
+        for i in range(len(folded) - FRAGMENT + 1):
+            if folded[i : i + FRAGMENT] in self._fragments:
+                masked[i : i + FRAGMENT] = [True] * FRAGMENT
+        for form in (*self._short, *self._token_spellings()):
+            at = folded.find(form)
+            while at >= 0:
+                masked[at : at + len(form)] = [True] * len(form)
+                at = folded.find(form, at + 1)
+        return masked
+
+    def _carries(self, text: str) -> bool:
+        return any(self._masked(text))
 
     def scrub(self, text: str) -> str:
-        """Text from an upstream with every credential and token we hold masked."""
-        for secret in self._values():
-            if len(secret) >= 4:
-                text = text.replace(secret, "***")
-        return text
+        """Text from an upstream with every credential and token we hold masked (or withheld)."""
+        masked = self._masked(text)
+        out: list[str] = []
+        for char, hidden in zip(text, masked, strict=True):
+            if not hidden:
+                out.append(char)
+            elif not out or out[-1] != "***":
+                out.append("***")
+        scrubbed = "".join(out)
+        if any(self._carries(view) for view in (unquote(scrubbed), unquote_plus(scrubbed)) if view != scrubbed):
+            return "***"  # a spelling split by encodings we do not undo piece by piece
+        return scrubbed
 
     def carried_by(self, text: str) -> bool:
-        return any(len(s) >= 4 and s in text for s in self._values())
+        return any(self._carries(view) for view in {text, unquote(text), unquote_plus(text)})
+
+
+# Shorter secrets are not looked for (they would mask ordinary words); fragments of a
+# secret's spellings this long or longer are.
+MIN_SECRET = 4
+FRAGMENT = 8
+
+
+def _fold(text: str) -> str:
+    """Lower case, one character for one (a few characters lower to two; those stay)."""
+    return "".join(low if len(low := char.lower()) == 1 else char for char in text)
+
+
+def _password_spellings(route: RegistryRoute) -> list[str]:
+    if route.password is None or not route.password.value:
+        return []
+    password = route.password.value
+    basic = base64.b64encode(f"{route.username}:{password}".encode()).decode()
+    own = base64.b64encode(password.encode()).decode()
+    forms: set[str] = {basic, own, base64.urlsafe_b64encode(f"{route.username}:{password}".encode()).decode()}
+    raw = password.encode()
+    # upper(): a few characters upper-case to two ("ß" -> "SS"), which folding does not undo.
+    forms |= {password, password.upper(), quote(password, safe=""), quote(password), quote_plus(password)}
+    forms |= {raw.hex(), "".join(f"%{byte:02x}" for byte in raw)}
+    return [_fold(form) for form in forms]
 
 
 def basic_authorization(route: RegistryRoute) -> str | None:

@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from wave_grpc.config import Config, StaticToken
-from wave_grpc.errors import Errors, WaveError
+from wave_grpc.errors import Errors, WaveError, brief
 from wave_grpc.record import ANONYMOUS
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class TowerUserInfo:
         if wanted in self._allowed:
             return wanted
         return Decline(
-            f"tower_endpoint {wanted!r} is not an endpoint this service checks tokens with "
+            f"tower_endpoint {brief(wanted)} is not an endpoint this service checks tokens with "
             f"({', '.join(sorted(self._allowed))}); list it in [auth.tower].allowed_endpoints"
         )
 

@@ -67,15 +67,16 @@ class Callers:
                     return str(ip_literal(value))
         return self.peer_address(context)
 
-    async def check_rate(self, counter: str, key: str, limit: int, config_key: str) -> None:
+    async def check_rate(self, counter: str, key: str, limit: int, config_key: str, window: float = 60.0) -> None:
         if not limit:
             return
-        wait = await self._limiter.hit(f"{counter}:{key}", limit)
+        wait = await self._limiter.hit(f"{counter}:{key}", limit, window)
         if wait is not None:
             self._metrics.rate_limited.labels(counter).inc()
             raise WaveError(
                 Errors.TOO_MANY_REQUESTS,
-                f"{key} is over {limit} {counter}s a minute ({config_key}); retry in {wait:.0f}s",
+                f"{key} is over {limit} {counter}s {'an hour' if window == 3600 else 'a minute'} ({config_key}); "
+                f"retry in {wait:.0f}s",
                 retry_after=wait,
             )
 

@@ -28,12 +28,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from wave_grpc.config import Config
-from wave_grpc.errors import Errors, WaveError, invalid_argument
+from wave_grpc.errors import Errors, WaveError, brief, invalid_argument
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.manifest import ImageManifest, MediaType
 from wave_grpc.image.ref import ImageRef
@@ -72,7 +73,9 @@ def build_target(text: str, field: str = "build_repository") -> ImageRef:
             field, "is required with freeze: the repository to push to, e.g. registry.example.com/team/frozen"
         )
     if "@" in raw or ":" in raw.rsplit("/", 1)[-1]:
-        raise invalid_argument(field, f"{raw!r} names a tag or digest; give the repository only (the tag is derived)")
+        raise invalid_argument(
+            field, f"{brief(raw)} names a tag or digest; give the repository only (the tag is derived)"
+        )
     return ImageRef.parse(raw + ":latest", field=field)
 
 
@@ -84,8 +87,11 @@ def frozen_tag(source: ImageRef, manifest_digest: Digest) -> str:
     return f"{source.tag[: MAX_TAG - FREEZE_SUFFIX - 1]}-{suffix}"
 
 
-def check_push_allowed(client: RegistryClient, target: ImageRef, field: str = "build_repository") -> None:
-    """Pushes go only where the operator's [[registries]] entry says (push_repositories)."""
+def check_push_allowed(
+    client: RegistryClient, target: ImageRef, field: str = "build_repository", *, source: ImageRef | None = None
+) -> None:
+    """Pushes go only where the operator's [[registries]] entry says (push_repositories), and a
+    source whose entry sets ``freeze_to_other_registries = false`` stays in its own registry."""
     route = client.route(target.registry)
     if not route.listed:
         raise WaveError(
@@ -99,6 +105,14 @@ def check_push_allowed(client: RegistryClient, target: ImageRef, field: str = "b
             f"{field}: the [[registries]] entry named {route.name!r} does not allow pushes to {target.repository}; "
             "ask the operator to add it (or a prefix such as 'team/*') to its push_repositories",
         )
+    origin = client.route(source.registry) if source is not None else None
+    if origin is not None and not origin.freeze_to_other_registries and origin.name != route.name:
+        raise WaveError(
+            Errors.DENIED,
+            f"{field}: images from registry {origin.name} may be frozen only into {origin.name} (the "
+            f"[[registries]] entry named {origin.name!r} sets freeze_to_other_registries = false); give a "
+            f"build_repository in {origin.name}, or ask the operator to allow it",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +122,27 @@ class _Blob:
     kind: str  # "config", "base" (the source's or an included image's) or "injected"
     data: bytes = b""
     source: ImageRef | None = None  # where a base layer is
+
+
+@dataclass(slots=True)
+class _CopyStep:
+    """What a copy is doing, for the reason given when its deadline passes."""
+
+    what: str = "fetching the pinned source manifests and configs"
+    done: int = 0
+    total: int = 0
+
+
+def _incident(record: pb.ContainerRecord) -> str:
+    """A bug's reason: an incident id that finds its traceback in the log (logged here)."""
+    incident = uuid.uuid4().hex[:12]
+    log.exception("freeze %s failed (incident %s)", record.request_id, incident)
+    return f"internal error (incident {incident}); see the service log"
+
+
+def _duration(value: timedelta) -> str:
+    seconds = value.total_seconds()
+    return f"{seconds / 3600:g}h" if seconds >= 3600 else f"{seconds:g}s"
 
 
 def _now() -> Timestamp:
@@ -200,16 +235,27 @@ class FreezeRunner:
             return
         state.status = pb.CONTAINER_STATUS_BUILDING
         await self._tokens.update(record)
+        deadline = self._config.service.freeze_deadline
+        step = _CopyStep()
         try:
-            await self._copy(record)
+            async with asyncio.timeout(deadline.total_seconds()) as timer:
+                await self._copy(record, step)
         except WaveError as exc:
             await self._finish(record, exc.message)
+        except TimeoutError:
+            if not timer.expired():
+                await self._finish(record, _incident(record))
+                return
+            await self._finish(
+                record,
+                f"the copy did not end within {_duration(deadline)} ([service].freeze_deadline): it was "
+                f"{step.what} ({step.done} of {step.total} blobs done); the source is too slow: ask for the "
+                "freeze again later, or ask the operator to raise [service].freeze_deadline",
+            )
         except asyncio.CancelledError:
             raise
         except Exception:
-            incident = uuid.uuid4().hex[:12]
-            log.exception("freeze %s failed (incident %s)", record.request_id, incident)
-            await self._finish(record, f"internal error (incident {incident}); see the service log")
+            await self._finish(record, _incident(record))
         else:
             await self._finish(record, "")
 
@@ -238,11 +284,11 @@ class FreezeRunner:
             )
         return image
 
-    async def _copy(self, record: pb.ContainerRecord) -> None:
+    async def _copy(self, record: pb.ContainerRecord, step: _CopyStep) -> None:
         source = ImageRef.parse(record.container_image)
         target_ref = ImageRef.parse(record.target_image, field="target_image")
         assert target_ref.tag is not None
-        check_push_allowed(self._upstream, target_ref)
+        check_push_allowed(self._upstream, target_ref, source=source)
         target = Repository(self._upstream, target_ref.registry, target_ref.repository)
         image = await self._augmented(record)
         # One platform is pushed as its manifest; several as their manifests, then the index.
@@ -251,7 +297,7 @@ class FreezeRunner:
         blobs = _blobs(image, source)
         progress = record.freeze.progress
         progress.Clear()
-        progress.blobs_total = len(blobs)
+        progress.blobs_total = step.total = len(blobs)
         pushing = _Pushing(target, record.freeze.build_repository)
         if await pushing.run(target.manifest_digest(target_ref.tag)) == top.digest:
             progress.blobs_present = len(blobs)  # asked again: nothing to push
@@ -259,6 +305,7 @@ class FreezeRunner:
         await self._tokens.update(record)
         target_route = self._upstream.route(target.registry).name
         for blob in blobs:
+            step.what = f"on {blob.kind} blob {blob.digest} ({blob.size} bytes)"
             if await pushing.run(target.blob_size(blob.digest)) is not None:
                 progress.blobs_present += 1
             elif blob.kind == "config":
@@ -271,12 +318,15 @@ class FreezeRunner:
                     location = await pushing.run(target.mount(blob.digest, blob.source.repository))
                     if location is None:
                         progress.blobs_mounted += 1
+                        step.done += 1
                         await self._tokens.update(record)
                         continue
                 await self._stream(pushing, blob, location)
                 progress.blobs_copied += 1
                 progress.bytes_copied += blob.size
+            step.done += 1
             await self._tokens.update(record)
+        step.what = "pushing the manifests"
         if several:
             for platform in image.images:
                 manifest = platform.manifest

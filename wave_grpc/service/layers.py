@@ -5,7 +5,7 @@ a location the gateway serves or redirects to), never the request's bytes."""
 from __future__ import annotations
 
 from wave_grpc.config import Config
-from wave_grpc.errors import invalid_argument
+from wave_grpc.errors import brief, invalid_argument
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.layers import decode_data_location
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
@@ -55,7 +55,7 @@ async def _uploaded(field: str, location: str, layer: pb.ContainerLayer, store: 
         ("tar_digest", layer.tar_digest, str(tar_digest)),
     ):
         if given and given != actual:
-            raise invalid_argument(f"{field}.{name}", f"given {given} but the stored layer has {actual}")
+            raise invalid_argument(f"{field}.{name}", f"given {brief(given)} but the stored layer has {actual}")
     if layer.gzip_size and layer.gzip_size != size:
         raise invalid_argument(f"{field}.gzip_size", f"given {layer.gzip_size} but the stored layer has {size}")
     return pb.ContainerLayer(location=location, gzip_digest=str(digest), gzip_size=size, tar_digest=str(tar_digest))

@@ -205,7 +205,15 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         caller = await self._callers.admit(context, request.tower_access_token, request.tower_endpoint, counter)
         creation = parse_creation(request, self._config)
         if creation.freeze_target is not None:
-            check_push_allowed(self._upstream, creation.freeze_target)
+            check_push_allowed(self._upstream, creation.freeze_target, source=creation.source)
+            if not creation.validate_only:
+                await self._callers.check_rate(
+                    "freeze",
+                    listing_key(caller.owner, caller.address),
+                    self._config.limits.freezes_per_hour,
+                    "[limits].freezes_per_hour",
+                    window=3600,
+                )
         resolved = await resolve_creation(creation, self._sources, TokenBounds.of(self._config))
         if creation.validate_only:
             # Everything but the layers (they are what the caller has not sent yet) is checked.

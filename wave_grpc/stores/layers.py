@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from wave_grpc.errors import Errors, WaveError
+from wave_grpc.errors import Errors, WaveError, disk_full, store_full
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.layers import LayerDigester, LayerDigests, LayerFormatError, LayerLimits, check_layer_digests
 from wave_grpc.image.tarcheck import TarCheckError
@@ -33,6 +34,9 @@ from wave_grpc.registry.blobs import BlobAnswer, LocalFile
 log = logging.getLogger(__name__)
 
 STORE_SCHEME = "wave-layer-store:"
+# A temporary file of another start untouched this long is an orphan: an upload in flight
+# writes it continuously, and its verification takes seconds after the last byte.
+TEMP_GRACE = 15 * 60.0
 
 
 def store_location(digest: Digest) -> str:
@@ -146,18 +150,26 @@ class FileLayerStore(FileLayerReader):
     Verification (hashing, inflating, the tar check) runs on a small pool of its
     own, so a burst of big or hostile uploads cannot starve the default executor
     that token lookups and file serving use; :meth:`close` shuts it down.
-    Temporary files carry the writing process's id: at startup, those of
-    processes that no longer run (a ``kill -9`` mid-upload) are removed, and
-    nobody else's upload in flight is touched.
+    Temporary files carry the id of the store's start (random, made when it opens):
+    at startup, and at every collection, those of other starts that have not been
+    written to for :data:`TEMP_GRACE` (a ``kill -9`` mid-upload) are removed. Process
+    ids would not do: in a container the service is PID 1 at every start, and PID 1
+    always looks alive. The grace spares another process's upload in flight (a
+    replica sharing the directory, ``wave-grpc gc`` run beside the service).
     """
 
-    def __init__(self, root: Path, limits: LayerLimits | None = None, *, verify_workers: int = 2) -> None:
+    def __init__(
+        self, root: Path, limits: LayerLimits | None = None, *, verify_workers: int = 2, name: str = ""
+    ) -> None:
         super().__init__(root)
+        # Named when its disk is full, with the key that places it.
+        self.name = name or f"the layer store ([layers].store = file://{root})"
         self._limits = limits or LayerLimits()
         (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir(parents=True, exist_ok=True)
         (root / "tar-digests" / "sha256").mkdir(parents=True, exist_ok=True)
         self._pool = ThreadPoolExecutor(max_workers=verify_workers, thread_name_prefix="layer-verify")
+        self.start_id = secrets.token_hex(8)
         self.swept = self._sweep_orphans()
         # Kept current by put (and garbage collection), so a scrape costs nothing.
         self.stored_bytes = sum(path.stat().st_size for path in (root / "blobs" / "sha256").iterdir())
@@ -167,16 +179,21 @@ class FileLayerStore(FileLayerReader):
         await asyncio.to_thread(self._pool.shutdown)
 
     def _temp_name(self) -> str:
-        return f"{os.getpid()}-{uuid.uuid4().hex}.part"
+        return f"{self.start_id}-{uuid.uuid4().hex}.part"
 
     def _sweep_orphans(self) -> int:
-        """Remove the temporary files of writers that are gone; answer how many."""
+        """Remove the temporary files other starts left and no longer write; answer how many."""
         removed = 0
+        stale_before = time.time() - TEMP_GRACE
         for folder in (self.root / "tmp", self.root / "tar-digests" / "sha256"):
             for path in folder.glob("*.part"):
-                # "<pid>-<uuid>.part", or "<hex>.<pid>-<uuid>.part" for a tar digest being written.
+                # "<start>-<uuid>.part", or "<hex>.<start>-<uuid>.part" for a tar digest being written.
                 writer = path.name.removesuffix(".part").rsplit(".", 1)[-1].split("-", 1)[0]
-                if writer.isdigit() and _process_alive(int(writer)):
+                try:
+                    written = path.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if writer == self.start_id or written > stale_before:
                     continue
                 _unlink_if_present(path)
                 removed += 1
@@ -186,6 +203,7 @@ class FileLayerStore(FileLayerReader):
 
     async def put(self, chunks: AsyncIterator[bytes], expected: ExpectedLayer) -> tuple[LayerDigests, bool]:
         temp = self.root / "tmp" / self._temp_name()
+        meta_temp: Path | None = None
         digester = LayerDigester(self._limits)
         loop = asyncio.get_running_loop()
 
@@ -224,16 +242,23 @@ class FileLayerStore(FileLayerReader):
             # Temp names are unique, so concurrent uploads of one blob do not collide.
             meta = self._meta_path(digests.gzip_digest)
             meta_temp = meta.with_name(f"{meta.name}.{self._temp_name()}")
-            meta_temp.write_text(str(digests.tar_digest))
+            await asyncio.to_thread(meta_temp.write_text, str(digests.tar_digest))
             os.replace(meta_temp, meta)
+            meta_temp = None
             with self._locked("refs.lock", fcntl.LOCK_SH):
                 os.replace(temp, final)  # a new file: its mtime is now, fresh for gc_grace
             self.stored_bytes += digests.gzip_size
             return digests, True
         except LayerFormatError as exc:
             raise WaveError(Errors.INVALID_ARGUMENT, f"{expected.field}: {exc}") from None
+        except OSError as exc:
+            if disk_full(exc):
+                raise store_full(self.name) from None
+            raise
         finally:
             await asyncio.shield(asyncio.to_thread(_unlink_if_present, temp))
+            if meta_temp is not None:
+                await asyncio.shield(asyncio.to_thread(_unlink_if_present, meta_temp))
 
     def _meta_path(self, digest: Digest) -> Path:
         return self.root / "tar-digests" / digest.algorithm / digest.hex
@@ -278,6 +303,8 @@ class FileLayerStore(FileLayerReader):
         with self._locked("collect.lock", fcntl.LOCK_EX | fcntl.LOCK_NB) as alone:
             if not alone:
                 return None
+            if not dry_run:
+                self.swept += self._sweep_orphans()  # a crash's leftovers, without waiting for a restart
             blobs = self.root / "blobs" / "sha256"
             removed: list[tuple[Digest, int]] = []
             kept = 0
@@ -339,16 +366,6 @@ def file_lock(path: Path, mode: int) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, owned by someone else
-    return True
 
 
 def _unlink_if_present(path: Path) -> None:

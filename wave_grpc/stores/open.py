@@ -36,7 +36,10 @@ def open_layer_store(config: Config, upstream: RegistryClient) -> LayerStore:
     store = config.layers.store_url
     if store.scheme == "oci":
         staging = FileLayerStore(
-            Path(config.layers.staging), config.layers.limits, verify_workers=config.layers.verify_workers
+            Path(config.layers.staging),
+            config.layers.limits,
+            verify_workers=config.layers.verify_workers,
+            name=f"the layer staging directory ([layers].staging = {config.layers.staging})",
         )
         return RegistryLayerStore(
             upstream, store.registry, store.repository, staging, gc_grace=config.layers.gc_grace.total_seconds()

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from wave_grpc.errors import disk_full, store_full
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.record import expiry_seconds, record_listing_key
 from wave_grpc.stores.tokens import EPHEMERAL_LOCK_PREFIX
@@ -42,6 +44,21 @@ class SqliteTokenStore:
                 self._db.execute("ALTER TABLE containers ADD COLUMN listing TEXT")
             self._db.execute("CREATE INDEX IF NOT EXISTS containers_listing ON containers (listing, expires_at)")
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The lock, for a write; a full disk is named with its key (SQLite rolled the write back)."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                    raise
+                raise store_full(f"the token store ([service].store = sqlite:///{self._path})") from None
+            except OSError as exc:
+                if not disk_full(exc):
+                    raise
+                raise store_full(f"the token store ([service].store = sqlite:///{self._path})") from None
+
     @classmethod
     def from_url(cls, url: str) -> SqliteTokenStore:
         # SQLAlchemy form: sqlite:///relative/path or sqlite:////absolute/path
@@ -51,7 +68,7 @@ class SqliteTokenStore:
 
     def _put(self, record: pb.ContainerRecord) -> bool:
         now = time.time()
-        with self._lock:
+        with self._writing():
             # Expired rows are dead weight; drop a few on each write so the table stays bounded.
             self._db.execute(
                 "DELETE FROM containers WHERE token IN (SELECT token FROM containers WHERE expires_at < ? LIMIT 100)",
@@ -97,7 +114,7 @@ class SqliteTokenStore:
         return pb.ContainerRecord.FromString(row[0])
 
     def _revoke(self, token: str) -> bool:
-        with self._lock:
+        with self._writing():
             cursor = self._db.execute(
                 "UPDATE containers SET revoked = 1 WHERE token = ? AND revoked = 0 AND expires_at > ?",
                 (token, time.time()),
@@ -108,7 +125,7 @@ class SqliteTokenStore:
         return await asyncio.to_thread(self._put, record)
 
     def _update(self, record: pb.ContainerRecord) -> bool:
-        with self._lock:
+        with self._writing():
             cursor = self._db.execute(
                 "UPDATE containers SET record = ? WHERE token = ? AND revoked = 0 AND expires_at > ?",
                 (record.SerializeToString(), record.container_token, time.time()),
