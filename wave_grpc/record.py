@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from wave_grpc.errors import Errors, WaveError
+from wave_grpc.image.compression import Compression
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.platform import Platform
 from wave_grpc.image.ref import ImageRef
@@ -160,7 +161,12 @@ class TokenRecord:
     def injected_layers(self, platform: Platform) -> tuple[InjectedLayer, ...]:
         """The layers injected into one platform's image: its own and every platform's, in order."""
         return tuple(
-            InjectedLayer(Digest.parse(layer.gzip_digest), layer.gzip_size, Digest.parse(layer.tar_digest))
+            InjectedLayer(
+                Digest.parse(layer.gzip_digest),
+                layer.gzip_size,
+                Digest.parse(layer.tar_digest),
+                Compression.of_record(layer.compression),
+            )
             for layer in self.message.container_config.layers
             if not layer.platform or layer.platform == str(platform)
         )
@@ -176,6 +182,7 @@ class TokenRecord:
         augmentations = []
         for i, target in enumerate(self.platforms):
             platform = Platform.parse(target.platform)
+            # The base annotations name the pinned source (a record made by an older service has no digest).
             augmentations.append(
                 Augmentation(
                     layers=self.injected_layers(platform),
@@ -186,6 +193,8 @@ class TokenRecord:
                     env=tuple(cfg.env),
                     working_dir=cfg.working_dir,
                     includes=includes[i] if i < len(includes) else (),
+                    base_name=self.message.container_image,
+                    base_digest=target.source_manifest_digest,
                 )
             )
         return augmentations

@@ -144,6 +144,18 @@ def podman_inspect(image_ref: str, root: Path) -> JSONDict:
     return result
 
 
+def podman_run(image_ref: str, root: Path, *command: str) -> str:
+    """``podman run`` of a pulled image in the store under ``root`` (the recipe of
+    REAL-COMPONENTS.md: runc, cgroupfs, no network, rlimits the sandbox allows); its stdout."""
+    argv = [
+        *_podman_base(root),
+        "run", "--rm", "--runtime", "runc", "--network", "none",
+        "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
+        image_ref.removeprefix("docker://"), *command,
+    ]  # fmt: skip
+    return run_tool(argv, env=_podman_env(root), timeout=180)
+
+
 class Containerd(Component):
     """A private containerd (CRI disabled) on its own socket, driven with ``ctr``.
 

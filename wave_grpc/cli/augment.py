@@ -14,6 +14,7 @@ from wave_grpc.cli.errors import CliError, RequestFailed
 from wave_grpc.cli.layers import INLINE_LIMIT, pack_layer, send_layer
 from wave_grpc.cli.output import Progress, print_result
 from wave_grpc.cli.subcommands import Subcommands
+from wave_grpc.image.compression import Compression
 from wave_grpc.image.layers import LayerDigests
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 
@@ -106,7 +107,8 @@ def cmd_augment(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="wave-grpc-") as scratch_name:
         # Packed outside any event loop: asyncio.run turns Ctrl-C into a cancellation
         # that a busy synchronous step would not see until it ended.
-        packed = [(platform, *pack_layer(spec, Path(scratch_name))) for platform, spec in specs]
+        compression = Compression(args.compress)
+        packed = [(platform, *pack_layer(spec, Path(scratch_name), compression)) for platform, spec in specs]
         response = asyncio.run(_create(args, packed))
     if response.freeze and args.wait:
         status = asyncio.run(_await_freeze(args, response.request_id))
@@ -132,7 +134,9 @@ def _split_words(value: str) -> list[str]:
 def add_augment_command(sub: Subcommands) -> None:
     augment = add_client_command(sub, "augment", "put layers and config on top of an image; print the new image name")
     augment.add_argument("image", help="source image, e.g. alpine or quay.io/org/tool:1.0")
-    augment.add_argument("--layer", action="append", default=[], help="a directory (packed as /) or a .tar.gz")
+    augment.add_argument(
+        "--layer", action="append", default=[], help="a directory (packed as /) or a .tar.gz or .tar.zst"
+    )
     augment.add_argument("--config-env", action="append", metavar="NAME=VALUE")
     augment.add_argument(
         "--config-entrypoint", type=_split_words, help='a word or a JSON list, e.g. \'["/bin/sh","-c"]\''
@@ -157,6 +161,13 @@ def add_augment_command(sub: Subcommands) -> None:
         default=[],
         metavar="IMAGE",
         help="append this image's layers after the source's (repeatable, at most 10)",
+    )
+    augment.add_argument(
+        "--compress",
+        choices=[str(c) for c in Compression],
+        default=str(Compression.GZIP),
+        help="how a --layer directory is packed (zstd images are served in the OCI family); "
+        "a file is sent as it is (.tar.gz or .tar.zst)",
     )
     augment.add_argument(
         "--inline-limit",

@@ -11,6 +11,7 @@ from pathlib import Path
 from wave_grpc.cli.client import CallerMetadata
 from wave_grpc.cli.errors import CliError
 from wave_grpc.cli.output import Progress
+from wave_grpc.image.compression import Compression
 from wave_grpc.image.layers import (
     LayerDigester,
     LayerDigests,
@@ -42,21 +43,25 @@ def _digest_file(path: Path) -> LayerDigests:
         digests = digester.finish()
         digester.check_tar()
     except LayerFormatError as exc:
-        raise CliError(f"--layer {path}: {exc}; give a directory or a .tar.gz file") from None
+        raise CliError(f"--layer {path}: {exc}; give a directory, a .tar.gz or a .tar.zst file") from None
     except TarCheckError as exc:
-        raise CliError(f"--layer {path}: the layer {exc}; give a directory or a .tar.gz of a tar archive") from None
+        raise CliError(
+            f"--layer {path}: the layer {exc}; give a directory, or a .tar.gz or .tar.zst of a tar archive"
+        ) from None
     finally:
         progress.close()
     return digests
 
 
-def pack_layer(spec: str, scratch: Path) -> tuple[Path, LayerDigests]:
+def pack_layer(spec: str, scratch: Path, compression: Compression = Compression.GZIP) -> tuple[Path, LayerDigests]:
+    """A directory packed in ``compression``; a file digested as it is (its magic says which)."""
     path = Path(spec)
     if path.is_dir():
-        out = scratch / f"layer-{len(list(scratch.iterdir()))}.tar.gz"
+        suffix = "tar.zst" if compression is Compression.ZSTD else "tar.gz"
+        out = scratch / f"layer-{len(list(scratch.iterdir()))}.{suffix}"
         progress = Progress(f"packing {path.name or spec}", directory_size(path))
         with out.open("wb") as handle:
-            digests = pack_directory(path, handle, progress.advance)
+            digests = pack_directory(path, handle, progress.advance, compression)
         progress.close()
         return out, digests
     if path.is_file():
@@ -102,5 +107,6 @@ async def send_layer(
             gzip_digest=str(digests.gzip_digest),
             gzip_size=digests.gzip_size,
             tar_digest=str(digests.tar_digest),
+            compression=str(digests.compression),
         )
     return await _upload(stub, path, digests, metadata)

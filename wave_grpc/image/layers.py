@@ -12,9 +12,12 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
+
+import zstandard
 
 from wave_grpc.errors import brief, invalid_argument
+from wave_grpc.image.compression import Compression, ZstdFrameError, ZstdFrames, sniff
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.tarcheck import TarChecker, TarPolicy
 
@@ -25,13 +28,17 @@ _INFLATE_STEP = 1 << 20
 
 @dataclass(frozen=True, slots=True)
 class LayerDigests:
+    """A layer's digests; ``gzip_digest`` and ``gzip_size`` (Wave's names) are of the
+    compressed bytes, whichever their ``compression``."""
+
     gzip_digest: Digest
     gzip_size: int
     tar_digest: Digest
+    compression: Compression = Compression.GZIP
 
 
 class LayerFormatError(ValueError):
-    """The bytes are not a complete gzip stream, or inflate past a limit."""
+    """The bytes are not a complete gzip or zstd stream, or inflate past a limit."""
 
 
 # Below this inflated size the ratio is not judged: small layers of zeros are ordinary.
@@ -51,10 +58,48 @@ class LayerLimits:
         return TarPolicy(allow_devices=self.allow_devices)
 
 
-class LayerDigester:
-    """Feed tar.gz bytes in chunks; get the gzip digest, size and tar digest.
+class _Sink:
+    """What the zstd decompressor writes its output to, a bounded piece at a time."""
 
-    Handles multi-member gzip (as ``gzip -d`` does) and trailing zero padding.
+    def __init__(self, take: Callable[[bytes], None]) -> None:
+        self._take = take
+
+    def write(self, data: bytes) -> int:
+        self._take(bytes(data))
+        return len(data)
+
+
+class _ZstdInflater:
+    """zstd bytes in; tar bytes out to ``take`` in pieces of at most ``_INFLATE_STEP``.
+
+    The decompressor's own window limit (128 MiB, as ``zstd -d`` without ``--memory``)
+    bounds its memory; a bomb is stopped by ``take`` raising mid-write.
+    """
+
+    def __init__(self, take: Callable[[bytes], None]) -> None:
+        self._frames = ZstdFrames()
+        # The writer only ever calls the sink's write(); zstandard types it as a whole file.
+        sink = cast(IO[bytes], _Sink(take))
+        self._writer = zstandard.ZstdDecompressor().stream_writer(sink, write_size=_INFLATE_STEP, closefd=False)
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self._frames.feed(data)
+            self._writer.write(data)
+        except (ZstdFrameError, zstandard.ZstdError) as exc:
+            raise LayerFormatError(f"not a zstd stream ({exc})") from None
+
+    @property
+    def complete(self) -> bool:
+        return self._frames.frames > 0 and self._frames.at_boundary
+
+
+class LayerDigester:
+    """Feed tar.gz or tar.zst bytes in chunks; get the compressed digest and size, the
+    tar digest and the compression (known by the first bytes' magic).
+
+    Handles multi-member gzip (as ``gzip -d`` does) and trailing zero padding, and
+    multi-frame zstd (skippable frames included, as zstd:chunked writes them).
     Memory stays flat: inflated output is hashed in bounded steps and dropped.
 
     With ``limits``, the same pass also checks the tar a runtime will unpack
@@ -72,6 +117,10 @@ class LayerDigester:
         self._inflated = 0
         self._inflater: zlib._Decompress | None = None
         self._members = 0
+        # Until the first bytes tell the compression, they wait here.
+        self._head = b""
+        self._compression: Compression | None = None
+        self._zstd: _ZstdInflater | None = None
         self._limits = limits
         self._checker = TarChecker(limits.tar_policy) if limits is not None else None
 
@@ -101,7 +150,29 @@ class LayerDigester:
     def update(self, chunk: bytes) -> None:
         self._gzip.update(chunk)
         self._size += len(chunk)
-        data = chunk
+        if self._compression is None:
+            self._head += chunk
+            compression = sniff(self._head)
+            if compression is None:
+                return
+            self._start(compression)
+        else:
+            self._decompress(chunk)
+
+    def _start(self, compression: Compression) -> None:
+        self._compression = compression
+        if compression is Compression.ZSTD:
+            self._zstd = _ZstdInflater(self._inflated_bytes)
+        head, self._head = self._head, b""
+        self._decompress(head)
+
+    def _decompress(self, data: bytes) -> None:
+        if self._zstd is not None:
+            self._zstd.feed(data)
+        else:
+            self._inflate(data)
+
+    def _inflate(self, data: bytes) -> None:
         while data:
             if self._inflater is None:
                 if self._members and not data.strip(b"\0"):
@@ -124,10 +195,19 @@ class LayerDigester:
                     return
 
     def finish(self) -> LayerDigests:
-        if self._inflater is not None or self._members == 0:
+        if self._compression is None:
+            # Too few bytes to tell: read as gzip, as every stream that is not zstd is.
+            self._start(Compression.GZIP)
+        if self._zstd is not None:
+            if not self._zstd.complete:
+                raise LayerFormatError(f"the zstd stream is truncated after {self._size} bytes")
+        elif self._inflater is not None or self._members == 0:
             raise LayerFormatError(f"the gzip stream is truncated after {self._size} bytes")
         return LayerDigests(
-            Digest("sha256", self._gzip.hexdigest()), self._size, Digest("sha256", self._tar.hexdigest())
+            Digest("sha256", self._gzip.hexdigest()),
+            self._size,
+            Digest("sha256", self._tar.hexdigest()),
+            self._compression or Compression.GZIP,
         )
 
     def check_tar(self) -> None:
@@ -183,43 +263,92 @@ def check_layer_digests(field: str, actual: LayerDigests, gzip_digest: str, gzip
         )
 
 
-class _DigestingGzipWriter:
-    """A file-like sink for tarfile: hashes the tar, deflates it into a gzip file
-    with a fixed 10-byte header (mtime 0, OS 255), so output is byte-identical
-    on every machine with the same zlib."""
+class _DigestingWriter:
+    """A file-like sink for tarfile: hashes the tar, compresses it into ``out`` and
+    hashes what is written there."""
+
+    compression = Compression.GZIP
 
     def __init__(self, out: IO[bytes], on_bytes: Callable[[int], None] | None) -> None:
         self._out = out
         self._tar = hashlib.sha256()
-        self._gzip = hashlib.sha256()
+        self._compressed = hashlib.sha256()
         self._size = 0
-        self._crc = 0
-        self._length = 0
-        self._deflate = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS, 8)
         self._on_bytes = on_bytes
-        self._emit(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")
 
     def _emit(self, data: bytes) -> None:
         if data:
             self._out.write(data)
-            self._gzip.update(data)
+            self._compressed.update(data)
             self._size += len(data)
+
+    def _compress(self, data: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _flush(self) -> bytes:
+        raise NotImplementedError
 
     def write(self, data: bytes) -> int:
         self._tar.update(data)
-        self._crc = zlib.crc32(data, self._crc)
-        self._length += len(data)
-        self._emit(self._deflate.compress(data))
+        self._emit(self._compress(data))
         if self._on_bytes is not None:
             self._on_bytes(len(data))
         return len(data)
 
     def close(self) -> LayerDigests:
-        self._emit(self._deflate.flush())
-        self._emit(struct.pack("<II", self._crc, self._length & 0xFFFFFFFF))
+        self._emit(self._flush())
         return LayerDigests(
-            Digest("sha256", self._gzip.hexdigest()), self._size, Digest("sha256", self._tar.hexdigest())
+            Digest("sha256", self._compressed.hexdigest()),
+            self._size,
+            Digest("sha256", self._tar.hexdigest()),
+            self.compression,
         )
+
+
+class _DigestingGzipWriter(_DigestingWriter):
+    """gzip with a fixed 10-byte header (mtime 0, OS 255), so output is byte-identical
+    on every machine with the same zlib."""
+
+    def __init__(self, out: IO[bytes], on_bytes: Callable[[int], None] | None) -> None:
+        super().__init__(out, on_bytes)
+        self._crc = 0
+        self._length = 0
+        self._deflate = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS, 8)
+        self._emit(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")
+
+    def _compress(self, data: bytes) -> bytes:
+        self._crc = zlib.crc32(data, self._crc)
+        self._length += len(data)
+        return self._deflate.compress(data)
+
+    def _flush(self) -> bytes:
+        return self._deflate.flush() + struct.pack("<II", self._crc, self._length & 0xFFFFFFFF)
+
+
+# zstd's default level; one thread, so the same zstandard build gives the same bytes.
+ZSTD_LEVEL = 3
+
+
+class _DigestingZstdWriter(_DigestingWriter):
+    """One zstd frame with a content checksum (runtimes check it when they unpack)."""
+
+    compression = Compression.ZSTD
+
+    def __init__(self, out: IO[bytes], on_bytes: Callable[[int], None] | None) -> None:
+        super().__init__(out, on_bytes)
+        self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, threads=0).compressobj()
+
+    def _compress(self, data: bytes) -> bytes:
+        return self._zstd.compress(data)
+
+    def _flush(self) -> bytes:
+        return self._zstd.flush()
+
+
+_WRITERS: dict[Compression, type[_DigestingWriter]] = {
+    Compression.GZIP: _DigestingGzipWriter,
+    Compression.ZSTD: _DigestingZstdWriter,
+}
 
 
 def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -234,11 +363,17 @@ def directory_size(root: Path) -> int:
     return sum(p.lstat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def pack_directory(root: Path, out: IO[bytes], on_bytes: Callable[[int], None] | None = None) -> LayerDigests:
+def pack_directory(
+    root: Path,
+    out: IO[bytes],
+    on_bytes: Callable[[int], None] | None = None,
+    compression: Compression = Compression.GZIP,
+) -> LayerDigests:
     """Pack the *contents* of ``root`` as a layer rooted at ``/`` (Wave's convention).
 
     Reproducible: entries sorted, uid/gid 0, no user names, mtime 0, PAX format,
-    gzip mtime 0. The same directory always gives the same digests.
+    gzip mtime 0 (zstd: one frame at a fixed level). The same directory always
+    gives the same digests.
     """
     if not root.is_dir():
         raise invalid_argument("--layer", f"{root} is not a directory")
@@ -249,7 +384,7 @@ def pack_directory(root: Path, out: IO[bytes], on_bytes: Callable[[int], None] |
         for dirpath, dirnames, filenames in os.walk(root)  # symlinked directories are not followed
         for name in (*dirnames, *filenames)
     )
-    writer = _DigestingGzipWriter(out, on_bytes)
+    writer = _WRITERS[compression](out, on_bytes)
     with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
         for arcname in entries:
             path = root / arcname

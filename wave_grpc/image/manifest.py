@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Any
 
 from wave_grpc.errors import Errors, WaveError, brief, invalid_argument
+from wave_grpc.image.compression import Compression
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.jsonbound import JsonLimits, limits_in_force, loads_bounded
 from wave_grpc.image.platform import Platform
@@ -22,10 +23,13 @@ class MediaType(StrEnum):
     OCI_INDEX = "application/vnd.oci.image.index.v1+json"
     OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
     OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+    OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+    OCI_LAYER_NONDISTRIBUTABLE_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
     DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
     DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
     DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
     DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    DOCKER_LAYER_FOREIGN_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 
     @property
     def is_index(self) -> bool:
@@ -38,6 +42,30 @@ class MediaType(StrEnum):
     @property
     def is_docker(self) -> bool:
         return self.value.startswith("application/vnd.docker.")
+
+
+def layer_media_type(compression: Compression, docker: bool) -> MediaType:
+    """An injected layer's type in a manifest of the Docker or the OCI family.
+
+    Docker's family has no zstd type: a manifest that lists a zstd layer is an OCI one
+    (``image/rewrite.py`` converts the augmented image when its base is Docker's).
+    """
+    if compression is Compression.ZSTD:
+        return MediaType.OCI_LAYER_ZSTD
+    return MediaType.DOCKER_LAYER_GZIP if docker else MediaType.OCI_LAYER_GZIP
+
+
+# The same content said in the other family; what is not here has no Docker type.
+DOCKER_TO_OCI: Mapping[str, str] = MappingProxyType(
+    {
+        MediaType.DOCKER_MANIFEST: MediaType.OCI_MANIFEST,
+        MediaType.DOCKER_LIST: MediaType.OCI_INDEX,
+        MediaType.DOCKER_CONFIG: MediaType.OCI_CONFIG,
+        MediaType.DOCKER_LAYER_GZIP: MediaType.OCI_LAYER_GZIP,
+        MediaType.DOCKER_LAYER_FOREIGN_GZIP: MediaType.OCI_LAYER_NONDISTRIBUTABLE_GZIP,
+    }
+)
+OCI_TO_DOCKER: Mapping[str, str] = MappingProxyType({oci: docker for docker, oci in DOCKER_TO_OCI.items()})
 
 
 # What we ask every upstream for, one Accept header each (see REAL-COMPONENTS).

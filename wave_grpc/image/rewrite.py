@@ -14,11 +14,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wave_grpc.errors import Errors, WaveError
+from wave_grpc.image.compression import Compression
 from wave_grpc.image.digest import Digest
-from wave_grpc.image.manifest import Descriptor, ImageManifest, Index, MediaType, parse_json_object
+from wave_grpc.image.manifest import (
+    DOCKER_TO_OCI,
+    OCI_TO_DOCKER,
+    Descriptor,
+    ImageManifest,
+    Index,
+    MediaType,
+    layer_media_type,
+    parse_json_object,
+)
 from wave_grpc.image.platform import Platform
 
 ENTRY_CHAIN_VAR = "WAVE_ENTRY_CHAIN"
+# OCI image-spec annotations.md: what an image was built on (a reference, and its manifest's digest).
+BASE_NAME_ANNOTATION = "org.opencontainers.image.base.name"
+BASE_DIGEST_ANNOTATION = "org.opencontainers.image.base.digest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +39,7 @@ class InjectedLayer:
     digest: Digest
     size: int
     tar_digest: Digest
+    compression: Compression = Compression.GZIP
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +65,9 @@ class Augmentation:
     env: tuple[str, ...] = ()
     working_dir: str = ""
     includes: tuple[IncludedLayers, ...] = ()
+    # The source as the record pins it: written as the base annotations of an OCI manifest.
+    base_name: str = ""
+    base_digest: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,47 +227,84 @@ def rewrite_config(config_bytes: bytes, augmentation: Augmentation) -> bytes:
     return _dump(out)
 
 
-# An included image's layer keeps its digest; its media type is said in the base
-# manifest's family (a Docker manifest cannot list an OCI layer type, and back).
-_LAYER_FAMILY = {
-    True: {str(MediaType.OCI_LAYER_GZIP): str(MediaType.DOCKER_LAYER_GZIP)},
-    False: {str(MediaType.DOCKER_LAYER_GZIP): str(MediaType.OCI_LAYER_GZIP)},
-}
+def needs_oci(media_type: MediaType, augmentation: Augmentation) -> bool:
+    """Would a Docker manifest fail to say what this augmentation adds? A zstd layer, an
+    included layer of a type Docker has no name for, or an included layer's annotations
+    (a Docker descriptor has none, and zstd:chunked and eStargz keep their tables' places there)."""
+    if not media_type.is_docker:
+        return False
+    return any(layer.compression is not Compression.GZIP for layer in augmentation.layers) or any(
+        "annotations" in layer.document or not (layer.media_type in OCI_TO_DOCKER or layer.media_type in DOCKER_TO_OCI)
+        for include in augmentation.includes
+        for layer in include.layers
+    )
 
 
-def augment_platform(upstream: UpstreamImage, augmentation: Augmentation) -> PlatformImage:
-    """One platform: append the included and injected layers and apply the config overrides."""
+def _descriptor(document: Mapping[str, Any], docker: bool) -> dict[str, Any]:
+    """A layer descriptor as upstream wrote it (annotations, urls and all), its media type
+    said in the manifest's family (a Docker manifest cannot list an OCI type, and back)."""
+    media_type = str(document.get("mediaType") or "")
+    family = OCI_TO_DOCKER if docker else DOCKER_TO_OCI
+    return {**document, "mediaType": family.get(media_type, media_type)}
+
+
+def _base_annotations(out: dict[str, Any], augmentation: Augmentation) -> None:
+    if augmentation.base_name and augmentation.base_digest:
+        annotations = out.get("annotations")
+        out["annotations"] = {
+            **(annotations if isinstance(annotations, dict) else {}),
+            BASE_NAME_ANNOTATION: augmentation.base_name,
+            BASE_DIGEST_ANNOTATION: augmentation.base_digest,
+        }
+
+
+def augment_platform(upstream: UpstreamImage, augmentation: Augmentation, *, as_oci: bool = False) -> PlatformImage:
+    """One platform: append the included and injected layers and apply the config overrides.
+
+    ``as_oci`` serves a Docker base in the OCI family (see :func:`needs_oci`): the
+    manifest, config and layer types converted, every other byte of their documents kept.
+    """
     media_type = MediaType(upstream.manifest.media_type)
     manifest = ImageManifest.parse(upstream.manifest.data, media_type, "upstream manifest")
     if manifest.config.digest != Digest.of(upstream.config):
         raise WaveError(Errors.DIGEST_INVALID, "upstream config bytes do not match the manifest's config digest")
+    docker = media_type.is_docker and not as_oci
+    out_type = media_type if docker or not media_type.is_docker else MediaType.OCI_MANIFEST
 
+    config_type = manifest.config.media_type or str(MediaType.DOCKER_CONFIG if docker else MediaType.OCI_CONFIG)
     config = Blob.of(
         rewrite_config(upstream.config, augmentation),
-        manifest.config.media_type or str(MediaType.DOCKER_CONFIG if media_type.is_docker else MediaType.OCI_CONFIG),
+        config_type if docker else DOCKER_TO_OCI.get(config_type, config_type),
     )
-    layer_type = MediaType.DOCKER_LAYER_GZIP if media_type.is_docker else MediaType.OCI_LAYER_GZIP
-    family = _LAYER_FAMILY[media_type.is_docker]
     out = copy.deepcopy(dict(manifest.document))
-    out["config"] = {**manifest.config.document, "digest": str(config.digest), "size": len(config.data)}
+    if out_type != media_type:
+        out["mediaType"] = str(out_type)
+    out["config"] = {
+        **manifest.config.document,
+        "mediaType": config.media_type,
+        "digest": str(config.digest),
+        "size": len(config.data),
+    }
     out["layers"] = [
-        *(dict(layer.document) for layer in manifest.layers),
+        # Base layers stay as upstream listed them, unless the family changes.
+        *(
+            _descriptor(layer.document, docker) if out_type != media_type else dict(layer.document)
+            for layer in manifest.layers
+        ),
+        *(_descriptor(layer.document, docker) for include in augmentation.includes for layer in include.layers),
         *(
             {
-                "mediaType": family.get(layer.media_type, layer.media_type),
+                "mediaType": str(layer_media_type(layer.compression, docker)),
                 "digest": str(layer.digest),
                 "size": layer.size,
             }
-            for include in augmentation.includes
-            for layer in include.layers
-        ),
-        *(
-            {"mediaType": str(layer_type), "digest": str(layer.digest), "size": layer.size}
             for layer in augmentation.layers
         ),
     ]
+    if not docker:
+        _base_annotations(out, augmentation)
     return PlatformImage(
-        manifest=Blob.of(_dump(out), str(media_type)),
+        manifest=Blob.of(_dump(out), str(out_type)),
         config=config,
         base_layers=frozenset(layer.digest for layer in manifest.layers),
         injected=augmentation.layers,
@@ -268,7 +322,11 @@ def augment_all(index: Blob | None, platforms: Sequence[tuple[UpstreamImage, Aug
     """
     if not platforms:
         raise WaveError(Errors.INTERNAL, "an augmentation needs at least one platform")
-    images = tuple(augment_platform(upstream, augmentation) for upstream, augmentation in platforms)
+    # One family for the whole image: if any platform needs OCI's, every platform is served in it.
+    as_oci = any(
+        needs_oci(MediaType(upstream.manifest.media_type), augmentation) for upstream, augmentation in platforms
+    )
+    images = tuple(augment_platform(upstream, augmentation, as_oci=as_oci) for upstream, augmentation in platforms)
     if index is None:
         if len(images) != 1:
             raise WaveError(Errors.MANIFEST_INVALID, "several platforms need an upstream index")
@@ -287,7 +345,11 @@ def augment_all(index: Blob | None, platforms: Sequence[tuple[UpstreamImage, Aug
                 "size": len(image.manifest.data),
             }
         )
-    return AugmentedImage(images, Blob.of(_dump({**parsed.document, "manifests": entries}), index.media_type))
+    index_type = MediaType.OCI_INDEX if as_oci else parsed.media_type
+    document = {**parsed.document, "manifests": entries}
+    if index_type != parsed.media_type:
+        document["mediaType"] = str(index_type)
+    return AugmentedImage(images, Blob.of(_dump(document), str(index_type)))
 
 
 def augment(upstream: UpstreamImage, augmentation: Augmentation) -> AugmentedImage:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from wave_grpc.errors import Errors, WaveError, invalid_argument
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
+from wave_grpc.service.layers import record_layer
 from wave_grpc.service.rpc import Malformed
 from wave_grpc.stores.layers import ExpectedLayer, LayerStore, store_location
 
@@ -85,12 +86,4 @@ async def receive_layer(
     expected = ExpectedLayer("layer", first.gzip_digest, declared, first.tar_digest)
     digests, created = await store.put(_chunks(first, stream, declared, limit), expected)
     log.info("stored layer %s (%d bytes, new=%s)", digests.gzip_digest, digests.gzip_size, created)
-    return pb.UploadLayerResponse(
-        layer=pb.ContainerLayer(
-            location=store_location(digests.gzip_digest),
-            gzip_digest=str(digests.gzip_digest),
-            gzip_size=digests.gzip_size,
-            tar_digest=str(digests.tar_digest),
-        ),
-        created=created,
-    )
+    return pb.UploadLayerResponse(layer=record_layer(store_location(digests.gzip_digest), digests), created=created)

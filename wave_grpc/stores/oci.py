@@ -22,9 +22,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from wave_grpc.errors import Errors, WaveError
+from wave_grpc.image.compression import Compression
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.layers import LayerDigests
-from wave_grpc.image.manifest import MediaType
+from wave_grpc.image.manifest import MediaType, layer_media_type
 from wave_grpc.registry.blobs import BlobAnswer, registry_blob
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.registry.push import Repository
@@ -101,7 +102,7 @@ class RegistryLayerStore(RegistryLayerReader):
                 "config": {"mediaType": EMPTY_CONFIG_TYPE, "digest": str(config_digest), "size": len(EMPTY_CONFIG)},
                 "layers": [
                     {
-                        "mediaType": str(MediaType.OCI_LAYER_GZIP),
+                        "mediaType": str(layer_media_type(digests.compression, docker=False)),
                         "digest": str(digests.gzip_digest),
                         "size": digests.gzip_size,
                     }
@@ -261,4 +262,10 @@ def _referenced_at(document: dict[str, Any]) -> float:
 def _digests_of(digest: Digest, document: dict[str, Any]) -> LayerDigests:
     layers = document.get("layers") or [{}]
     tar = (document.get("annotations") or {}).get(TAR_DIGEST_ANNOTATION)
-    return LayerDigests(digest, int(layers[0].get("size") or 0), Digest.parse(str(tar)))
+    zstd = layers[0].get("mediaType") == MediaType.OCI_LAYER_ZSTD
+    return LayerDigests(
+        digest,
+        int(layers[0].get("size") or 0),
+        Digest.parse(str(tar)),
+        Compression.ZSTD if zstd else Compression.GZIP,
+    )

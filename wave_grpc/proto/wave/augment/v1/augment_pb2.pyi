@@ -61,6 +61,7 @@ class ContainerLayer(_message.Message):
     TAR_DIGEST_FIELD_NUMBER: _builtins.int
     SKIP_HASHING_FIELD_NUMBER: _builtins.int
     PLATFORM_FIELD_NUMBER: _builtins.int
+    COMPRESSION_FIELD_NUMBER: _builtins.int
     location: _builtins.str
     """Where the layer's tar.gz bytes are: "data:<base64>" (Wave's form),
     "data:<mediatype>;base64,<base64>" (RFC 2397), "http(s)://..." (served by
@@ -81,6 +82,14 @@ class ContainerLayer(_message.Message):
     """"os/arch[/variant]": the layer goes only into that platform's image, which
     must be one of the requested platforms. Empty: every platform.
     """
+    compression: _builtins.str
+    """How the layer's bytes are compressed: "gzip" or "zstd" (empty: gzip).
+    The service tells it from the bytes' magic for data: and stored layers
+    (a value given must agree); an http(s) layer's caller says it. zstd
+    layers are listed as application/vnd.oci.image.layer.v1.tar+zstd, in an
+    OCI manifest even on a Docker base. gzip_digest, gzip_size and tar_digest
+    keep their names for either.
+    """
     def __init__(
         self,
         *,
@@ -90,10 +99,11 @@ class ContainerLayer(_message.Message):
         tar_digest: _builtins.str = ...,
         skip_hashing: _builtins.bool = ...,
         platform: _builtins.str = ...,
+        compression: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gzip_digest", b"gzip_digest", "gzip_size", b"gzip_size", "location", b"location", "platform", b"platform", "skip_hashing", b"skip_hashing", "tar_digest", b"tar_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "gzip_digest", b"gzip_digest", "gzip_size", b"gzip_size", "location", b"location", "platform", b"platform", "skip_hashing", b"skip_hashing", "tar_digest", b"tar_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
