@@ -5,7 +5,9 @@ gzip ones are; an included image's zstd layers keep their type and annotations."
 from __future__ import annotations
 
 import base64
+import gzip
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,29 +129,71 @@ def test_a_zstd_bomb_and_a_zstd_non_tar_are_refused_as_gzip_ones_are(
 
 
 def _push_zstd_image_with_annotations(registry: components.Registry, base: str, workdir: Path) -> str:
-    """The base recompressed as zstd by skopeo, its layers annotated, pushed as ``zstdinc:1``."""
-    skopeo = components.require_tool("skopeo")
+    """An image of two zstd layers of content no other test has (skopeo's blob-info cache would
+    otherwise swap in a gzip copy of known content on push), annotated as zstd:chunked annotates
+    its layers, written as an OCI layout by hand and pushed with skopeo as ``zstdinc:1``."""
+    del base  # the included image stands alone
     layout = workdir / "zstd-layout"
     shutil.rmtree(layout, ignore_errors=True)
-    creds = ["--dest-creds", registry.creds_arg] if registry.creds_arg else []
-    copy = [skopeo, "--insecure-policy", "copy", "--quiet"]
-    components.run_tool(
-        [*copy, "--src-tls-verify=false", "--dest-compress-format", "zstd", f"docker://{base}", f"oci:{layout}:1"]
-    )
-    index = json.loads((layout / "index.json").read_text())
-    digest = index["manifests"][0]["digest"]
-    path = layout / "blobs" / "sha256" / digest.split(":")[1]
-    manifest = json.loads(path.read_text())
-    assert all(layer["mediaType"] == ZSTD_TYPE for layer in manifest["layers"])
-    for i, layer in enumerate(manifest["layers"]):
-        layer["annotations"] = {CHUNKED: f"{i}:1:2:3"}
-    data = json.dumps(manifest).encode()
-    new_digest = components.sha256_digest(data)
-    (layout / "blobs" / "sha256" / new_digest.split(":")[1]).write_bytes(data)
-    index["manifests"][0].update(digest=new_digest, size=len(data))
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def blob(data: bytes) -> str:
+        digest = components.sha256_digest(data)
+        (blobs / digest.split(":")[1]).write_bytes(data)
+        return digest
+
+    layers, diff_ids = [], []
+    for i in range(2):
+        gz, diff_id = components.layer_tar_gz({f"opt/included/{i}.txt": os.urandom(16).hex().encode()}, mode=0o644)
+        data = zstandard.ZstdCompressor().compress(gzip.decompress(gz))
+        layers.append(
+            {"mediaType": ZSTD_TYPE, "digest": blob(data), "size": len(data), "annotations": {CHUNKED: f"{i}:1:2:3"}}
+        )
+        diff_ids.append(diff_id)
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": blob(config),
+                "size": len(config),
+            },
+            "layers": layers,
+        }
+    ).encode()
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": blob(manifest),
+                "size": len(manifest),
+                "annotations": {"org.opencontainers.image.ref.name": "1"},
+            }
+        ],
+    }
     (layout / "index.json").write_text(json.dumps(index))
+    (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    skopeo = components.require_tool("skopeo")
+    creds = ["--dest-creds", registry.creds_arg] if registry.creds_arg else []
     ref = f"{registry.host}/zstdinc:1"
-    components.run_tool([*copy, "--dest-tls-verify=false", *creds, f"oci:{layout}:1", f"docker://{ref}"])
+    components.run_tool(
+        [
+            skopeo,
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            *creds,
+            f"oci:{layout}:1",
+            f"docker://{ref}",
+        ]
+    )
     return ref
 
 
