@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(docker-registry skopeo umoci busybox-static podman containerd redis-server apache2-utils wrk docker.io haproxy)
-tools=(docker-registry skopeo umoci busybox podman ctr redis-server htpasswd wrk dockerd haproxy)
+packages=(docker-registry skopeo umoci busybox-static podman containerd redis-server apache2-utils wrk docker.io haproxy tinyproxy)
+tools=(docker-registry skopeo umoci busybox podman ctr redis-server htpasswd wrk dockerd haproxy tinyproxy)
 missing=()
 for i in "${!tools[@]}"; do
   command -v "${tools[$i]}" >/dev/null 2>&1 || missing+=("${packages[$i]}")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from wave_grpc.config.egress import egress_proxy
 from wave_grpc.config.keys import Reading, Validated, choice, filled_by_reader, read_table, readable_file, setting
 from wave_grpc.config.table import ConfigError
 from wave_grpc.image.ref import DOCKER_HUB
@@ -159,6 +160,13 @@ class RegistryRoute(Validated):
     # prefix ending in "/*" ("team/*"), or "*" for any. Empty: no pushes. Pushes are
     # opt-in because the service would push for any caller with the operator's credentials.
     push_repositories: tuple[str, ...] = setting((), read=_push_repositories)
+    # This registry's own egress proxy ("http://user@host:port", "env"), or "direct" for none;
+    # "" takes [upstream].proxy (wave_grpc/config/egress.py).
+    proxy: str = setting("")
+    proxy_password_env: str = setting("")
+
+    def check_together(self) -> None:
+        egress_proxy(self.proxy, self.proxy_password_env, (), where=f"[[registries]] {self.name!r}")
 
     def allows_push(self, repository: str) -> bool:
         for allowed in self.push_repositories:

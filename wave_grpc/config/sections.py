@@ -11,6 +11,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from wave_grpc.addresses import ip_literal
+from wave_grpc.config.egress import EgressProxy, egress_proxy, no_proxy_entries
 from wave_grpc.config.keys import (
     Reading,
     Validated,
@@ -237,6 +238,20 @@ class UpstreamConfig(Validated):
     max_json_values: int = setting(200_000, at_least=1)
     max_json_depth: int = setting(64, at_least=1, at_most=1000)
     max_layers: int = setting(1000, at_least=1)
+    # The egress proxy every upstream exchange goes through (HTTPS by CONNECT): "http://user@host:port",
+    # "env" (HTTPS_PROXY and NO_PROXY, as curl reads them) or "" for none; the password comes from
+    # proxy_password_env; no_proxy lists names, domains and addresses reached directly. A
+    # [[registries]] entry may name its own proxy, or "direct".
+    proxy: str = setting("")
+    proxy_password_env: str = setting("")
+    no_proxy: tuple[str, ...] = setting((), read=lambda r: no_proxy_entries(_strings(r)))
+
+    @cached_property
+    def egress_proxy(self) -> EgressProxy | None:
+        return egress_proxy(self.proxy, self.proxy_password_env, self.no_proxy, where="[upstream]")
+
+    def check_together(self) -> None:
+        _ = self.egress_proxy  # read once here: an unset variable is an error at load, naming its key
 
 
 @dataclass(frozen=True)

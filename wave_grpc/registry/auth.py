@@ -15,6 +15,7 @@ from typing import Literal
 
 from wave_grpc.config import Config, RegistryRoute
 from wave_grpc.errors import Errors, WaveError
+from wave_grpc.registry.egress import Egress
 
 # Without expires_in the distribution token spec says 60 s.
 DEFAULT_TOKEN_SECONDS = 60.0
@@ -96,9 +97,16 @@ class Secrets:
     def __init__(self, config: Config, tokens: BearerTokens) -> None:
         self._config = config
         self._tokens = tokens
+        # The egress proxies' passwords, and the Proxy-Authorization they make.
+        self._proxy_secrets = [
+            secret
+            for proxy in Egress(config).proxies
+            if proxy.password
+            for secret in (proxy.password, base64.b64encode(f"{proxy.username}:{proxy.password}".encode()).decode())
+        ]
 
     def _values(self) -> list[str]:
-        values = self._tokens.values()
+        values = self._tokens.values() + self._proxy_secrets
         for route in self._config.registries:
             if route.password is not None and route.password.value:
                 values.append(route.password.value)
