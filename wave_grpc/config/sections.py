@@ -87,10 +87,19 @@ class ServiceConfig(Validated):
     max_manifest_size: int = setting(4 << 20, unit="bytes", at_least=4096)
     # On SIGTERM, RPCs in flight get this long to finish before they are cancelled.
     shutdown_grace: timedelta = setting(timedelta(seconds=30))
+    # Mutual TLS: a PEM CA bundle; every client must present a certificate it signed.
+    tls_client_ca: str = setting("", read=readable_file)
+    # The certificate subject (common name or DNS name) that proves a peer is the gateway:
+    # with it set, only that peer's forwarded client addresses are believed.
+    gateway_subject: str = setting("")
 
     def check_together(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise KeyProblem("tls_key" if self.tls_cert else "tls_cert", "give both tls_cert and tls_key, or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise KeyProblem("tls_client_ca", "needs tls_cert and tls_key: client certificates are asked for in TLS")
+        if self.gateway_subject and not self.tls_client_ca:
+            raise KeyProblem("gateway_subject", "needs tls_client_ca: the gateway proves its subject by certificate")
 
 
 def _host_without_path(value: str) -> str | None:
@@ -142,6 +151,14 @@ class GatewayConfig(Validated):
     # On SIGTERM the listener closes at once; requests and blob streams in flight get this
     # long to finish (readiness answers 503 "draining" meanwhile), then the process exits 0.
     shutdown_grace: timedelta = setting(timedelta(seconds=30))
+    # PEM files: the certificate the gateway presents to a service that asks for one ([service].tls_client_ca).
+    service_tls_cert: str = setting("", read=readable_file)
+    service_tls_key: str = setting("", read=readable_file)
+
+    def check_together(self) -> None:
+        if bool(self.service_tls_cert) != bool(self.service_tls_key):
+            key = "service_tls_key" if self.service_tls_cert else "service_tls_cert"
+            raise KeyProblem(key, "give both service_tls_cert and service_tls_key, or neither")
 
 
 @dataclass(frozen=True)

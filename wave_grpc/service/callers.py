@@ -21,6 +21,20 @@ _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
 
+def peer_subjects(context: grpc.aio.ServicerContext[_Req, _Resp]) -> tuple[str, ...]:
+    """The names a peer proved by its client certificate (mutual TLS): its common name and
+    subject alternative names; empty without one."""
+    auth = context.auth_context()
+    names = [*auth.get("x509_common_name", ()), *auth.get("x509_subject_alternative_name", ())]
+    return tuple(dict.fromkeys(n.decode() if isinstance(n, bytes) else str(n) for n in names))
+
+
+def peer_subject(context: grpc.aio.ServicerContext[_Req, _Resp]) -> str:
+    """The common name of the peer's client certificate, or "" without one."""
+    names = list(context.auth_context().get("x509_common_name", ()))
+    return names[0].decode() if names else ""
+
+
 class Callers:
     """Authentication, the client address and the per-caller rate limits, for every RPC."""
 
@@ -45,7 +59,10 @@ class Callers:
         peer = context.peer() or ""
         kind, _, rest = peer.partition(":")
         address = rest.rsplit(":", 1)[0].strip("[]") if kind in ("ipv4", "ipv6") else kind or "unknown"
-        if address in self._config.service.trusted_proxies:
+        gateway = self._config.service.gateway_subject
+        # With [service].gateway_subject, the gateway proves itself by certificate; an address proves nothing.
+        believed = gateway in peer_subjects(context) if gateway else address in self._config.service.trusted_proxies
+        if believed:
             for key, value in context.invocation_metadata() or ():
                 if key == CLIENT_ADDRESS_METADATA and isinstance(value, str) and ip_literal(value) is not None:
                     return str(ip_literal(value))
