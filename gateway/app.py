@@ -57,6 +57,8 @@ def _service(config: Config, service_address: str) -> CleanupContext:
         channel = service_channel(
             service_address,
             config.gateway.service_tls_ca,
+            cert_file=config.gateway.service_tls_cert,
+            key_file=config.gateway.service_tls_key,
             options=[("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)],
         )
         app[SERVICE] = pb_grpc.AugmentServiceStub(channel)

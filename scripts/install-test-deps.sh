@@ -13,6 +13,9 @@ tools+=(mmdebstrap docker-compose)
 # A real load balancer in front of two gateways for the rolling-restart test (tests/test_drain.py).
 packages+=(haproxy)
 tools+=(haproxy)
+# A real forward proxy with basic auth for the egress tests (tests/test_egress.py).
+packages+=(tinyproxy)
+tools+=(tinyproxy)
 missing=()
 for i in "${!tools[@]}"; do
   command -v "${tools[$i]}" >/dev/null 2>&1 || missing+=("${packages[$i]}")

@@ -32,9 +32,20 @@ def proves_gateway(metadata: Iterable[tuple[str, str | bytes]] | None, secret: s
     return False
 
 
-def service_channel(address: str, ca_file: str = "", options: list[tuple[str, int]] | None = None) -> grpc.aio.Channel:
-    """A channel to the AugmentService: TLS verified against ``ca_file`` when given, else plaintext."""
+def service_channel(
+    address: str,
+    ca_file: str = "",
+    options: list[tuple[str, int]] | None = None,
+    *,
+    cert_file: str = "",
+    key_file: str = "",
+) -> grpc.aio.Channel:
+    """A channel to the AugmentService: TLS verified against ``ca_file`` when given, else plaintext;
+    presenting the client certificate ``cert_file`` (key ``key_file``) when given (mutual TLS)."""
     if ca_file:
-        credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes())
+        client = (Path(key_file).read_bytes(), Path(cert_file).read_bytes()) if cert_file else (None, None)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=Path(ca_file).read_bytes(), private_key=client[0], certificate_chain=client[1]
+        )
         return grpc.aio.secure_channel(address, credentials, options=options)
     return grpc.aio.insecure_channel(address, options=options)

@@ -175,7 +175,12 @@ def _readiness(config: Config, service: RunningService | None, gateway: bool) ->
     if gateway:
 
         async def augment_service() -> None:
-            async with service_channel(config.gateway.service, config.gateway.service_tls_ca) as channel:
+            async with service_channel(
+                config.gateway.service,
+                config.gateway.service_tls_ca,
+                cert_file=config.gateway.service_tls_cert,
+                key_file=config.gateway.service_tls_key,
+            ) as channel:
                 answer = await health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=CHECK_TIMEOUT
                 )

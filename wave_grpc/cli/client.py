@@ -31,6 +31,10 @@ def add_client_command(sub: Subcommands, name: str, help_text: str) -> argparse.
         help=f"AugmentService address host:port (default {DEFAULT_SERVER}; env WAVE_GRPC_SERVER)",
     )
     parser.add_argument("--tls-ca", help="PEM CA bundle: reach the service over TLS (env WAVE_GRPC_TLS_CA)")
+    parser.add_argument(
+        "--tls-cert", help="PEM client certificate for mutual TLS, with --tls-key (env WAVE_GRPC_TLS_CERT)"
+    )
+    parser.add_argument("--tls-key", help="PEM key of --tls-cert (env WAVE_GRPC_TLS_KEY)")
     parser.add_argument("--token", help="caller token sent as 'authorization: Bearer' (env WAVE_GRPC_TOKEN)")
     parser.add_argument("-o", "--output", choices=("text", "json"), default="text")
     return parser
@@ -48,17 +52,34 @@ def tls_ca_of(args: argparse.Namespace) -> str:
     return tls_ca
 
 
+def client_certificate_of(args: argparse.Namespace) -> tuple[str, str]:
+    """(certificate, key) for mutual TLS, or ("", ""): both or neither, each an existing file."""
+    cert: str = getattr(args, "tls_cert", None) or os.environ.get("WAVE_GRPC_TLS_CERT", "")
+    key: str = getattr(args, "tls_key", None) or os.environ.get("WAVE_GRPC_TLS_KEY", "")
+    if bool(cert) != bool(key):
+        raise CliError("give both --tls-cert and --tls-key (env WAVE_GRPC_TLS_CERT, WAVE_GRPC_TLS_KEY), or neither")
+    for option, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if path and not Path(path).is_file():
+            raise CliError(f"{option} {path}: no such file")
+    if cert and not tls_ca_of(args):
+        raise CliError("--tls-cert needs --tls-ca (the CA that signed the service's certificate)")
+    return cert, key
+
+
 @contextlib.asynccontextmanager
 async def service_stub(args: argparse.Namespace) -> AsyncIterator[pb_grpc.AugmentServiceAsyncStub]:
     options = [("grpc.max_send_message_length", 128 << 20), ("grpc.max_receive_message_length", 128 << 20)]
-    async with service_channel(args.server, tls_ca_of(args), options) as channel:
+    cert, key = client_certificate_of(args)
+    async with service_channel(args.server, tls_ca_of(args), options, cert_file=cert, key_file=key) as channel:
         try:
             yield pb_grpc.AugmentServiceStub(channel)
         except grpc.aio.AioRpcError as exc:
-            raise explain_rpc_error(exc, args.server, bool(tls_ca_of(args))) from None
+            raise explain_rpc_error(exc, args.server, bool(tls_ca_of(args)), bool(cert)) from None
 
 
-def explain_rpc_error(exc: grpc.aio.AioRpcError, server: str, tls: bool = False) -> RequestFailed:
+def explain_rpc_error(
+    exc: grpc.aio.AioRpcError, server: str, tls: bool = False, client_cert: bool = False
+) -> RequestFailed:
     """A gRPC failure as one line that says what to change."""
     code, details = exc.code(), exc.details() or ""
     lowered = f"{details} {exc.debug_error_string()}".lower()
@@ -74,11 +95,18 @@ def explain_rpc_error(exc: grpc.aio.AioRpcError, server: str, tls: bool = False)
         if tls
         else "if the service speaks TLS ([service].tls_cert is set), pass --tls-ca CA.pem"
     )
+    if tls:
+        tls_hint += (
+            "; if it asks for client certificates ([service].tls_client_ca), check that that CA signed --tls-cert"
+            if client_cert
+            else "; if it asks for client certificates ([service].tls_client_ca is set), pass --tls-cert and --tls-key"
+        )
     if any(word in lowered for word in ("ssl", "tls", "handshake", "certificate")):
         return RequestFailed(f"TLS with the AugmentService at {server} failed ({details}); {tls_hint}", code.name)
     if code == grpc.StatusCode.UNAVAILABLE and "socket closed" in lowered:
         # The port took the connection and dropped it: another protocol than the one we spoke.
-        return RequestFailed(f"the AugmentService at {server} closed the connection; {tls_hint}", code.name)
+        connection = "TLS connection" if tls else "connection"
+        return RequestFailed(f"the AugmentService at {server} closed the {connection}; {tls_hint}", code.name)
     if code == grpc.StatusCode.UNAVAILABLE and ("failed to connect" in lowered or "connection refused" in lowered):
         return RequestFailed(
             f"cannot reach the AugmentService at {server} ({details}); check --server (env WAVE_GRPC_SERVER) "

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from wave_grpc.config.egress import egress_proxy
 from wave_grpc.config.keys import Reading, Validated, choice, filled_by_reader, read_table, readable_file, setting
 from wave_grpc.config.table import ConfigError
 from wave_grpc.image.ref import DOCKER_HUB
@@ -163,6 +164,13 @@ class RegistryRoute(Validated):
     # reads the source with this entry's credentials and pushes it where the target allows,
     # which may be readable by people who cannot read this registry.
     freeze_to_other_registries: bool = setting(True)
+    # This registry's own egress proxy ("http://user@host:port", "env"), or "direct" for none;
+    # "" takes [upstream].proxy (wave_grpc/config/egress.py).
+    proxy: str = setting("")
+    proxy_password_env: str = setting("")
+
+    def check_together(self) -> None:
+        egress_proxy(self.proxy, self.proxy_password_env, (), where=f"[[registries]] {self.name!r}")
 
     def allows_push(self, repository: str) -> bool:
         for allowed in self.push_repositories:

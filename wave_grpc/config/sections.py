@@ -12,6 +12,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from wave_grpc.addresses import Network, Networks, ip_literal
+from wave_grpc.config.egress import EgressProxy, egress_proxy, no_proxy_entries
 from wave_grpc.config.keys import (
     Reading,
     Validated,
@@ -49,6 +50,10 @@ def _tokens(r: Reading) -> tuple[StaticToken, ...]:
         t.done()
         tokens.append(StaticToken(user, digest))
     return tuple(tokens)
+
+
+def _strings(r: Reading) -> tuple[str, ...]:
+    return tuple(str(v) for v in r.table.get(r.key, list, list(r.default)))
 
 
 def _networks(r: Reading) -> Networks:
@@ -130,6 +135,11 @@ class ServiceConfig(Validated):
     freeze_deadline: timedelta = setting(
         timedelta(hours=1), check=lambda v: None if v > timedelta(0) else "must be over 0s"
     )
+    # Mutual TLS: a PEM CA bundle; every client must present a certificate it signed.
+    tls_client_ca: str = setting("", read=readable_file)
+    # The certificate subject (common name or DNS name) that proves a peer is the gateway:
+    # with it set, only that peer's forwarded client addresses are believed.
+    gateway_subject: str = setting("")
 
     def check_together(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -138,6 +148,10 @@ class ServiceConfig(Validated):
             raise KeyProblem(
                 "gateway_secret_env", f"the gateway secret needs at least {MIN_GATEWAY_SECRET_LENGTH} characters"
             )
+        if self.tls_client_ca and not self.tls_cert:
+            raise KeyProblem("tls_client_ca", "needs tls_cert and tls_key: client certificates are asked for in TLS")
+        if self.gateway_subject and not self.tls_client_ca:
+            raise KeyProblem("gateway_subject", "needs tls_client_ca: the gateway proves its subject by certificate")
 
 
 def _host_without_path(value: str) -> str | None:
@@ -192,6 +206,14 @@ class GatewayConfig(Validated):
     # Reverse proxies (addresses or CIDR blocks) in front of the gateway: from these peers
     # only, X-Forwarded-For names the client (its rightmost address not listed here).
     trusted_proxies: Networks = setting(Networks(), read=_networks)
+    # PEM files: the certificate the gateway presents to a service that asks for one ([service].tls_client_ca).
+    service_tls_cert: str = setting("", read=readable_file)
+    service_tls_key: str = setting("", read=readable_file)
+
+    def check_together(self) -> None:
+        if bool(self.service_tls_cert) != bool(self.service_tls_key):
+            key = "service_tls_key" if self.service_tls_cert else "service_tls_cert"
+            raise KeyProblem(key, "give both service_tls_cert and service_tls_key, or neither")
 
 
 @dataclass(frozen=True)
@@ -288,6 +310,20 @@ class UpstreamConfig(Validated):
     max_json_values: int = setting(200_000, at_least=1)
     max_json_depth: int = setting(64, at_least=1, at_most=1000)
     max_layers: int = setting(1000, at_least=1)
+    # The egress proxy every upstream exchange goes through (HTTPS by CONNECT): "http://user@host:port",
+    # "env" (HTTPS_PROXY and NO_PROXY, as curl reads them) or "" for none; the password comes from
+    # proxy_password_env; no_proxy lists names, domains and addresses reached directly. A
+    # [[registries]] entry may name its own proxy, or "direct".
+    proxy: str = setting("")
+    proxy_password_env: str = setting("")
+    no_proxy: tuple[str, ...] = setting((), read=lambda r: no_proxy_entries(_strings(r)))
+
+    @cached_property
+    def egress_proxy(self) -> EgressProxy | None:
+        return egress_proxy(self.proxy, self.proxy_password_env, self.no_proxy, where="[upstream]")
+
+    def check_together(self) -> None:
+        _ = self.egress_proxy  # read once here: an unset variable is an error at load, naming its key
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 from wave_grpc.config import Config, RegistryRoute
 from wave_grpc.errors import Errors, WaveError
+from wave_grpc.registry.egress import Egress
 
 # Without expires_in the distribution token spec says 60 s.
 DEFAULT_TOKEN_SECONDS = 60.0
@@ -105,7 +106,10 @@ class Secrets:
     def __init__(self, config: Config, tokens: BearerTokens) -> None:
         self._config = config
         self._tokens = tokens
-        spellings = [form for route in config.registries for form in _password_spellings(route)]
+        # The registries' passwords, and the egress proxies' (and the Proxy-Authorization they make).
+        credentials = [(route.username, route.password.value) for route in config.registries if route.password]
+        credentials += [(proxy.username, proxy.password) for proxy in Egress(config).proxies if proxy.password]
+        spellings = [form for username, password in credentials for form in _password_spellings(username, password)]
         # Every FRAGMENT-long piece of a long spelling; a short spelling is matched whole.
         self._fragments = frozenset(
             form[i : i + FRAGMENT]
@@ -164,13 +168,12 @@ def _fold(text: str) -> str:
     return "".join(low if len(low := char.lower()) == 1 else char for char in text)
 
 
-def _password_spellings(route: RegistryRoute) -> list[str]:
-    if route.password is None or not route.password.value:
+def _password_spellings(username: str, password: str) -> list[str]:
+    if not password:
         return []
-    password = route.password.value
-    basic = base64.b64encode(f"{route.username}:{password}".encode()).decode()
+    basic = base64.b64encode(f"{username}:{password}".encode()).decode()
     own = base64.b64encode(password.encode()).decode()
-    forms: set[str] = {basic, own, base64.urlsafe_b64encode(f"{route.username}:{password}".encode()).decode()}
+    forms: set[str] = {basic, own, base64.urlsafe_b64encode(f"{username}:{password}".encode()).decode()}
     raw = password.encode()
     # upper(): a few characters upper-case to two ("ß" -> "SS"), which folding does not undo.
     forms |= {password, password.upper(), quote(password, safe=""), quote(password), quote_plus(password)}

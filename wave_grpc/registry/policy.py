@@ -75,10 +75,19 @@ class PolicyConnector(aiohttp.TCPConnector):
     ``[[registries]]`` entry lists, and everything reached on their behalf).
     """
 
-    def __init__(self, *, public_only: bool, listeners: Listeners, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        public_only: bool,
+        listeners: Listeners,
+        proxies: frozenset[tuple[str, int]] = frozenset(),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._public_only = public_only
         self._listeners = listeners
+        # The egress proxies (host, port) as configured: the operator's, connected to whatever their address.
+        self._proxies = proxies
 
     def allowed(self, address: str, port: int) -> bool:
         if self._listeners.include(address, port):
@@ -89,6 +98,16 @@ class PolicyConnector(aiohttp.TCPConnector):
         return literal is not None and public_unicast(literal)
 
     async def _resolve_host(self, host: str, port: int, traces: Sequence[Any] | None = None) -> list[ResolveResult]:
+        if (host, port) in self._proxies:
+            return await super()._resolve_host(host, port, traces)
+        return await self.judge(host, port, traces)
+
+    async def judge(self, host: str, port: int, traces: Sequence[Any] | None = None) -> list[ResolveResult]:
+        """The addresses of ``host`` this route may contact; AddressRefused when there are none.
+
+        Called for every connection, and by the transport for a target it sends to an
+        egress proxy (which would otherwise resolve it where the policy cannot see).
+        """
         results = await super()._resolve_host(host, port, traces)
         allowed = [r for r in results if self.allowed(r["host"], r["port"])]
         if not allowed:

@@ -23,10 +23,8 @@ before it is quoted, so no credential or token we hold is echoed.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
-import re
 import ssl
 import time
 import weakref
@@ -40,11 +38,14 @@ from yarl import URL
 
 from wave_grpc import __version__
 from wave_grpc.config import Config, RegistryRoute
+from wave_grpc.config.egress import EgressProxy
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.metrics import Metrics
 from wave_grpc.registry.auth import hint_credentials
+from wave_grpc.registry.egress import Egress, proxy_headers, proxy_refused, proxy_unreachable
 from wave_grpc.registry.isolation import CircuitBreakers, UpstreamLimits
 from wave_grpc.registry.policy import AddressRefused, Listeners, PolicyConnector
+from wave_grpc.registry.quoting import quoted_error
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ log = logging.getLogger(__name__)
 # the caller gets TOOMANYREQUESTS at once, with the wait in the message.
 MAX_RETRY_AFTER = 10.0
 USER_AGENT = f"wave-grpc/{__version__}"
-_ERROR_CODE = re.compile(r"^[A-Z_]{1,40}$")
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -102,6 +102,7 @@ class Transport:
         self._scrub = scrub
         # ca_file -> its verifying context, built once.
         self._tls_contexts: dict[str, ssl.SSLContext] = {}
+        self.egress = Egress(config)
 
     def _tls(self, route: RegistryRoute) -> ssl.SSLContext | bool:
         """What aiohttp verifies the registry's certificate with (default: the system's CAs)."""
@@ -122,7 +123,15 @@ class Transport:
         else:
             limit, per_host = limits.registry_connections, 0
         connector = PolicyConnector(
-            public_only=public_only, listeners=self._listeners, limit=limit, limit_per_host=per_host, ttl_dns_cache=300
+            public_only=public_only,
+            listeners=self._listeners,
+            proxies=self.egress.endpoints,
+            limit=limit,
+            limit_per_host=per_host,
+            ttl_dns_cache=300,
+            # Behind a proxy no connection is kept: proxies close them after an answer without
+            # saying so (tinyproxy), and a body streamed onto a closed one cannot be sent again.
+            force_close=bool(self.egress.proxies),
         )
         return aiohttp.ClientSession(
             connector=connector,
@@ -190,11 +199,7 @@ class Transport:
         )
 
     async def upstream_said(self, resp: aiohttp.ClientResponse, route: RegistryRoute) -> str:
-        """The upstream's own error (``CODE: message``), short and scrubbed; '' if none.
-
-        For a registry no ``[[registries]]`` entry lists, at most its error code:
-        a host an anonymous caller pointed us at may not speak through our errors.
-        """
+        """The upstream's own error (``CODE: message``), short and scrubbed; '' if none (registry/quoting.py)."""
         if resp.method == "HEAD":
             return ""
         deadline = self._deadlines.get(resp, asyncio.get_running_loop().time() + self.limits.exchange_deadline)
@@ -206,23 +211,7 @@ class Transport:
         except BaseException:
             resp.close()  # cancelled: the connection must not wait for the caller's release
             raise
-        text = raw.decode("utf-8", "replace").strip()
-        try:
-            doc = json.loads(text)
-            first = doc["errors"][0]
-            code = str(first.get("code", ""))
-            if not route.listed:
-                code = code if _ERROR_CODE.match(code) else ""
-                return f" ({code})" if code else ""
-            text = f"{code}: {first.get('message', '')}".strip(": ")
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            if not route.listed:
-                return ""
-            text = text.splitlines()[0] if text else ""
-            if text.startswith("<"):  # an HTML error page says nothing useful
-                text = ""
-        text = self._scrub(text)[:200]
-        return f' "{text}"' if text else ""
+        return quoted_error(raw, listed=route.listed, scrub=self._scrub)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -247,18 +236,21 @@ class Transport:
         url: str | URL,
         headers: CIMultiDict[str],
         body: Callable[[], Any] | None,
+        proxy: EgressProxy | None,
     ) -> aiohttp.ClientResponse:
-        """One HTTP exchange, counted in wave_grpc_upstream_requests_total."""
+        """One HTTP exchange (through ``proxy`` when given), counted in wave_grpc_upstream_requests_total."""
         registry = route.name if route.listed else "unlisted"
         try:
             resp = await self.session(route).request(
                 method,
                 url,
-                headers=headers,
+                headers=headers if proxy is None else proxy_headers(headers, url),
                 allow_redirects=False,
                 timeout=self._timeout(route),
                 data=body() if body is not None else None,
                 ssl=self._tls(route),
+                proxy=proxy.url if proxy is not None else None,
+                proxy_auth=Egress.auth(proxy) if proxy is not None else None,
             )
         except BaseException:
             if self._metrics is not None:
@@ -318,11 +310,21 @@ class Transport:
         body: Callable[[], Any] | None,
     ) -> aiohttp.ClientResponse:
         retries = self._config.upstream.retries
+        try:
+            proxy = await self.egress.judged(route, url, self.session(route).connector)
+        except AddressRefused:
+            raise self.refused(route, label) from None
+        except OSError as exc:  # the target's name does not resolve here
+            raise self.unreachable(route, label, exc, what, 1) from None
         attempt = 0
         while True:
             attempt += 1
             try:
-                resp = await self._counted(route, method, url, headers, body)
+                resp = await self._counted(route, method, url, headers, body, proxy)
+            except aiohttp.ClientHttpProxyError as exc:
+                # The proxy's own answer to CONNECT: its credentials or its rules, not worth a retry.
+                assert proxy is not None  # only a request through a proxy meets one
+                raise proxy_refused(proxy, label, exc.status, what) from None
             except TimeoutError as exc:
                 self.breakers.failed(route.name)
                 raise self.timeout_error(route, label, exc, what) from None
@@ -346,8 +348,13 @@ class Transport:
                     await asyncio.sleep(self._backoff(attempt, None))
                     continue
                 self.breakers.failed(route.name)
+                if proxy is not None and isinstance(exc, aiohttp.ClientProxyConnectionError):
+                    raise proxy_unreachable(proxy, label, self._scrub(str(exc.os_error)), attempt) from None
                 raise self.unreachable(route, label, exc, what, attempt) from None
             log.debug("%s %s -> %d", method, _without_query(str(url)), resp.status)
+            if resp.status == 407 and proxy is not None:  # a plain-http target: the proxy answers itself
+                resp.release()
+                raise proxy_refused(proxy, label, 407, what)
             retryable = resp.status == 429 or (resp.status >= 500 and resp.status not in (501, 505))
             if not retryable:
                 return resp

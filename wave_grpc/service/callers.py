@@ -21,6 +21,20 @@ _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
 
+def peer_subjects(context: grpc.aio.ServicerContext[_Req, _Resp]) -> tuple[str, ...]:
+    """The names a peer proved by its client certificate (mutual TLS): its common name and
+    subject alternative names; empty without one."""
+    auth = context.auth_context()
+    names = [*auth.get("x509_common_name", ()), *auth.get("x509_subject_alternative_name", ())]
+    return tuple(dict.fromkeys(n.decode() if isinstance(n, bytes) else str(n) for n in names))
+
+
+def peer_subject(context: grpc.aio.ServicerContext[_Req, _Resp]) -> str:
+    """The common name of the peer's client certificate, or "" without one."""
+    names = list(context.auth_context().get("x509_common_name", ()))
+    return names[0].decode() if names else ""
+
+
 class Callers:
     """Authentication, the client address and the per-caller rate limits, for every RPC."""
 
@@ -48,16 +62,17 @@ class Callers:
         return rest.rsplit(":", 1)[0].strip("[]") if kind in ("ipv4", "ipv6") else kind or "unknown"
 
     def is_gateway(self, context: grpc.aio.ServicerContext[_Req, _Resp]) -> bool:
-        """Does the caller prove it is the gateway? The shared secret ([service].gateway_secret_env),
-        from a peer in [service].trusted_proxies when that lists any. A peer address alone proves nothing:
-        a NAT, a login node or a local process shares it."""
-        secret = self._config.service.gateway_secret
-        if secret is None:
+        """Does the caller prove it is the gateway? By its client certificate's subject
+        ([service].gateway_subject, mutual TLS) or by the shared secret ([service].gateway_secret_env),
+        from a peer in [service].trusted_proxies when that lists any. A peer address alone proves
+        nothing: a NAT, a login node or a local process shares it."""
+        service = self._config.service
+        if service.trusted_proxies and self.peer_address(context) not in service.trusted_proxies:
             return False
-        proxies = self._config.service.trusted_proxies
-        if proxies and self.peer_address(context) not in proxies:
-            return False
-        return proves_gateway(context.invocation_metadata(), secret.value)
+        if service.gateway_subject and service.gateway_subject in peer_subjects(context):
+            return True
+        secret = service.gateway_secret
+        return secret is not None and proves_gateway(context.invocation_metadata(), secret.value)
 
     def client_address(self, context: grpc.aio.ServicerContext[_Req, _Resp]) -> str:
         """The caller's address: its own, or the one the gateway forwarded for its REST client."""

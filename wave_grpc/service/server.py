@@ -31,6 +31,9 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AugmentService"].full_name
 
 def _server_credentials(config: Config) -> grpc.ServerCredentials:
     key, cert = Path(config.service.tls_key).read_bytes(), Path(config.service.tls_cert).read_bytes()
+    if config.service.tls_client_ca:  # mutual TLS: a client without a certificate the CA signed is refused
+        client_ca = Path(config.service.tls_client_ca).read_bytes()
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=True)
     return grpc.ssl_server_credentials([(key, cert)])
 
 
