@@ -84,10 +84,19 @@ class ServiceConfig(Validated):
     # (distribution refuses manifests over 4 MiB). Checked at creation, naming the key.
     max_image_layers: int = setting(500, at_least=1)
     max_manifest_size: int = setting(4 << 20, unit="bytes", at_least=4096)
+    # How long a token may live from its creation, renewals (RenewContainer, an identical
+    # creation) included: a long pipeline renews its tokens, but a name never lives for ever.
+    max_token_lifetime: timedelta = setting(timedelta(days=30))
 
     def check_together(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise KeyProblem("tls_key" if self.tls_cert else "tls_cert", "give both tls_cert and tls_key, or neither")
+        if self.token_ttl > self.max_token_lifetime:
+            raise KeyProblem(
+                "token_ttl",
+                f"{self.token_ttl} is longer than max_token_lifetime ({self.max_token_lifetime}), the most a token "
+                "may live from its creation, renewals included; shorten token_ttl or raise max_token_lifetime",
+            )
 
 
 def _host_without_path(value: str) -> str | None:
