@@ -109,8 +109,9 @@ async def create_container(request: web.Request) -> web.Response:
             "targetImage": response.target_image,
             "expiration": rfc3339(response.expiration),
             "containerImage": response.container_image,
-            # An identical request by the same caller answers its live token (Wave's "cached").
-            "cached": response.cached,
+            # An identical request by the same caller answers its live token (Wave's "cached");
+            # absent otherwise, which Wave's clients read as false.
+            "cached": True if response.cached else None,
             # Nothing is frozen, mirrored or built: the image is ready when this answers.
             "freeze": False,
             "mirror": False,

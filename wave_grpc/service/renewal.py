@@ -24,10 +24,12 @@ def max_expiry(record: TokenRecord, config: Config) -> float:
 
 
 def renewed_expiry(record: TokenRecord, now: float, duration: timedelta | None, config: Config) -> float:
-    """The expiry a renewal sets: now + ``duration``; without one, now + the token TTL, up to the maximum.
+    """The expiry a renewal sets.
 
-    A duration that passes the maximum is refused (the caller asked for more than it may
-    have); so is a renewal without one once the token already expires at its maximum.
+    With a ``duration``: now + it, which may not pass the maximum (the caller asked for
+    more than a token may have: refused, saying how much is left). Without one: now + the
+    token TTL, capped at the maximum, and never earlier than the expiry the token has;
+    refused once the token already expires at its maximum.
     """
     latest = max_expiry(record, config)
     lifetime = config.service.max_token_lifetime
@@ -43,14 +45,13 @@ def renewed_expiry(record: TokenRecord, now: float, duration: timedelta | None, 
                 "or create a new token",
             )
         return wanted
-    wanted = int(min(now + config.service.token_ttl.total_seconds(), latest))
-    if wanted <= record.expires_at:
+    if record.expires_at >= latest:
         raise invalid_argument(
             "container_token",
             f"the token already expires at {_instant(record.expires_at)}, the latest its "
             f"[service].max_token_lifetime ({lifetime}) from its creation allows; create a new token",
         )
-    return wanted
+    return max(int(min(now + config.service.token_ttl.total_seconds(), latest)), record.expires_at)
 
 
 def answered_expiry(record: TokenRecord, now: float, config: Config) -> float | None:
