@@ -54,6 +54,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("wave-token-describe", f"/container-token/{{token:{_SEGMENT}}}", wave_tokens.describe_token),
     Route("wave-token-revoke", f"/container-token/{{token:{_SEGMENT}}}", wave_tokens.revoke_token, "DELETE"),
+    Route("wave-token-renew", f"/container-token/{{token:{_SEGMENT}}}/renew", wave_tokens.renew_token, "POST"),
     Route("wave-service-info", "/service-info", wave_info.service_info),
     Route("wave-inspect", "/v1alpha1/inspect", wave_containers.inspect_image, "POST"),
 )

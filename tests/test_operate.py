@@ -17,6 +17,7 @@ import pytest
 from tests import components
 from tests.stack import WaveStack, registry_route
 from tests.test_e2e_augment import cli
+from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 
 ALICE, BOB = "alice-token-0123456789", "bob-token-0123456789"
 TOKENS = [{"user": u, "sha256": hashlib.sha256(t.encode()).hexdigest()} for u, t in (("alice", ALICE), ("bob", BOB))]
@@ -52,7 +53,13 @@ def stack(
 
 def test_list_shows_the_callers_live_tokens(stack: WaveStack, base_images: components.BaseImages) -> None:
     image = base_images.ref("latest")
-    mine = [stack.create(image, metadata=_bearer(ALICE)).container_token for _ in range(2)]
+    # Two different requests: an identical one would answer the same token (same request, same name).
+    mine = [
+        stack.create(
+            image, metadata=_bearer(ALICE), container_config=pb.ContainerConfig(env=[f"RUN={i}"])
+        ).container_token
+        for i in range(2)
+    ]
     theirs = stack.create(image, metadata=_bearer(BOB)).container_token
     anonymous = stack.create(image).container_token
 

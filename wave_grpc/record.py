@@ -62,6 +62,11 @@ def expiry_seconds(record: pb.ContainerRecord) -> float:
     return record.expiration.seconds + record.expiration.nanos / 1e9
 
 
+def set_expiry(record: pb.ContainerRecord, expires_at: float) -> None:
+    """Write ``expires_at`` (epoch seconds) as the record's expiration (a renewal)."""
+    record.expiration.FromNanoseconds(round(expires_at * 1e9))
+
+
 def record_platforms(record: pb.ContainerRecord) -> tuple[pb.PlatformTarget, ...]:
     """The record's platforms: its ``platforms`` list, or the one its single fields describe."""
     if record.platforms:

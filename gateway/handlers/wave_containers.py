@@ -33,6 +33,7 @@ from gateway.handlers.wave_api import (
     rfc3339,
     service,
 )
+from gateway.handlers.wave_arch_layers import assign_arch_layers
 from wave_grpc.errors import invalid_argument
 from wave_grpc.image.manifest import MediaType
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
@@ -88,6 +89,7 @@ async def create_container(request: web.Request) -> web.Response:
         body.pop("buildRepository", None)
     message = pb.CreateContainerRequest()
     parse_message(body, message)
+    assign_arch_layers(message)
     response = await call_service(request, service(request).CreateContainer, message, CREATE_TIMEOUT)
     if response.freeze:
         return json_response(
@@ -107,6 +109,9 @@ async def create_container(request: web.Request) -> web.Response:
             "targetImage": response.target_image,
             "expiration": rfc3339(response.expiration),
             "containerImage": response.container_image,
+            # An identical request by the same caller answers its live token (Wave's "cached");
+            # absent otherwise, which Wave's clients read as false.
+            "cached": True if response.cached else None,
             # Nothing is frozen, mirrored or built: the image is ready when this answers.
             "freeze": False,
             "mirror": False,
@@ -135,6 +140,8 @@ async def container_status(request: web.Request) -> web.Response:
             "reason": response.reason or None,
             "creationTime": rfc3339(response.create_time),
             "duration": _seconds(response.duration) if done else None,
+            # A token's expiry (renewals move it); a freeze has none.
+            "expiration": rfc3339(response.expiration) if response.HasField("expiration") else None,
         }
     )
 

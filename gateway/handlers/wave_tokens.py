@@ -1,10 +1,12 @@
-"""Wave's token routes: ``GET /container-token/{token}`` (describe) and ``DELETE`` (revoke).
+"""Wave's token routes: ``GET /container-token/{token}`` (describe), ``DELETE`` (revoke), and
+``POST /container-token/{token}/renew`` (this service's own: Wave has no renewal route).
 
 Both are the token owner's: the caller's ``Authorization`` goes to the service,
 which answers 403 to anyone else (tokens created anonymously belong to whoever
 holds them). The describe body follows Wave's ``DescribeWaveContainerResponse``:
 token, expiration, the request, the source image and digest, the target image
-and digest.
+and digest. A renewal's body is optional: ``{"duration": "43200s"}`` (the proto3 JSON form of
+a Duration); without it the token is renewed for the service's token TTL.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.handlers.wave_api import call_service, json_response, rfc3339, service
+from gateway.handlers.wave_api import call_service, json_response, parse_message, read_json_object, rfc3339, service
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.record import ANONYMOUS
 
@@ -71,3 +73,18 @@ async def revoke_token(request: web.Request) -> web.Response:
     await call_service(request, service(request).RevokeContainer, pb.RevokeContainerRequest(container_token=token))
     # Wave answers a bare 200.
     return web.Response(status=200)
+
+
+async def renew_token(request: web.Request) -> web.Response:
+    message = pb.RenewContainerRequest()
+    if request.body_exists:
+        parse_message(await read_json_object(request), message)
+    message.container_token = request.match_info["token"]
+    response = await call_service(request, service(request).RenewContainer, message)
+    return json_response(
+        {
+            "token": response.container_token,
+            "expiration": rfc3339(response.expiration),
+            "maxExpiration": rfc3339(response.max_expiration),
+        }
+    )

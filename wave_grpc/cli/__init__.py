@@ -1,7 +1,7 @@
-"""The ``wave-grpc`` command: serve, augment, inspect, list, revoke, gc.
+"""The ``wave-grpc`` command: serve, augment, inspect, list, revoke, renew, gc.
 
 One module per command family: ``serve`` (with the internal ``gateway-worker``), ``gc``,
-``augment`` (its layers packed and sent by ``layers``), ``tokens`` (inspect, list, revoke);
+``augment`` (its layers packed and sent by ``layers``), ``tokens`` (inspect, list, revoke, renew);
 ``client``, ``output`` and ``errors`` are what they share; ``entry`` builds the parser and runs
 ``main``. The names below stay importable from ``wave_grpc.cli``, as the console script
 (``wave_grpc.cli:main``) and the tests import them.

@@ -1,14 +1,18 @@
-"""``inspect``, ``list`` and ``revoke``: the caller's tokens, described, listed and revoked."""
+"""``inspect``, ``list``, ``revoke`` and ``renew``: the caller's tokens, described, listed, revoked and renewed."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import re
+from datetime import timedelta
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.json_format import MessageToDict
 
 from wave_grpc.cli.client import add_client_command, caller_metadata, service_stub
+from wave_grpc.cli.errors import CliError
 from wave_grpc.cli.output import print_result
 from wave_grpc.cli.subcommands import Subcommands
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
@@ -89,6 +93,34 @@ async def _revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+# The config's duration form ("36h", "90m", "30s", "7d"); a bare number is seconds.
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(text: str) -> timedelta:
+    match = _DURATION.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise CliError(f'--for {text!r} is not a positive duration; use e.g. "36h", "90m", "7d"')
+    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+async def _renew(args: argparse.Namespace) -> int:
+    request = pb.RenewContainerRequest(container_token=token_of(args.token_id))
+    if args.duration is not None:
+        duration = Duration()
+        duration.FromTimedelta(parse_duration(args.duration))
+        request.duration.CopyFrom(duration)
+    async with service_stub(args) as stub:
+        response = await stub.RenewContainer(request, metadata=caller_metadata(args))
+    text = (
+        f"renewed {response.container_token}: expires {response.expiration.ToJsonString()} "
+        f"(at most {response.max_expiration.ToJsonString()})"
+    )
+    print_result(response, args, text)
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     return asyncio.run(_inspect(args))
 
@@ -99,6 +131,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     return asyncio.run(_revoke(args))
+
+
+def cmd_renew(args: argparse.Namespace) -> int:
+    return asyncio.run(_renew(args))
 
 
 def add_inspect_command(sub: Subcommands) -> None:
@@ -118,3 +154,15 @@ def add_list_command(sub: Subcommands) -> None:
         sub, "list", "list your live tokens (anonymous callers: those created from this address)"
     )
     listing.set_defaults(func=cmd_list)
+
+
+def add_renew_command(sub: Subcommands) -> None:
+    renew = add_client_command(sub, "renew", "extend a token's expiration (never past [service].max_token_lifetime)")
+    renew.add_argument("token_id", metavar="TOKEN", help="a token, or the target image name that carries it")
+    renew.add_argument(
+        "--for",
+        dest="duration",
+        metavar="DURATION",
+        help="from now, e.g. 12h, 90m, 7d (default: the service's token TTL, up to the token's maximum lifetime)",
+    )
+    renew.set_defaults(func=cmd_renew)

@@ -140,6 +140,9 @@ class ServiceConfig(Validated):
     # The certificate subject (common name or DNS name) that proves a peer is the gateway:
     # with it set, only that peer's forwarded client addresses are believed.
     gateway_subject: str = setting("")
+    # How long a token may live from its creation, renewals (RenewContainer, an identical
+    # creation) included: a long pipeline renews its tokens, but a name never lives for ever.
+    max_token_lifetime: timedelta = setting(timedelta(days=30))
 
     def check_together(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -152,6 +155,12 @@ class ServiceConfig(Validated):
             raise KeyProblem("tls_client_ca", "needs tls_cert and tls_key: client certificates are asked for in TLS")
         if self.gateway_subject and not self.tls_client_ca:
             raise KeyProblem("gateway_subject", "needs tls_client_ca: the gateway proves its subject by certificate")
+        if self.token_ttl > self.max_token_lifetime:
+            raise KeyProblem(
+                "token_ttl",
+                f"{self.token_ttl} is longer than max_token_lifetime ({self.max_token_lifetime}), the most a token "
+                "may live from its creation, renewals included; shorten token_ttl or raise max_token_lifetime",
+            )
 
 
 def _host_without_path(value: str) -> str | None:

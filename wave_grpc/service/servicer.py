@@ -42,7 +42,9 @@ from wave_grpc.service.creation import (
 )
 from wave_grpc.service.freeze import FreezeRunner, check_push_allowed, frozen_tag
 from wave_grpc.service.layers import prepare_layer
+from wave_grpc.service.renewal import answered_expiry, max_expiry, renewed_expiry
 from wave_grpc.service.rpc import Malformed, add_to_server, rpc
+from wave_grpc.service.sameness import request_fingerprint
 from wave_grpc.service.uploads import receive_layer
 from wave_grpc.stores.layers import LayerStore
 from wave_grpc.stores.limits import LocalRateLimiter, RateLimiter
@@ -228,6 +230,10 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         record, augmented = build_record(resolved, layers, caller, self._clock(), self._config)
         if creation.freeze_target is not None:
             return await self._store_freeze(record, creation.source, creation.freeze_target, augmented)
+        record.request_fingerprint = request_fingerprint(record)
+        same = await self._same_request(record)
+        if same is not None:
+            return same
         name = (
             f"{self._config.gateway.public_host}/wt/{{}}/{creation.source.repository}:{creation.source.tag or 'latest'}"
         )
@@ -248,6 +254,31 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
             request_id=record.request_id,
             source_digest=record.source_digest,
             target_digest=record.target_digest,
+        )
+
+    async def _same_request(self, record: pb.ContainerRecord) -> pb.CreateContainerResponse | None:
+        """The caller's live token for an identical request (service/sameness.py), or None.
+
+        It lives at least as long as a new token would (never past its maximum lifetime).
+        """
+        found = await self._tokens.get_by_fingerprint(record.request_fingerprint)
+        if found is None:
+            return None
+        existing = TokenRecord.of(found)
+        expiry = answered_expiry(existing, self._clock(), self._config)
+        renewed = await self._tokens.renew(existing.token, expiry) if expiry is not None else found
+        if renewed is None:  # revoked or expired just now: a new token, as if none matched
+            return None
+        log.info("answered %s again for an identical request", token_id(existing.token))
+        return pb.CreateContainerResponse(
+            container_token=renewed.container_token,
+            target_image=renewed.target_image,
+            expiration=renewed.expiration,
+            container_image=renewed.container_image,
+            request_id=renewed.request_id,
+            source_digest=renewed.source_digest,
+            target_digest=renewed.target_digest,
+            cached=True,
         )
 
     async def _store_freeze(
@@ -388,3 +419,20 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
     ) -> pb.UploadLayerResponse:
         await self._callers.authenticate(context)
         return await receive_layer(request_iterator, self._layers, self._config.service.max_layer_size)
+
+    @rpc
+    async def RenewContainer(
+        self,
+        request: pb.RenewContainerRequest,
+        context: grpc.aio.ServicerContext[pb.RenewContainerRequest, pb.RenewContainerResponse],
+    ) -> pb.RenewContainerResponse:
+        record = await self._owned_record(request.container_token, context)
+        duration = request.duration.ToTimedelta() if request.HasField("duration") else None
+        expiry = renewed_expiry(record, self._clock(), duration, self._config)
+        renewed = await self._tokens.renew(record.token, expiry)
+        if renewed is None:
+            raise unknown_token()
+        log.info("renewed %s until %s", token_id(record.token), renewed.expiration.ToJsonString())
+        response = pb.RenewContainerResponse(container_token=record.token, expiration=renewed.expiration)
+        response.max_expiration.FromSeconds(int(max_expiry(record, self._config)))
+        return response

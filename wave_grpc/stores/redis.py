@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
-from wave_grpc.record import expiry_seconds, record_listing_key
+from wave_grpc.record import expiry_seconds, record_listing_key, set_expiry
 
 DEFAULT_PREFIX = "wave-grpc:"
 
@@ -88,6 +88,9 @@ class RedisTokenStore:
     def _listing_key(self, listing: str) -> str:
         return f"{self._prefix}listing:{listing}"
 
+    def _fingerprint_key(self, fingerprint: str) -> str:
+        return f"{self._prefix}fingerprint:{fingerprint}"
+
     async def put(self, record: pb.ContainerRecord) -> bool:
         async with _answering(self._url):
             expires_at = expiry_seconds(record)
@@ -98,6 +101,10 @@ class RedisTokenStore:
             if created and record.request_id:
                 # The request id -> token index expires with the record (same TTL, in its own write).
                 await self._redis.set(self._request_key(record.request_id), record.container_token.encode(), ex=ttl)
+            if created and record.request_fingerprint:
+                # Same request, same name: the fingerprint -> token index, expiring with the record.
+                fingerprint = self._fingerprint_key(record.request_fingerprint)
+                await self._redis.set(fingerprint, record.container_token.encode(), ex=ttl)
             if created:
                 # The listing: a sorted set by expiry, pruned of the expired on every write,
                 # that itself expires with its last token (EXPIRE ... GT only ever extends it).
@@ -137,6 +144,39 @@ class RedisTokenStore:
         # Through the token's own key: a revoked (deleted) or expired record answers None.
         record = await self.get(token.decode())
         return record if record is not None and record.request_id == request_id else None
+
+    async def get_by_fingerprint(self, fingerprint: str) -> pb.ContainerRecord | None:
+        if not fingerprint:
+            return None
+        async with _answering(self._url):
+            token = await self._redis.get(self._fingerprint_key(fingerprint))
+        if not isinstance(token, bytes):
+            return None
+        record = await self.get(token.decode())
+        return record if record is not None and record.request_fingerprint == fingerprint else None
+
+    async def renew(self, token: str, expires_at: float) -> pb.ContainerRecord | None:
+        record = await self.get(token)
+        if record is None:
+            return None
+        set_expiry(record, expires_at)
+        ttl = _seconds_left(expires_at)
+        async with _answering(self._url):
+            # XX: a record revoked meanwhile stays gone.
+            if not await self._redis.set(self._key(token), record.SerializeToString(), ex=ttl, xx=True):
+                return None
+            # Every index moves with the record, in one transaction.
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if record.request_id:
+                    pipe.expire(self._request_key(record.request_id), ttl)
+                listing = self._listing_key(record_listing_key(record))
+                pipe.zadd(listing, {token: expires_at}, xx=True)
+                pipe.expire(listing, ttl, gt=True)
+                if record.request_fingerprint:
+                    # A renewed token is what its request answers from now on.
+                    pipe.set(self._fingerprint_key(record.request_fingerprint), token.encode(), ex=ttl)
+                await pipe.execute()
+        return record
 
     async def get(self, token: str) -> pb.ContainerRecord | None:
         async with _answering(self._url):
@@ -189,6 +229,9 @@ class RedisTokenStore:
         async with _answering(self._url):
             if record is not None:
                 await self._redis.zrem(self._listing_key(record_listing_key(record)), token)
+                fingerprint = self._fingerprint_key(record.request_fingerprint)
+                if record.request_fingerprint and await self._redis.get(fingerprint) == token.encode():
+                    await self._redis.delete(fingerprint)
             return bool(await self._redis.delete(self._key(token)))
 
     async def close(self) -> None:

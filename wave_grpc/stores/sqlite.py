@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from wave_grpc.errors import disk_full, store_full
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
-from wave_grpc.record import expiry_seconds, record_listing_key
+from wave_grpc.record import expiry_seconds, record_listing_key, set_expiry
 from wave_grpc.stores.tokens import EPHEMERAL_LOCK_PREFIX
 
 
@@ -43,6 +43,12 @@ class SqliteTokenStore:
             if "listing" not in columns:
                 self._db.execute("ALTER TABLE containers ADD COLUMN listing TEXT")
             self._db.execute("CREATE INDEX IF NOT EXISTS containers_listing ON containers (listing, expires_at)")
+            # Added for "same request, same name"; rows from before have none (never matched).
+            if "fingerprint" not in columns:
+                self._db.execute("ALTER TABLE containers ADD COLUMN fingerprint TEXT")
+            self._db.execute(
+                "CREATE INDEX IF NOT EXISTS containers_fingerprint ON containers (fingerprint, expires_at)"
+            )
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
@@ -76,8 +82,8 @@ class SqliteTokenStore:
             )
             try:
                 self._db.execute(
-                    "INSERT INTO containers (token, owner, expires_at, record, request_id, listing)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO containers (token, owner, expires_at, record, request_id, listing, fingerprint)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         record.container_token,
                         record.owner,
@@ -85,6 +91,7 @@ class SqliteTokenStore:
                         record.SerializeToString(),
                         record.request_id or None,
                         record_listing_key(record),
+                        record.request_fingerprint or None,
                     ),
                 )
             except sqlite3.IntegrityError:
@@ -116,7 +123,8 @@ class SqliteTokenStore:
     def _revoke(self, token: str) -> bool:
         with self._writing():
             cursor = self._db.execute(
-                "UPDATE containers SET revoked = 1 WHERE token = ? AND revoked = 0 AND expires_at > ?",
+                "UPDATE containers SET revoked = 1, fingerprint = NULL"
+                " WHERE token = ? AND revoked = 0 AND expires_at > ?",
                 (token, time.time()),
             )
         return cursor.rowcount > 0
@@ -134,6 +142,41 @@ class SqliteTokenStore:
 
     async def update(self, record: pb.ContainerRecord) -> bool:
         return await asyncio.to_thread(self._update, record)
+
+    def _get_by_fingerprint(self, fingerprint: str) -> pb.ContainerRecord | None:
+        with self._lock:
+            # Two identical creations at once may both have stored a record: the one living longest answers.
+            row = self._db.execute(
+                "SELECT record FROM containers WHERE fingerprint = ? AND revoked = 0 AND expires_at > ?"
+                " ORDER BY expires_at DESC, token LIMIT 1",
+                (fingerprint, time.time()),
+            ).fetchone()
+        return None if row is None else pb.ContainerRecord.FromString(row[0])
+
+    async def get_by_fingerprint(self, fingerprint: str) -> pb.ContainerRecord | None:
+        if not fingerprint:
+            return None
+        return await asyncio.to_thread(self._get_by_fingerprint, fingerprint)
+
+    def _renew(self, token: str, expires_at: float) -> pb.ContainerRecord | None:
+        now = time.time()
+        with self._lock:
+            row = self._db.execute(
+                "SELECT record FROM containers WHERE token = ? AND revoked = 0 AND expires_at > ?", (token, now)
+            ).fetchone()
+            if row is None:
+                return None
+            record = pb.ContainerRecord.FromString(row[0])
+            set_expiry(record, expires_at)
+            # The expiry column is every index's expiry here (request id, listing, fingerprint).
+            self._db.execute(
+                "UPDATE containers SET record = ?, expires_at = ? WHERE token = ? AND revoked = 0",
+                (record.SerializeToString(), expiry_seconds(record), token),
+            )
+        return record
+
+    async def renew(self, token: str, expires_at: float) -> pb.ContainerRecord | None:
+        return await asyncio.to_thread(self._renew, token, expires_at)
 
     async def get(self, token: str) -> pb.ContainerRecord | None:
         return await asyncio.to_thread(self._get, token)

@@ -1,7 +1,7 @@
 """Token records behind a small interface; SQLite is the embedded default.
 
 A record is the serialized ``ContainerRecord`` message: the store needs to
-understand only the token, the request id, the owner and the expiry.
+understand only the token, the request id, the owner, the request fingerprint and the expiry.
 """
 
 from __future__ import annotations
@@ -43,7 +43,25 @@ class TokenStore(Protocol):
         """Replace a live record (same token, same expiry; a freeze's progress); False when it is gone."""
         ...
 
-    async def revoke(self, token: str) -> bool: ...
+    async def revoke(self, token: str) -> bool:
+        """End a live record and drop its indexes (request id, listing, fingerprint); False when it is gone."""
+        ...
+
+    async def get_by_fingerprint(self, fingerprint: str) -> pb.ContainerRecord | None:
+        """The live record ``put`` (or renewed last) with this ``request_fingerprint``, or None.
+
+        An identical creation by the same caller answers this record instead of a new one.
+        The index expires with the record, and a revoked record is never answered.
+        """
+        ...
+
+    async def renew(self, token: str, expires_at: float) -> pb.ContainerRecord | None:
+        """Move a live record's expiry to ``expires_at`` (epoch seconds), the record and every
+        index of it alike; the renewed record, or None when it is gone.
+
+        A renewed record is what its fingerprint answers from then on.
+        """
+        ...
 
     async def listed(self, listing: str, offset: int, limit: int) -> list[pb.ContainerRecord]:
         """Live records whose :func:`wave_grpc.record.record_listing_key` is ``listing``, soonest to expire first."""

@@ -251,6 +251,7 @@ class CreateContainerResponse(_message.Message):
     SOURCE_DIGEST_FIELD_NUMBER: _builtins.int
     TARGET_DIGEST_FIELD_NUMBER: _builtins.int
     FREEZE_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
     container_token: _builtins.str
     """12 lowercase alphanumerics."""
     target_image: _builtins.str
@@ -270,6 +271,11 @@ class CreateContainerResponse(_message.Message):
     pushed in the background (no container_token, no expiration): poll
     GetContainerStatus(request_id) until DONE before pulling it.
     """
+    cached: _builtins.bool
+    """True when the request is identical to one of the caller's live tokens
+    (same source pin, layers, config, platforms, includes): that token and
+    name are answered, nothing new is stored (Wave's "cached").
+    """
     @_builtins.property
     def expiration(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -283,10 +289,11 @@ class CreateContainerResponse(_message.Message):
         source_digest: _builtins.str = ...,
         target_digest: _builtins.str = ...,
         freeze: _builtins.bool = ...,
+        cached: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expiration", b"expiration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_image", b"container_image", "container_token", b"container_token", "expiration", b"expiration", "freeze", b"freeze", "request_id", b"request_id", "source_digest", b"source_digest", "target_digest", b"target_digest", "target_image", b"target_image"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "container_image", b"container_image", "container_token", b"container_token", "expiration", b"expiration", "freeze", b"freeze", "request_id", b"request_id", "source_digest", b"source_digest", "target_digest", b"target_digest", "target_image", b"target_image"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -338,6 +345,7 @@ class ContainerRecord(_message.Message):
     FREEZE_FIELD_NUMBER: _builtins.int
     PLATFORMS_FIELD_NUMBER: _builtins.int
     INCLUDES_FIELD_NUMBER: _builtins.int
+    REQUEST_FINGERPRINT_FIELD_NUMBER: _builtins.int
     container_token: _builtins.str
     request_id: _builtins.str
     container_image: _builtins.str
@@ -370,6 +378,11 @@ class ContainerRecord(_message.Message):
     """The "created" time written into the history entries of injected layers
     (RFC 3339): the source config's own "created", so that one request always
     gives the same digests. Empty on records from before it: create_time is used.
+    """
+    request_fingerprint: _builtins.str
+    """sha256 hex over what defines the image and its owner's listing: an
+    identical creation by the same caller finds this record by it. Empty on
+    freeze records and on records from before it (never matched).
     """
     @_builtins.property
     def container_config(self) -> Global___ContainerConfig:
@@ -418,10 +431,11 @@ class ContainerRecord(_message.Message):
         freeze: Global___FreezeState | None = ...,
         platforms: _abc.Iterable[Global___PlatformTarget] | None = ...,
         includes: _abc.Iterable[Global___IncludedImage] | None = ...,
+        request_fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config", "create_time", b"create_time", "expiration", b"expiration", "freeze", b"freeze"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config", "container_image", b"container_image", "container_platform", b"container_platform", "container_token", b"container_token", "create_time", b"create_time", "creator_address", b"creator_address", "expiration", b"expiration", "freeze", b"freeze", "history_created", b"history_created", "includes", b"includes", "owner", b"owner", "platforms", b"platforms", "request_id", b"request_id", "source_digest", b"source_digest", "source_manifest_digest", b"source_manifest_digest", "target_digest", b"target_digest", "target_image", b"target_image", "target_manifest_digest", b"target_manifest_digest", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_config", b"container_config", "container_image", b"container_image", "container_platform", b"container_platform", "container_token", b"container_token", "create_time", b"create_time", "creator_address", b"creator_address", "expiration", b"expiration", "freeze", b"freeze", "history_created", b"history_created", "includes", b"includes", "owner", b"owner", "platforms", b"platforms", "request_fingerprint", b"request_fingerprint", "request_id", b"request_id", "source_digest", b"source_digest", "source_manifest_digest", b"source_manifest_digest", "target_digest", b"target_digest", "target_image", b"target_image", "target_manifest_digest", b"target_manifest_digest", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1002,3 +1016,63 @@ class InspectImageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InspectImageResponse: _TypeAlias = InspectImageResponse  # noqa: Y015
+
+@_typing.final
+class RenewContainerRequest(_message.Message):
+    """RenewContainerRequest names the token to renew and for how long."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_TOKEN_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    container_token: _builtins.str
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """From now; the service's token TTL when unset. The new expiration must
+        not pass the token's creation + [service].max_token_lifetime.
+        """
+
+    def __init__(
+        self,
+        *,
+        container_token: _builtins.str = ...,
+        duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_token", b"container_token", "duration", b"duration"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewContainerRequest: _TypeAlias = RenewContainerRequest  # noqa: Y015
+
+@_typing.final
+class RenewContainerResponse(_message.Message):
+    """RenewContainerResponse is the renewed token's new expiration."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_TOKEN_FIELD_NUMBER: _builtins.int
+    EXPIRATION_FIELD_NUMBER: _builtins.int
+    MAX_EXPIRATION_FIELD_NUMBER: _builtins.int
+    container_token: _builtins.str
+    @_builtins.property
+    def expiration(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def max_expiration(self) -> _timestamp_pb2.Timestamp:
+        """The latest expiration a renewal may reach: creation + max_token_lifetime."""
+
+    def __init__(
+        self,
+        *,
+        container_token: _builtins.str = ...,
+        expiration: _timestamp_pb2.Timestamp | None = ...,
+        max_expiration: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expiration", b"expiration", "max_expiration", b"max_expiration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_token", b"container_token", "expiration", b"expiration", "max_expiration", b"max_expiration"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewContainerResponse: _TypeAlias = RenewContainerResponse  # noqa: Y015

@@ -75,6 +75,11 @@ class AugmentServiceStub:
                 request_serializer=wave_dot_augment_dot_v1_dot_augment__pb2.InspectImageRequest.SerializeToString,
                 response_deserializer=wave_dot_augment_dot_v1_dot_augment__pb2.InspectImageResponse.FromString,
                 _registered_method=True)
+        self.RenewContainer = channel.unary_unary(
+                '/wave.augment.v1.AugmentService/RenewContainer',
+                request_serializer=wave_dot_augment_dot_v1_dot_augment__pb2.RenewContainerRequest.SerializeToString,
+                response_deserializer=wave_dot_augment_dot_v1_dot_augment__pb2.RenewContainerResponse.FromString,
+                _registered_method=True)
 
 
 class AugmentServiceServicer:
@@ -147,6 +152,16 @@ class AugmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewContainer(self, request, context):
+        """RenewContainer moves a live token's expiration to now + duration (the
+        token TTL when unset), never past [service].max_token_lifetime from its
+        creation. The owner's, like RevokeContainer: another caller gets
+        PERMISSION_DENIED; unknown, expired and revoked tokens are NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AugmentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -189,6 +204,11 @@ def add_AugmentServiceServicer_to_server(servicer, server):
                     servicer.InspectImage,
                     request_deserializer=wave_dot_augment_dot_v1_dot_augment__pb2.InspectImageRequest.FromString,
                     response_serializer=wave_dot_augment_dot_v1_dot_augment__pb2.InspectImageResponse.SerializeToString,
+            ),
+            'RenewContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewContainer,
+                    request_deserializer=wave_dot_augment_dot_v1_dot_augment__pb2.RenewContainerRequest.FromString,
+                    response_serializer=wave_dot_augment_dot_v1_dot_augment__pb2.RenewContainerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -408,6 +428,33 @@ class AugmentService:
             '/wave.augment.v1.AugmentService/InspectImage',
             wave_dot_augment_dot_v1_dot_augment__pb2.InspectImageRequest.SerializeToString,
             wave_dot_augment_dot_v1_dot_augment__pb2.InspectImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wave.augment.v1.AugmentService/RenewContainer',
+            wave_dot_augment_dot_v1_dot_augment__pb2.RenewContainerRequest.SerializeToString,
+            wave_dot_augment_dot_v1_dot_augment__pb2.RenewContainerResponse.FromString,
             options,
             channel_credentials,
             insecure,

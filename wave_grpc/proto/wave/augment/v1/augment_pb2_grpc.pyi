@@ -71,6 +71,12 @@ class AugmentServiceStub:
     resolves to, and the manifest and config of one platform (Wave's
     /v1alpha1/inspect). Nothing is stored.
     """
+    RenewContainer: _grpc.UnaryUnaryMultiCallable[_augment_pb2.RenewContainerRequest, _augment_pb2.RenewContainerResponse]
+    """RenewContainer moves a live token's expiration to now + duration (the
+    token TTL when unset), never past [service].max_token_lifetime from its
+    creation. The owner's, like RevokeContainer: another caller gets
+    PERMISSION_DENIED; unknown, expired and revoked tokens are NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class AugmentServiceAsyncStub(AugmentServiceStub):
@@ -109,6 +115,12 @@ class AugmentServiceAsyncStub(AugmentServiceStub):
     """The source image as a creation would pin it: the digest the reference
     resolves to, and the manifest and config of one platform (Wave's
     /v1alpha1/inspect). Nothing is stored.
+    """
+    RenewContainer: _aio.UnaryUnaryMultiCallable[_augment_pb2.RenewContainerRequest, _augment_pb2.RenewContainerResponse]  # type: ignore[assignment]
+    """RenewContainer moves a live token's expiration to now + duration (the
+    token TTL when unset), never past [service].max_token_lifetime from its
+    creation. The owner's, like RevokeContainer: another caller gets
+    PERMISSION_DENIED; unknown, expired and revoked tokens are NOT_FOUND.
     """
 
 class AugmentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -193,6 +205,18 @@ class AugmentServiceServicer(metaclass=_abc_1.ABCMeta):
         """The source image as a creation would pin it: the digest the reference
         resolves to, and the manifest and config of one platform (Wave's
         /v1alpha1/inspect). Nothing is stored.
+        """
+
+    @_abc_1.abstractmethod
+    def RenewContainer(
+        self,
+        request: _augment_pb2.RenewContainerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_augment_pb2.RenewContainerResponse, _abc.Awaitable[_augment_pb2.RenewContainerResponse]]:
+        """RenewContainer moves a live token's expiration to now + duration (the
+        token TTL when unset), never past [service].max_token_lifetime from its
+        creation. The owner's, like RevokeContainer: another caller gets
+        PERMISSION_DENIED; unknown, expired and revoked tokens are NOT_FOUND.
         """
 
 def add_AugmentServiceServicer_to_server(servicer: AugmentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
