@@ -120,6 +120,13 @@ def brief(value: object, limit: int = ECHO_LIMIT) -> str:
     return repr(text)
 
 
+def shown(value: str, limit: int = ECHO_LIMIT) -> str:
+    """A caller's value as it reads when it is short and plain (a digest, a name), else :func:`brief`."""
+    if len(value) <= limit and value.isprintable() and not any(c.isspace() for c in value):
+        return value
+    return brief(value, limit)
+
+
 def invalid_argument(field: str, problem: str) -> WaveError:
     """A bad request field: the message starts with the field's name."""
     return WaveError(Errors.INVALID_ARGUMENT, f"{field}: {problem}")

@@ -16,7 +16,7 @@ from typing import IO, cast
 
 import zstandard
 
-from wave_grpc.errors import brief, invalid_argument
+from wave_grpc.errors import invalid_argument, shown
 from wave_grpc.image.compression import Compression, ZstdFrameError, ZstdFrames, sniff
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.tarcheck import TarChecker, TarPolicy
@@ -252,14 +252,14 @@ def check_layer_digests(field: str, actual: LayerDigests, gzip_digest: str, gzip
     """Compare what the caller claimed with what the bytes are; name both on a mismatch."""
     if gzip_digest and gzip_digest != str(actual.gzip_digest):
         raise invalid_argument(
-            f"{field}.gzip_digest", f"given {brief(gzip_digest)} but the bytes digest to {actual.gzip_digest}"
+            f"{field}.gzip_digest", f"given {shown(gzip_digest)} but the bytes digest to {actual.gzip_digest}"
         )
     if gzip_size and gzip_size != actual.gzip_size:
         raise invalid_argument(f"{field}.gzip_size", f"given {gzip_size} but the bytes are {actual.gzip_size} long")
     if tar_digest and tar_digest != str(actual.tar_digest):
         raise invalid_argument(
             f"{field}.tar_digest",
-            f"given {brief(tar_digest)} but the uncompressed tar digests to {actual.tar_digest}",
+            f"given {shown(tar_digest)} but the uncompressed tar digests to {actual.tar_digest}",
         )
 
 

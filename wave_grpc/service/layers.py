@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 
 from wave_grpc.config import Config
-from wave_grpc.errors import brief, invalid_argument
+from wave_grpc.errors import invalid_argument, shown
 from wave_grpc.image.compression import ZSTD_MAGIC, Compression, sniff
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.layers import LayerDigests, decode_data_location
@@ -99,7 +99,7 @@ async def _uploaded(field: str, location: str, layer: pb.ContainerLayer, store: 
         ("tar_digest", layer.tar_digest, str(tar_digest)),
     ):
         if given and given != actual:
-            raise invalid_argument(f"{field}.{name}", f"given {brief(given)} but the stored layer has {actual}")
+            raise invalid_argument(f"{field}.{name}", f"given {shown(given)} but the stored layer has {actual}")
     if layer.gzip_size and layer.gzip_size != size:
         raise invalid_argument(f"{field}.gzip_size", f"given {layer.gzip_size} but the stored layer has {size}")
     compression = await _stored_compression(store, digest)
