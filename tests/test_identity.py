@@ -165,7 +165,8 @@ def test_a_token_holder_sees_no_owner_and_the_gateway_proves_itself_across_proce
 
         # The gateway knows the owner: two anonymous tokens of one address share one pull count.
         _fresh_window()
-        second = svc.create(image)
+        second = svc.create(image, container_config=pb.ContainerConfig(env=["RUN=2"]))
+        assert second.container_token != anonymous.container_token
         assert gw.http("GET", _manifest_path(anonymous)).status == 200
         assert gw.http("GET", _manifest_path(second)).status == 200
         assert gw.http("GET", _manifest_path(anonymous)).status == 429
@@ -185,7 +186,9 @@ def test_a_split_deployment_without_a_secret_warns_and_counts_pulls_per_token(
         assert gw.log_text().count(WARNING) == 1
         image = base_images.ref("latest")
         _fresh_window()
-        first, second = svc.create(image), svc.create(image)
+        # Two requests that differ (identical ones would answer one token: same request, same name).
+        first = svc.create(image)
+        second = svc.create(image, container_config=pb.ContainerConfig(env=["RUN=2"]))
         assert gw.http("GET", _manifest_path(first)).status == 200
         assert gw.http("GET", _manifest_path(second)).status == 200  # its own count
         assert gw.http("GET", _manifest_path(first)).status == 429
