@@ -4,7 +4,6 @@ and ``main``, which runs one command and turns its failure into an exit code."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -12,6 +11,7 @@ from wave_grpc import __version__
 from wave_grpc.cli.augment import add_augment_command
 from wave_grpc.cli.errors import CliError, RequestFailed
 from wave_grpc.cli.gc import add_gc_command
+from wave_grpc.cli.logs import configure_logging
 from wave_grpc.cli.output import report_failure
 from wave_grpc.cli.serve import WORKER_COMMAND, add_serve_command, worker_parser
 from wave_grpc.cli.tokens import add_inspect_command, add_list_command, add_revoke_command
@@ -39,11 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     internal = words[:1] == [WORKER_COMMAND]
     args = worker_parser().parse_args(words[1:]) if internal else build_parser().parse_args(words)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.verbose)
     as_json = getattr(args, "output", "text") == "json"
     try:
         return int(args.func(args))

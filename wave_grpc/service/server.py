@@ -117,7 +117,8 @@ async def serve(config: Config, *, listen: str | None = None, metrics: Metrics |
         resources = opened.pop_all()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    log.info("AugmentService listening on %s", address.rsplit(":", 1)[0] + f":{port}")
+    # Debug: `serve` prints its own "listening" line for each listener (wave_grpc/serving.py).
+    log.debug("AugmentService listening on %s", address.rsplit(":", 1)[0] + f":{port}")
     running = RunningService(server, port, health, tokens, upstream, layers, servicer.freezes, resources)
     # Freezes a restart interrupted (or a replica that died) go on here.
     running.resumer = asyncio.create_task(servicer.freezes.resume_periodically(), name="freeze resumption")
