@@ -3,9 +3,14 @@ port wrong, what a runtime's TLS probe leaves behind, and what ``-v`` adds."""
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +29,13 @@ def _admin(stack: WaveStack) -> str:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, registry: components.Registry) -> Iterator[WaveStack]:
     admin = {"listen": f"127.0.0.1:{components.free_port()}"}
-    with WaveStack(tmp_path_factory.mktemp("first-hour"), registries=[registry_route(registry)], admin=admin) as wave:
+    # A route nobody listens on, where freezes may push: its freezes fail.
+    dead = f"127.0.0.1:{components.free_port()}"
+    routes = [
+        registry_route(registry, push_repositories=["*"]),
+        {"name": dead, "endpoint": f"http://{dead}", "push_repositories": ["*"], "connect_timeout": "1s"},
+    ]
+    with WaveStack(tmp_path_factory.mktemp("first-hour"), registries=routes, admin=admin) as wave:
         yield wave.start()
 
 
@@ -85,3 +96,100 @@ def test_verbose_serve_shows_wave_grpc_debug_lines_not_grpc_cores(
     assert " DEBUG wave_grpc" in log, log  # -v still shows our own debug lines
     assert " DEBUG grpc" not in log, log
     assert "Loaded running loop" not in log, log
+
+
+def _dead_route(stack: WaveStack) -> str:
+    (route,) = [r["name"] for r in stack.registries if r["name"] != stack.registries[0]["name"]]
+    return str(route)
+
+
+def test_status_follows_a_freeze_started_without_await(
+    stack: WaveStack, registry: components.Registry, base_images: components.BaseImages, tmp_path: Path
+) -> None:
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "hello").write_text("hi\n")
+    server = ("--server", stack.grpc_address)
+    args = ("augment", base_images.ref("latest"), "--layer", str(tmp_path / "tools"), *server)
+    started = cli(*args, "--freeze", "--build-repo", f"{registry.host}/frozen/first-hour", "-o", "json")
+    request_id = json.loads(started.stdout)["requestId"]
+    assert f"wave-grpc status {request_id} --await" in started.stderr
+    waited = cli("status", request_id, "--await", *server)
+    assert waited.stdout.splitlines()[1].split()[:2] == ["status", "ready"], waited.stdout
+    again = json.loads(cli("status", request_id, *server, "-o", "json").stdout)
+    assert again["succeeded"] is True
+    assert again["status"] == "CONTAINER_STATUS_DONE"
+    # inspect takes tokens: a request id is pointed at status.
+    wrong = cli("inspect", request_id, *server, check=False)
+    assert wrong.returncode == 2
+    assert f"wave-grpc status {request_id}" in wrong.stderr
+    # list says each entry's state: the freeze's, or "live" for a token.
+    token = stack.create(base_images.ref("latest")).container_token
+    lines = cli("list", *server).stdout.splitlines()
+    assert lines[0].split() == ["TOKEN", "STATUS", "EXPIRES", "SOURCE", "TARGET"]
+    assert any(line.split()[:2] == [token, "live"] for line in lines), lines
+    assert any(line.split()[:2] == ["(freeze)", "ready"] for line in lines), lines
+    listed = json.loads(cli("list", *server, "-o", "json").stdout)
+    assert {"live", "ready"} <= {item["status"] for item in listed}
+
+
+def test_status_of_a_failed_freeze_exits_1_with_the_reason(
+    stack: WaveStack, base_images: components.BaseImages
+) -> None:
+    server = ("--server", stack.grpc_address)
+    started = cli(
+        "augment",
+        base_images.ref("latest"),
+        *server,
+        "--freeze",
+        "--build-repo",
+        f"{_dead_route(stack)}/x",
+        "-o",
+        "json",
+    )
+    request_id = json.loads(started.stdout)["requestId"]
+    failed = cli("status", request_id, "--await", *server, check=False)
+    assert failed.returncode == 1, failed.stderr
+    assert "failed" in failed.stdout
+    assert f"the freeze {request_id} failed" in failed.stderr
+    assert cli("status", "not-a-request-id", *server, check=False).returncode == 2
+
+
+def test_repeated_platforms_add_up(stack: WaveStack, base_images: components.BaseImages) -> None:
+    server = ("--server", stack.grpc_address)
+    created = cli(
+        "augment",
+        base_images.ref("multi"),
+        "--platform",
+        "linux/amd64",
+        "--platform",
+        "linux/arm64",
+        *server,
+        "-o",
+        "json",
+    )
+    token = json.loads(created.stdout)["containerToken"]
+    described = json.loads(cli("inspect", token, *server, "-o", "json").stdout)
+    assert described["containerPlatform"] == "linux/amd64,linux/arm64"
+
+
+def test_server_takes_an_http_url_and_refuses_https_naming_tls_ca(stack: WaveStack) -> None:
+    assert cli("list", "--server", f"http://{stack.grpc_address}/").returncode == 0
+    refused = cli("list", "--server", f"https://{stack.grpc_address}", check=False)
+    assert refused.returncode == 2
+    assert "--tls-ca" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_gc_defaults_to_the_embedded_config_and_speaks_json(tmp_path: Path) -> None:
+    # The embedded configs/local.toml keeps its state under ./.wave-grpc, as serve does.
+    result = subprocess.run(
+        [sys.executable, "-m", "wave_grpc.cli", "gc", "--dry-run", "-o", "json"],
+        cwd=tmp_path,
+        env={**os.environ, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"dryRun": True, "removed": [], "freed": 0, "kept": 0}

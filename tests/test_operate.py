@@ -62,7 +62,7 @@ def test_list_shows_the_callers_live_tokens(stack: WaveStack, base_images: compo
     assert theirs not in tokens
     assert anonymous not in tokens
     text = cli("list", "--server", stack.grpc_address, "--token", ALICE).stdout
-    assert text.splitlines()[0].split() == ["TOKEN", "EXPIRES", "SOURCE", "TARGET"]
+    assert text.splitlines()[0].split() == ["TOKEN", "STATUS", "EXPIRES", "SOURCE", "TARGET"]
     assert all(token in text for token in mine)
     # Anonymous callers see the anonymous tokens created from their own address, nobody else's.
     anon = json.loads(cli("list", "--server", stack.grpc_address, "-o", "json").stdout)

@@ -14,6 +14,7 @@ from wave_grpc.cli.gc import add_gc_command
 from wave_grpc.cli.logs import configure_logging
 from wave_grpc.cli.output import report_failure
 from wave_grpc.cli.serve import WORKER_COMMAND, add_serve_command, worker_parser
+from wave_grpc.cli.status import add_status_command
 from wave_grpc.cli.tokens import add_inspect_command, add_list_command, add_revoke_command
 from wave_grpc.config import ConfigError
 
@@ -23,11 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wave-grpc {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{serve,augment,inspect,list,revoke,gc}", title="commands"
+        dest="command", required=True, metavar="{serve,augment,status,inspect,list,revoke,gc}", title="commands"
     )
     # In the order --help lists them.
     add_serve_command(sub)
     add_augment_command(sub)
+    add_status_command(sub)
     add_inspect_command(sub)
     add_revoke_command(sub)
     add_gc_command(sub)
