@@ -193,3 +193,35 @@ def test_gc_defaults_to_the_embedded_config_and_speaks_json(tmp_path: Path) -> N
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"dryRun": True, "removed": [], "freed": 0, "kept": 0}
+
+
+def _make_dry_run(target: str, venv: Path) -> list[str]:
+    """The commands ``make TARGET`` would run with ``VENV=venv`` (``make -n``: nothing runs)."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        ["make", "-n", "-C", str(root), target, f"VENV={venv}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return [line for line in result.stdout.splitlines() if line and not line.startswith("make")]
+
+
+def test_make_run_installs_runtime_dependencies_once(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    fresh = _make_dry_run("run", venv)
+    assert fresh[0].endswith("-m venv " + str(venv)), fresh
+    pips = [line for line in fresh if "pip install" in line and " -e " in line]
+    assert pips == [f"{venv}/bin/pip install -q -e ."], fresh  # not '.[test]'
+    assert fresh[-1].endswith("wave-grpc serve --config configs/local.toml")
+    # Installed (the stamps newer than pyproject.toml): no pip at all.
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").touch()
+    for stamp in (".installed-runtime", ".installed-test"):
+        (venv / stamp).touch()
+    again = _make_dry_run("run", venv)
+    assert not [line for line in again if "pip" in line], again
+    # `make install` (what `make test` runs) still installs the test extras when they are missing.
+    (venv / ".installed-test").unlink()
+    assert f"{venv}/bin/pip install -q -e '.[test]'" in _make_dry_run("install", venv)
