@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -35,7 +36,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, registry: components.Registr
         registry_route(registry, push_repositories=["*"]),
         {"name": dead, "endpoint": f"http://{dead}", "push_repositories": ["*"], "connect_timeout": "1s"},
     ]
-    with WaveStack(tmp_path_factory.mktemp("first-hour"), registries=routes, admin=admin) as wave:
+    # One gateway process: every metric family is exported from the start (in multiprocess
+    # mode a family shows once it has a sample; tests/test_admin.py covers that mode).
+    with WaveStack(
+        tmp_path_factory.mktemp("first-hour"), registries=routes, admin=admin, gateway={"workers": 1}
+    ) as wave:
         yield wave.start()
 
 
@@ -225,3 +230,47 @@ def test_make_run_installs_runtime_dependencies_once(tmp_path: Path) -> None:
     # `make install` (what `make test` runs) still installs the test extras when they are missing.
     (venv / ".installed-test").unlink()
     assert f"{venv}/bin/pip install -q -e '.[test]'" in _make_dry_run("install", venv)
+
+
+_README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _readme_metrics() -> set[str]:
+    """The metric names of the README's metrics table (its rows start with a wave_grpc_ name)."""
+    return set(re.findall(r"^\| `(wave_grpc_[a-z_]+)` \|", _README.read_text(), re.MULTILINE))
+
+
+def _exported_families(text: str) -> set[str]:
+    """wave_grpc_ families in a scrape, by their # TYPE lines (a counter's _created series left out)."""
+    typed = dict(re.findall(r"^# TYPE (wave_grpc_\w+) (\w+)$", text, re.MULTILINE))
+    return {
+        name
+        for name, kind in typed.items()
+        if not (name.endswith("_created") and kind == "gauge" and name.removesuffix("_created") + "_total" in typed)
+        and not (name.endswith("_created") and name.removesuffix("_created") in typed)
+    }
+
+
+def test_the_readme_metrics_table_is_what_metrics_exports(stack: WaveStack) -> None:
+    cli("list", "--server", stack.grpc_address)
+    text = components.http_request("GET", f"http://{_admin(stack)}/metrics", timeout=10).body.decode()
+    documented, exported = _readme_metrics(), _exported_families(text)
+    assert documented, "no metrics table in README.md"
+    assert exported - documented == set(), "exported but not in README.md's table"
+    assert documented - exported == set(), "in README.md's table but not exported"
+    assert re.search(r"^process_cpu_seconds_total ", text, re.MULTILINE), text
+    assert re.search(r"^process_open_fds ", text, re.MULTILINE), text
+    listed = 'wave_grpc_rpcs_total{code="OK",method="wave.augment.v1.AugmentService/ListContainers"}'
+    assert listed in text, text
+    assert "wave_grpc_rpc_duration_seconds_count" in text
+
+
+def test_rpc_metrics_count_failures_by_code_with_bounded_methods(stack: WaveStack) -> None:
+    cli("inspect", "abcdefabcdef", "--server", stack.grpc_address, check=False)
+    cli("status", "0" * 32, "--server", stack.grpc_address, check=False)
+    text = components.http_request("GET", f"http://{_admin(stack)}/metrics", timeout=10).body.decode()
+    assert 'wave_grpc_rpcs_total{code="NOT_FOUND",method="wave.augment.v1.AugmentService/DescribeContainer"}' in text
+    assert 'wave_grpc_rpcs_total{code="NOT_FOUND",method="wave.augment.v1.AugmentService/GetContainerStatus"}' in text
+    methods = set(re.findall(r'^wave_grpc_rpcs_total\{code="\w+",method="([^"]+)"\}', text, re.MULTILINE))
+    assert methods
+    assert all(m.startswith(("wave.augment.v1.", "grpc.")) or m == "other" for m in methods), methods
