@@ -133,6 +133,8 @@ def test_readyz_follows_the_augment_service(tmp_path: Path, registry: components
             assert failing["dependency"] == "AugmentService"
             assert failing["address"] == service.grpc_address
             assert failing["key"] == "[gateway].service"
+            # Readable: the gRPC status and what it means, not an exception repr cut mid-word.
+            assert failing["problem"] == "UNAVAILABLE: connection refused", failing
             service.start(only="service")
             assert _wait_for(lambda: _get(ready).status == 200)
 

@@ -18,6 +18,7 @@ import pytest
 from tests import components
 from tests.stack import WaveStack, registry_route
 from tests.test_e2e_augment import cli
+from wave_grpc.admin import problem_text
 
 # The start of a TLS ClientHello: what a runtime sends when it tries https on a plain-http port.
 _TLS_HELLO = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(32)
@@ -274,3 +275,35 @@ def test_rpc_metrics_count_failures_by_code_with_bounded_methods(stack: WaveStac
     methods = set(re.findall(r'^wave_grpc_rpcs_total\{code="\w+",method="([^"]+)"\}', text, re.MULTILINE))
     assert methods
     assert all(m.startswith(("wave.augment.v1.", "grpc.")) or m == "other" for m in methods), methods
+
+
+def test_a_gateway_alone_warns_once_at_start_when_its_service_is_unreachable(
+    tmp_path: Path, registry: components.Registry
+) -> None:
+    nobody = f"127.0.0.1:{components.free_port()}"
+    admin = {"listen": f"127.0.0.1:{components.free_port()}"}
+    with WaveStack(
+        tmp_path / "gateway", registries=[registry_route(registry)], gateway={"service": nobody}, admin=admin
+    ) as gateway:
+        gateway.start(only="gateway")
+        ready = components.http_request("GET", f"http://{admin['listen']}/readyz", timeout=10)
+        assert ready.status == 503
+        (failing,) = ready.json()["failing"]
+        assert failing["problem"] == "UNAVAILABLE: connection refused", failing
+        deadline = time.monotonic() + 10
+        while "is not answering" not in gateway.log_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        log = gateway.log_text()
+    (warning,) = [line for line in log.splitlines() if "is not answering" in line]
+    assert " WARNING " in warning
+    assert "[gateway].service" in warning
+    assert nobody in warning
+    assert "connection refused" in warning
+    assert "Traceback" not in log, log
+
+
+def test_readiness_problems_read_as_text_cut_at_a_word() -> None:
+    assert problem_text(ConnectionRefusedError(111, "Connection refused")) == "connection refused"
+    long = problem_text(RuntimeError("word " * 100))
+    assert long.endswith("word…"), long
+    assert len(long) <= 200
