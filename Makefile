@@ -1,5 +1,6 @@
 # The two commands the README promises:
-#   make run    install into .venv and run service + gateway on configs/local.toml
+#   make run    install the runtime dependencies into .venv (again only when pyproject.toml
+#               changes) and run service + gateway on configs/local.toml
 #   make test   install everything the tests need and run the whole suite
 # and the worked example, offline (a local registry, a base image built here,
 # the service, an augmentation, a pull): make example
@@ -13,10 +14,23 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-install: $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+# Stamps: pip runs again only when pyproject.toml changed (the install is editable, so
+# code changes need none). `run` needs the runtime dependencies only; everything the
+# tests and linters need is `install`'s, which covers `run`'s too.
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+TEST_STAMP := $(VENV)/.installed-test
 
-run: install
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(RUNTIME_STAMP)
+
+install: $(TEST_STAMP)
+
+run: $(RUNTIME_STAMP)
 	$(BIN)/wave-grpc serve --config configs/local.toml
 
 example: install

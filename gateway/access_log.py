@@ -26,6 +26,7 @@ from typing import IO
 
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_fileresponse import FileResponse
+from aiohttp.web_protocol import ERROR as UNPARSABLE
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import Response, StreamResponse
 
@@ -123,7 +124,9 @@ class AccessLog(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        if not self.logger.isEnabledFor(logging.INFO):
+        if not self.logger.isEnabledFor(logging.INFO) or request.message is UNPARSABLE:
+            # A request aiohttp could not parse (a TLS probe, an HTTP/2 client) is no access:
+            # its one line comes from aiohttp.server (wave_grpc/cli/logs.py).
             return
         sent = response.body_length
         # (StreamResponse is a MutableMapping, so isinstance is an ABC check: skipped for the common type.)

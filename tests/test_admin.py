@@ -133,6 +133,8 @@ def test_readyz_follows_the_augment_service(tmp_path: Path, registry: components
             assert failing["dependency"] == "AugmentService"
             assert failing["address"] == service.grpc_address
             assert failing["key"] == "[gateway].service"
+            # Readable: the gRPC status and what it means, not an exception repr cut mid-word.
+            assert failing["problem"] == "UNAVAILABLE: connection refused", failing
             service.start(only="service")
             assert _wait_for(lambda: _get(ready).status == 200)
 
@@ -209,3 +211,15 @@ def test_concurrent_creations_of_one_image_share_one_resolution(
         assert len({c.container_token for c in created}) == 16
         # One resolution (the /v2/ ping, the manifest, the config): not sixteen.
         assert upstream_requests() - before <= 4
+
+
+def test_metrics_in_multiprocess_mode_have_rpcs_and_process_series(stack: WaveStack) -> None:
+    # The stack runs a gateway pool (workers default to the cores): prometheus-client's multiprocess mode.
+    with stack.stub() as stub:
+        stub.ListContainers(pb.ListContainersRequest(page_size=10), timeout=10)
+    text = _get(f"{_admin(stack)}/metrics").body.decode()
+    method = "wave.augment.v1.AugmentService/ListContainers"
+    assert samples(text, "wave_grpc_rpcs_total", method=method, code="OK") >= 1
+    assert samples(text, "wave_grpc_rpc_duration_seconds_count", method=method) >= 1
+    assert samples(text, "process_open_fds") > 0
+    assert samples(text, "process_start_time_seconds") > 0

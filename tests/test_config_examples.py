@@ -1,4 +1,4 @@
-"""Every example config in configs/examples/ loads, so the examples stay valid.
+"""Every example config in configs/examples/ loads and starts, so the examples stay valid.
 
 The examples start as shipped: only private.toml needs something from the
 environment (its credentials are the point of it). The others carry their
@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests import components
+from tests.stack import write_toml
 from wave_grpc.config import Config, load_config
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "configs" / "examples").glob("*.toml"))
@@ -180,3 +185,64 @@ def test_examples_route_what_they_say(tmp_path: Path, monkeypatch: pytest.Monkey
     assert route is not None
     assert route.blobs == "proxy"
     assert route.has_credentials
+
+
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
+
+
+def _listens(raw: dict[str, Any]) -> dict[str, str]:
+    """What an example binds, with the defaults for what it leaves out."""
+    return {
+        "[service].listen": raw.get("service", {}).get("listen", "127.0.0.1:50051"),
+        "[gateway].listen": raw.get("gateway", {}).get("listen", "127.0.0.1:9090"),
+        "[admin].listen": raw.get("admin", {}).get("listen", ""),
+    }
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_binds_loopback_with_the_admin_endpoints_on(path: Path) -> None:
+    text = path.read_text()
+    for key, listen in _listens(tomllib.loads(text)).items():
+        assert listen, f"{path.name}: {key} is not set: every example serves /metrics, /healthz and /readyz"
+        assert listen.rsplit(":", 1)[0] in _LOOPBACK_HOSTS, f"{path.name}: {key} = {listen} binds beyond loopback"
+    # The comment next to the addresses says what a real deployment changes.
+    assert "0.0.0.0:" in text, f"{path.name}: say which listen address a real deployment sets"
+
+
+def _on_free_ports(path: Path, directory: Path) -> tuple[Path, str]:
+    """A copy of ``path`` on free loopback ports (one gateway process); answers it and its admin address."""
+    raw = tomllib.loads(path.read_text())
+    admin = f"127.0.0.1:{components.free_port()}"
+    raw.setdefault("service", {})["listen"] = f"127.0.0.1:{components.free_port()}"
+    gateway = raw.setdefault("gateway", {})
+    gateway.update(listen=f"127.0.0.1:{components.free_port()}", workers=1)
+    if gateway.get("service", "127.0.0.1:50051").startswith("127.0.0.1:"):
+        gateway["service"] = raw["service"]["listen"]
+    raw["admin"]["listen"] = admin
+    directory.mkdir(parents=True, exist_ok=True)
+    return write_toml(directory / path.name, raw), admin
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_serves_admin_endpoints_and_logs_no_traceback(path: Path, tmp_path: Path) -> None:
+    copy, admin = _on_free_ports(path, tmp_path / "config")
+    raw = tomllib.loads(path.read_text())
+    secrets = {r["password_env"]: "secret" for r in raw.get("registries", []) if "password_env" in r}
+    env = {**os.environ, **secrets, "HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "wave_grpc.cli", "serve", "--config", str(copy)]
+    with components.ManagedProcess(
+        argv, log_path=tmp_path / "serve.log", env=env, cwd=tmp_path, name=path.stem
+    ) as process:
+        process.wait_http(f"http://{admin}/readyz", timeout=60, statuses=frozenset({200, 503}))
+        metrics = components.http_request("GET", f"http://{admin}/metrics", timeout=10)
+        assert metrics.status == 200
+        assert b"wave_grpc_" in metrics.body
+        time.sleep(1.0)  # the freeze resumption's first look, right after the start
+    log = process.log_text()
+    assert "Traceback" not in log, f"{path.name}:\n{log}"
+    assert " ERROR " not in log, f"{path.name}:\n{log}"
+    if "redis://" in raw.get("service", {}).get("store", ""):
+        # Redis is not there: said in one line each, by the start and by the freeze resumption.
+        (resumption,) = [line for line in log.splitlines() if "looking for interrupted freezes failed" in line]
+        assert " WARNING " in resumption
+        assert "[service].store" in resumption

@@ -69,7 +69,7 @@ def test_list_shows_the_callers_live_tokens(stack: WaveStack, base_images: compo
     assert theirs not in tokens
     assert anonymous not in tokens
     text = cli("list", "--server", stack.grpc_address, "--token", ALICE).stdout
-    assert text.splitlines()[0].split() == ["TOKEN", "EXPIRES", "SOURCE", "TARGET"]
+    assert text.splitlines()[0].split() == ["TOKEN", "STATUS", "EXPIRES", "SOURCE", "TARGET"]
     assert all(token in text for token in mine)
     # An address is no identity (a NAT, a login node, a proxy shares it): an anonymous caller
     # lists nothing, and is told how to get a caller token. Two anonymous callers at one

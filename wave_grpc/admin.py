@@ -20,12 +20,16 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from wave_grpc.errors import WaveError
 from wave_grpc.metrics import Metrics
 
 CHECK_TIMEOUT = 2.0
+# The longest problem text /readyz shows for one dependency.
+PROBLEM_MAX = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,14 +40,54 @@ class ReadinessCheck:
     check: Callable[[], Awaitable[None]]  # raises when the dependency does not answer
 
 
-async def _run(check: ReadinessCheck) -> dict[str, str] | None:
+def _shortened(text: str, limit: int = PROBLEM_MAX) -> str:
+    """``text`` on one line, cut at a word boundary with an ellipsis when longer than ``limit``."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1].rsplit(" ", 1)[0].rstrip(" ,;:(")
+    return cut + "…"
+
+
+# What a failed connection's words mean, for the failures a probe meets (gRPC's and the OS's).
+_CONNECTION_FAILURES = (
+    ("connection refused", "connection refused"),
+    ("failed to connect", "connection refused"),
+    ("name or service not known", "host name not resolved"),
+    ("dns resolution failed", "host name not resolved"),
+    ("no address associated", "host name not resolved"),
+    ("temporary failure in name resolution", "host name not resolved"),
+    ("timed out", "timed out"),
+    ("deadline exceeded", "timed out"),
+    ("ssl", "TLS handshake failed"),
+    ("socket closed", "connection closed (another protocol on that port?)"),
+)
+
+
+def problem_text(exc: BaseException) -> str:
+    """A failed check as a short readable line, e.g. ``UNAVAILABLE: connection refused``."""
+    if isinstance(exc, WaveError):
+        return _shortened(exc.message)
+    if isinstance(exc, grpc.aio.AioRpcError):
+        words = f"{exc.details() or ''} {exc.debug_error_string() or ''}".lower()
+        meaning = next((m for pattern, m in _CONNECTION_FAILURES if pattern in words), exc.details() or "")
+        return _shortened(f"{exc.code().name}: {meaning}")
+    if isinstance(exc, OSError):
+        words = f"{exc.strerror or ''} {exc}".lower()
+        meaning = next((m for pattern, m in _CONNECTION_FAILURES if pattern in words), exc.strerror or str(exc))
+        return _shortened(meaning or type(exc).__name__)
+    return _shortened(str(exc) or type(exc).__name__)
+
+
+async def run_check(check: ReadinessCheck) -> dict[str, str] | None:
+    """None when the dependency answers, else what failed, where, which key, and why (readably)."""
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
             await check.check()
     except TimeoutError:
         problem = f"no answer within {CHECK_TIMEOUT:g}s"
     except Exception as exc:
-        problem = f"{type(exc).__name__}: {str(exc)[:200]}"
+        problem = problem_text(exc)
     else:
         return None
     return {"dependency": check.dependency, "address": check.address, "key": check.key, "problem": problem}
@@ -83,7 +127,9 @@ def create_admin_app(metrics: Metrics, state: Readiness) -> web.Application:
             return _not_ready("starting: not every listener is open yet")
         if state.phase == "draining":
             return _not_ready("draining: shutting down, in-flight requests are finishing")
-        failing = [result for result in await asyncio.gather(*(_run(c) for c in state.checks)) if result is not None]
+        failing = [
+            result for result in await asyncio.gather(*(run_check(c) for c in state.checks)) if result is not None
+        ]
         if not failing:
             return web.Response(text="ready\n")
         message = "; ".join(f"{f['dependency']} at {f['address']} ({f['key']}): {f['problem']}" for f in failing)

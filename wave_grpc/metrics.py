@@ -16,7 +16,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    values,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
@@ -56,6 +64,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._sampled: list[_Sampled] = []
         r = self.registry
+        # process_* (CPU, memory, open files, start time): Linux's /proc; nothing elsewhere.
+        ProcessCollector(registry=r)
         self.http_requests = Counter(
             "wave_grpc_http_requests", "Gateway HTTP requests", ["route", "method", "status"], registry=r
         )
@@ -88,6 +98,19 @@ class Metrics:
         self.layers_collected = Counter(
             "wave_grpc_layers_collected", "Layers removed by garbage collection", registry=r
         )
+        self.rpcs = Counter(
+            "wave_grpc_rpcs",
+            "gRPC calls answered, by method (package.Service/Method, or 'other') and status code",
+            ["method", "code"],
+            registry=r,
+        )
+        self.rpc_duration = Histogram(
+            "wave_grpc_rpc_duration_seconds",
+            "gRPC call duration, until the last response was handed over",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.live_connections = Gauge(
             "wave_grpc_gateway_connections", "Open gateway connections", registry=r, multiprocess_mode="livesum"
         )
@@ -102,6 +125,8 @@ class Metrics:
         if directory:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=directory)
+            # process_* describe the process answering the scrape (the parent), not a sum over workers.
+            ProcessCollector(registry=registry)
         else:
             registry = self.registry
         text = generate_latest(registry)

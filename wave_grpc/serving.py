@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.access_log import AccessLog
 from gateway.app import create_app
 from gateway.connections import ConnectionGuard, serve_guarded
-from wave_grpc.admin import CHECK_TIMEOUT, Readiness, ReadinessCheck, create_admin_app
+from wave_grpc.admin import CHECK_TIMEOUT, Readiness, ReadinessCheck, create_admin_app, run_check
 from wave_grpc.channel import service_channel
 from wave_grpc.config import Config
 from wave_grpc.config.registries import Secret
@@ -294,6 +294,19 @@ def with_gateway_secret(config: Config, only: str | None) -> Config:
     return config
 
 
+async def _warn_if_unanswered(checks: list[ReadinessCheck]) -> None:
+    """One warning at start per dependency that does not answer (a gateway alone: its AugmentService)."""
+    for failed in await asyncio.gather(*(run_check(check) for check in checks)):
+        if failed is not None:
+            log.warning(
+                "the %s at %s (%s) is not answering: %s; pulls fail until it does",
+                failed["dependency"],
+                failed["address"],
+                failed["key"],
+                failed["problem"],
+            )
+
+
 async def run_servers(config: Config, only: str | None, ready: Callable[[str], None] = print) -> None:
     """Run what ``serve`` asks for until SIGTERM or SIGINT, then shut down gracefully.
 
@@ -325,7 +338,11 @@ async def run_servers(config: Config, only: str | None, ready: Callable[[str], N
                 f"gateway listening on {config.gateway.listen} with {workers} worker(s) "
                 f"(images named {config.gateway.public_host}/wt/...)"
             )
-        readiness.started(_readiness(config, service, gateway))
+        checks = _readiness(config, service, gateway)
+        readiness.started(checks)
+        if only == "gateway":
+            warned = asyncio.create_task(_warn_if_unanswered(checks), name="dependency check at start")
+            opened.callback(warned.cancel)
         # Closed first: from the first SIGTERM on, readiness is 503 while the listeners
         # close and in-flight requests and streams finish (up to each face's shutdown_grace).
         opened.callback(readiness.drain)

@@ -6,19 +6,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import tempfile
 from pathlib import Path
 
 from wave_grpc.cli.client import add_client_command, caller_metadata, service_stub
 from wave_grpc.cli.errors import CliError, RequestFailed
 from wave_grpc.cli.layers import INLINE_LIMIT, pack_layer, send_layer
-from wave_grpc.cli.output import Progress, print_result
+from wave_grpc.cli.output import print_result
+from wave_grpc.cli.status import await_freeze
 from wave_grpc.cli.subcommands import Subcommands
 from wave_grpc.image.compression import Compression
 from wave_grpc.image.layers import LayerDigests
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
-
-FREEZE_POLL_SECONDS = 1.0
 
 
 def _config_of(args: argparse.Namespace) -> pb.ContainerConfig:
@@ -36,7 +36,7 @@ async def _validate(args: argparse.Namespace) -> None:
         await stub.CreateContainer(
             pb.CreateContainerRequest(
                 container_image=args.image,
-                container_platform=args.platform or "",
+                container_platform=",".join(args.platform),
                 container_config=_config_of(args),
                 validate_only=True,
                 freeze=args.freeze,
@@ -57,7 +57,7 @@ async def _create(args: argparse.Namespace, packed: list[tuple[str, Path, LayerD
             config.layers.append(layer)
         request = pb.CreateContainerRequest(
             container_image=args.image,
-            container_platform=args.platform or "",
+            container_platform=",".join(args.platform),
             container_config=config,
             freeze=args.freeze,
             build_repository=args.build_repo or "",
@@ -65,27 +65,6 @@ async def _create(args: argparse.Namespace, packed: list[tuple[str, Path, LayerD
         )
         response: pb.CreateContainerResponse = await stub.CreateContainer(request, metadata=metadata)
     return response
-
-
-async def _await_freeze(args: argparse.Namespace, request_id: str) -> pb.GetContainerStatusResponse:
-    """Poll the freeze until it is DONE, drawing its progress on a terminal."""
-    progress: Progress | None = None
-    async with service_stub(args) as stub:
-        while True:
-            status: pb.GetContainerStatusResponse = await stub.GetContainerStatus(
-                pb.GetContainerStatusRequest(request_id=request_id), metadata=caller_metadata(args)
-            )
-            counts = status.freeze_progress
-            if counts.blobs_total:
-                if progress is None:
-                    progress = Progress("freezing (blobs)", counts.blobs_total)
-                done = counts.blobs_present + counts.blobs_mounted + counts.blobs_copied
-                progress.advance(done - progress.done)
-            if status.status == pb.CONTAINER_STATUS_DONE:
-                if progress is not None:
-                    progress.close()
-                return status
-            await asyncio.sleep(FREEZE_POLL_SECONDS)
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
@@ -111,10 +90,12 @@ def cmd_augment(args: argparse.Namespace) -> int:
         packed = [(platform, *pack_layer(spec, Path(scratch_name), compression)) for platform, spec in specs]
         response = asyncio.run(_create(args, packed))
     if response.freeze and args.wait:
-        status = asyncio.run(_await_freeze(args, response.request_id))
+        status = asyncio.run(await_freeze(args, response.request_id))
         if not status.succeeded:
             raise RequestFailed(f"the freeze to {response.target_image} failed: {status.reason}", "FREEZE_FAILED")
     print_result(response, args, response.target_image)
+    if response.freeze and not args.wait:
+        print(f"freezing: follow it with `wave-grpc status {response.request_id} --await`", file=sys.stderr)
     return 0
 
 
@@ -145,7 +126,10 @@ def add_augment_command(sub: Subcommands) -> None:
     augment.add_argument("--config-working-dir", metavar="DIR")
     augment.add_argument(
         "--platform",
-        help="os/arch[/variant] (default linux/amd64), or a comma-separated list for one name serving each",
+        action="append",
+        default=[],
+        help="os/arch[/variant] (default linux/amd64), or a comma-separated list for one name serving each; "
+        "repeated --platform options add to that list",
     )
     augment.add_argument(
         "--platform-layer",

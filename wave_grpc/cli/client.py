@@ -22,13 +22,30 @@ DEFAULT_SERVER = "127.0.0.1:50051"
 CallerMetadata: TypeAlias = tuple[tuple[str, str], ...]
 
 
+def server_address(value: str) -> str:
+    """``--server``: host:port; an ``http://`` URL is taken for its host:port, an ``https://`` one refused
+    (TLS is --tls-ca's to say, and the CLI would otherwise talk plaintext to a TLS port)."""
+    address = value.strip()
+    if address.lower().startswith("https://"):
+        bare = address[len("https://") :].split("/", 1)[0]
+        raise argparse.ArgumentTypeError(
+            f"{value} is a URL: --server takes the AugmentService's host:port; for TLS use --tls-ca CA.pem, "
+            f"e.g. --server {bare} --tls-ca CA.pem"
+        )
+    if address.lower().startswith("http://"):
+        address = address[len("http://") :].split("/", 1)[0]
+    return address
+
+
 def add_client_command(sub: Subcommands, name: str, help_text: str) -> argparse.ArgumentParser:
     """A subcommand that talks to the AugmentService, with the options every such command takes."""
     parser = sub.add_parser(name, help=help_text)
     parser.add_argument(
         "--server",
         default=os.environ.get("WAVE_GRPC_SERVER", DEFAULT_SERVER),
-        help=f"AugmentService address host:port (default {DEFAULT_SERVER}; env WAVE_GRPC_SERVER)",
+        type=server_address,
+        help=f"AugmentService address host:port (default {DEFAULT_SERVER}; env WAVE_GRPC_SERVER); "
+        "an http:// prefix is dropped; for TLS use --tls-ca",
     )
     parser.add_argument("--tls-ca", help="PEM CA bundle: reach the service over TLS (env WAVE_GRPC_TLS_CA)")
     parser.add_argument(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 from pathlib import Path
 
 from wave_grpc.cli.errors import RequestFailed
 from wave_grpc.cli.subcommands import Subcommands
-from wave_grpc.config import load_config
+from wave_grpc.config import default_config_path, load_config
 from wave_grpc.errors import WaveError
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.stores.gc import collect_layers
@@ -16,7 +17,7 @@ from wave_grpc.stores.open import open_layer_store, open_token_store
 
 
 async def _gc(args: argparse.Namespace) -> int:
-    config = load_config(Path(args.config))
+    config = load_config(Path(args.config) if args.config else default_config_path())
     upstream = RegistryClient(config)
     await upstream.start()
     tokens = open_token_store(config.service.store)
@@ -30,6 +31,11 @@ async def _gc(args: argparse.Namespace) -> int:
         await upstream.close()
     if collected is None:
         raise RequestFailed("another garbage collection is running (a service replica or `wave-grpc gc`); try later")
+    if args.output == "json":
+        removed = [{"digest": str(digest), "size": size} for digest, size in collected.removed]
+        result = {"dryRun": args.dry_run, "removed": removed, "freed": collected.freed, "kept": collected.kept}
+        print(json.dumps(result, indent=2))
+        return 0
     verb = "would remove" if args.dry_run else "removed"
     for digest, size in collected.removed:
         print(f"{verb} {digest} ({size} bytes)")
@@ -44,6 +50,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def add_gc_command(sub: Subcommands) -> None:
     gc = sub.add_parser("gc", help="garbage-collect the layer store now (as the service does every gc_interval)")
-    gc.add_argument("--config", required=True, help="the service's TOML config")
+    gc.add_argument("--config", help="the service's TOML config (default: the embedded configs/local.toml, as serve)")
     gc.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
+    gc.add_argument("-o", "--output", choices=("text", "json"), default="text")
     gc.set_defaults(func=cmd_gc)

@@ -14,6 +14,7 @@ from google.protobuf.json_format import MessageToDict
 from wave_grpc.cli.client import add_client_command, caller_metadata, service_stub
 from wave_grpc.cli.errors import CliError
 from wave_grpc.cli.output import print_result
+from wave_grpc.cli.status import is_request_id, status_word
 from wave_grpc.cli.subcommands import Subcommands
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 
@@ -27,6 +28,11 @@ def token_of(value: str) -> str:
 
 
 async def _inspect(args: argparse.Namespace) -> int:
+    if is_request_id(args.token_id):
+        raise CliError(
+            f"{args.token_id} is a request id, not a token: follow a freeze with "
+            f"`wave-grpc status {args.token_id.strip()} [--await]`"
+        )
     async with service_stub(args) as stub:
         # DescribeContainer, not GetContainer: a description is the token owner's.
         response = await stub.DescribeContainer(
@@ -63,24 +69,37 @@ async def _list(args: argparse.Namespace) -> int:
             page = response.next_page_token
             if not page:
                 break
+        # A freeze's state is its own RPC; a token is live (listed tokens are never expired).
+        states = [
+            status_word(
+                await stub.GetContainerStatus(
+                    pb.GetContainerStatusRequest(request_id=item.request_id), metadata=caller_metadata(args)
+                )
+            )
+            if item.freeze
+            else "live"
+            for item in summaries
+        ]
     if args.output == "json":
-        print(json.dumps([MessageToDict(item) for item in summaries], indent=2))
+        listed = [{**MessageToDict(item), "status": state} for item, state in zip(summaries, states, strict=True)]
+        print(json.dumps(listed, indent=2))
         return 0
     if not summaries:
         print("no live tokens")
         return 0
-    rows = [("TOKEN", "EXPIRES", "SOURCE", "TARGET")] + [
+    rows = [("TOKEN", "STATUS", "EXPIRES", "SOURCE", "TARGET")] + [
         (
             item.container_token or "(freeze)",
+            state,
             item.expiration.ToJsonString(),
             item.container_image,
             item.target_image,
         )
-        for item in summaries
+        for item, state in zip(summaries, states, strict=True)
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
     return 0
 
 

@@ -196,6 +196,9 @@ class FreezeRunner:
         while True:
             try:
                 resumed = await self.resume()
+            except WaveError as exc:
+                # An expected outage (the token store down, already said once at start): one line.
+                log.warning("looking for interrupted freezes failed: %s; retrying in %gs", exc.message, interval)
             except Exception:
                 log.exception("looking for interrupted freezes failed; retrying in %gs", interval)
             else:

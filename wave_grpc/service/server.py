@@ -18,6 +18,7 @@ from wave_grpc.metrics import Metrics
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.service.freeze import FreezeRunner
+from wave_grpc.service.rpc_metrics import RpcMetrics
 from wave_grpc.service.servicer import AugmentServicer, add_to_server
 from wave_grpc.stores.gc import collect_layers
 from wave_grpc.stores.layers import LayerStore
@@ -66,9 +67,10 @@ class RunningService:
         await self.resources.aclose()
 
 
-def _grpc_server(config: Config) -> grpc.aio.Server:
+def _grpc_server(config: Config, metrics: Metrics | None) -> grpc.aio.Server:
     size = config.service.max_message_size
     return grpc.aio.server(
+        interceptors=[RpcMetrics(metrics)] if metrics is not None else [],
         options=[
             # grpcio shares busy ports by default; a second server must fail instead.
             ("grpc.so_reuseport", 0),
@@ -100,7 +102,7 @@ async def serve(config: Config, *, listen: str | None = None, metrics: Metrics |
         limiter = open_rate_limiter(config.service.store)
         servicer = AugmentServicer(config, tokens, layers, upstream, metrics=metrics, limiter=limiter)
         opened.push_async_callback(servicer.freezes.close)
-        server = _grpc_server(config)
+        server = _grpc_server(config, metrics)
         add_to_server(servicer, server)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -120,7 +122,8 @@ async def serve(config: Config, *, listen: str | None = None, metrics: Metrics |
         resources = opened.pop_all()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    log.info("AugmentService listening on %s", address.rsplit(":", 1)[0] + f":{port}")
+    # Debug: `serve` prints its own "listening" line for each listener (wave_grpc/serving.py).
+    log.debug("AugmentService listening on %s", address.rsplit(":", 1)[0] + f":{port}")
     running = RunningService(server, port, health, tokens, upstream, layers, servicer.freezes, resources)
     # Freezes a restart interrupted (or a replica that died) go on here.
     running.resumer = asyncio.create_task(servicer.freezes.resume_periodically(), name="freeze resumption")
