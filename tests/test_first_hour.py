@@ -3,6 +3,7 @@ port wrong, what a runtime's TLS probe leaves behind, and what ``-v`` adds."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -28,6 +29,12 @@ def _admin(stack: WaveStack) -> str:
     return str(stack.admin["listen"])
 
 
+# Listing needs a caller token (anonymous callers are refused): the operator's own.
+OP_TOKEN = "op-token-0123456789"  # noqa: S105 (a test caller token)
+OP_TOKENS = [{"user": "op", "sha256": hashlib.sha256(OP_TOKEN.encode()).hexdigest()}]
+AS_OP = ("--token", OP_TOKEN)
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, registry: components.Registry) -> Iterator[WaveStack]:
     admin = {"listen": f"127.0.0.1:{components.free_port()}"}
@@ -40,7 +47,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, registry: components.Registr
     # One gateway process: every metric family is exported from the start (in multiprocess
     # mode a family shows once it has a sample; tests/test_admin.py covers that mode).
     with WaveStack(
-        tmp_path_factory.mktemp("first-hour"), registries=routes, admin=admin, gateway={"workers": 1}
+        tmp_path_factory.mktemp("first-hour"),
+        registries=routes,
+        admin=admin,
+        gateway={"workers": 1},
+        service={"tokens": OP_TOKENS},
     ) as wave:
         yield wave.start()
 
@@ -94,10 +105,14 @@ def test_a_tls_probe_on_the_gateway_leaves_no_access_line(stack: WaveStack) -> N
 def test_verbose_serve_shows_wave_grpc_debug_lines_not_grpc_cores(
     tmp_path_factory: pytest.TempPathFactory, registry: components.Registry
 ) -> None:
-    with WaveStack(tmp_path_factory.mktemp("verbose"), registries=[registry_route(registry)], verbose=True) as wave:
+    # Listing needs a caller token: one static token makes three RPCs that succeed.
+    service = {"tokens": OP_TOKENS}
+    with WaveStack(
+        tmp_path_factory.mktemp("verbose"), registries=[registry_route(registry)], service=service, verbose=True
+    ) as wave:
         wave.start(only="service")
         for _ in range(3):
-            cli("list", "--server", wave.grpc_address)
+            cli("list", "--server", wave.grpc_address, *AS_OP)
         log = wave.log_text()
     assert " DEBUG wave_grpc" in log, log  # -v still shows our own debug lines
     assert " DEBUG grpc" not in log, log
@@ -114,7 +129,7 @@ def test_status_follows_a_freeze_started_without_await(
 ) -> None:
     (tmp_path / "tools").mkdir()
     (tmp_path / "tools" / "hello").write_text("hi\n")
-    server = ("--server", stack.grpc_address)
+    server = ("--server", stack.grpc_address, *AS_OP)
     args = ("augment", base_images.ref("latest"), "--layer", str(tmp_path / "tools"), *server)
     started = cli(*args, "--freeze", "--build-repo", f"{registry.host}/frozen/first-hour", "-o", "json")
     request_id = json.loads(started.stdout)["requestId"]
@@ -129,7 +144,8 @@ def test_status_follows_a_freeze_started_without_await(
     assert wrong.returncode == 2
     assert f"wave-grpc status {request_id}" in wrong.stderr
     # list says each entry's state: the freeze's, or "live" for a token.
-    token = stack.create(base_images.ref("latest")).container_token
+    bearer = (("authorization", f"Bearer {OP_TOKEN}"),)
+    token = stack.create(base_images.ref("latest"), metadata=bearer).container_token
     lines = cli("list", *server).stdout.splitlines()
     assert lines[0].split() == ["TOKEN", "STATUS", "EXPIRES", "SOURCE", "TARGET"]
     assert any(line.split()[:2] == [token, "live"] for line in lines), lines
@@ -179,7 +195,7 @@ def test_repeated_platforms_add_up(stack: WaveStack, base_images: components.Bas
 
 
 def test_server_takes_an_http_url_and_refuses_https_naming_tls_ca(stack: WaveStack) -> None:
-    assert cli("list", "--server", f"http://{stack.grpc_address}/").returncode == 0
+    assert cli("list", "--server", f"http://{stack.grpc_address}/", *AS_OP).returncode == 0
     refused = cli("list", "--server", f"https://{stack.grpc_address}", check=False)
     assert refused.returncode == 2
     assert "--tls-ca" in refused.stderr
@@ -253,7 +269,7 @@ def _exported_families(text: str) -> set[str]:
 
 
 def test_the_readme_metrics_table_is_what_metrics_exports(stack: WaveStack) -> None:
-    cli("list", "--server", stack.grpc_address)
+    cli("list", "--server", stack.grpc_address, *AS_OP)
     text = components.http_request("GET", f"http://{_admin(stack)}/metrics", timeout=10).body.decode()
     documented, exported = _readme_metrics(), _exported_families(text)
     assert documented, "no metrics table in README.md"
