@@ -77,7 +77,7 @@ class _Fill:
         return chunks, close
 
     async def _follow(self, fd: int, label: str) -> AsyncGenerator[bytes, None]:
-        """Ends only once the whole blob was verified; raises if the fetch failed first."""
+        """Ends only once the whole blob was verified and published; raises if the fetch failed first."""
         offset = 0
         while True:
             progress = self._progress
@@ -196,7 +196,11 @@ class SiteCache:
         label = f"blob {registry}/{repository}@{fill.digest}"
         try:
             await self._fetch(fill, client, registry, repository, label)
+            # Published before the readers' streams end: a runtime that got the whole blob
+            # can count on it being stored (its next pull, a restart, another replica).
             await self.store.publish(fill.digest, fill.path, fill.written)
+            fill.verified = True
+            fill.advanced()
         except WaveError as exc:
             log.warning("%s: %s; nothing kept", self.store.label, exc.message)
             fill.failed(exc)
@@ -215,7 +219,7 @@ class SiteCache:
             fill.path.unlink(missing_ok=True)
 
     async def _fetch(self, fill: _Fill, client: RegistryClient, registry: str, repository: str, label: str) -> None:
-        """The upstream's bytes into the fill's file, each chunk announced to readers; then verified."""
+        """The upstream's bytes into the fill's file, each chunk announced to readers; then checked."""
         answer = await upstream_blob(client, registry, repository, fill.digest, "GET")
         if not isinstance(answer, Stream) or answer.partial:
             raise WaveError(Errors.UPSTREAM_UNAVAILABLE, f"{label}: registry {registry} gave no whole blob to keep")
@@ -243,5 +247,3 @@ class SiteCache:
                 Errors.DIGEST_INVALID,
                 f"{label}: registry {registry} sent bytes of another digest (sha256:{hasher.hexdigest()})",
             )
-        fill.verified = True
-        fill.advanced()
