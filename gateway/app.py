@@ -23,7 +23,7 @@ from wave_grpc.metrics import Metrics
 from wave_grpc.proto.wave.augment.v1 import augment_pb2_grpc as pb_grpc
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.stores.content import CountedCache, LocalContentCache, TieredContentCache
-from wave_grpc.stores.open import open_layer_reader, open_rate_limiter
+from wave_grpc.stores.open import open_layer_reader, open_rate_limiter, open_site_cache
 from wave_grpc.stores.redis import RedisContentCache, redis_client
 
 # Only the resolver reads the content cache: the key stays in this module.
@@ -36,10 +36,14 @@ def _upstream(config: Config, metrics: Metrics) -> CleanupContext:
     async def upstream(app: web.Application) -> AsyncIterator[None]:
         client = RegistryClient(config, metrics=metrics)
         await client.start()
+        # Routes with blobs = "cache" are served from [cache].store through the client.
+        site = open_site_cache(config, client, metrics)
         app[UPSTREAM] = client
         try:
             yield
         finally:
+            if site is not None:
+                await site.close()
             await client.close()
 
     return upstream

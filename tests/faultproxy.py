@@ -8,7 +8,13 @@ forwards every request byte for byte (redirects and all, no decompression).
 * ``{"mode": "status", "status": 503, "count": 2, "retry_after": "1"}``: answer
   that status (an OCI error body) to the next ``count`` requests (all, without
   ``count``), then forward again;
-* ``{"mode": "stall"}``: accept and never answer (until the client gives up).
+* ``{"mode": "stall"}``: accept and never answer (until the client gives up);
+* ``{"mode": "corrupt", "match": "/blobs/"}``: forward, but flip one bit in the middle
+  of each body of a GET whose path contains ``match`` (length unchanged);
+* ``{"mode": "truncate", "match": "/blobs/"}``: forward the headers and the first half of
+  such a body, then cut the connection.
+
+Any mode with ``match`` applies only to requests whose path contains it.
 
 ``GET /__fault__`` answers counters: ``{"requests", "faults", "mode"}``. With
 ``--record`` every forwarded response (status line, headers, body) is appended
@@ -55,6 +61,14 @@ async def forward(request: web.Request) -> web.StreamResponse:
     state: dict[str, Any] = request.app[STATE]
     state["requests"] += 1
     fault = state["fault"]
+    if fault is not None and fault.get("match", "") not in request.path:
+        fault = None
+    if fault is not None and fault["mode"] in ("corrupt", "truncate"):
+        if request.method != "GET":
+            fault = None
+        else:
+            state["faults"] += 1
+            return await _forward(request, state, damage=fault["mode"])
     if fault is not None:
         if "count" in fault:
             fault["count"] -= 1
@@ -69,6 +83,10 @@ async def forward(request: web.Request) -> web.StreamResponse:
         error = {"errors": [{"code": code, "message": f"injected fault {status}"}]}
         return web.json_response(error, status=status, headers=fault_headers)
 
+    return await _forward(request, state)
+
+
+async def _forward(request: web.Request, state: dict[str, Any], damage: str = "") -> web.StreamResponse:
     skip = HOP_BY_HOP | {"host"}
     headers: CIMultiDict[str] = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in skip)
     data = await request.read()
@@ -86,6 +104,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         body = bytearray()
         if request.method != "HEAD":
+            if damage:
+                return await _damaged(request, response, await upstream.read(), damage)
             async for chunk in upstream.content.iter_chunked(1 << 16):
                 body += chunk
                 await response.write(chunk)
@@ -96,6 +116,20 @@ async def forward(request: web.Request) -> web.StreamResponse:
         head += "".join(f"{k}: {v}\n" for k, v in upstream.headers.items())
         with record.open("ab") as out:
             out.write(head.encode() + b"\n" + bytes(body) + b"\n")
+    return response
+
+
+async def _damaged(request: web.Request, response: web.StreamResponse, body: bytes, damage: str) -> web.StreamResponse:
+    middle = len(body) // 2
+    if damage == "corrupt" and body:
+        flipped = bytearray(body)
+        flipped[middle] ^= 0x01
+        await response.write(bytes(flipped))
+        await response.write_eof()
+        return response
+    await response.write(body[:middle])
+    if request.transport is not None:
+        request.transport.close()
     return response
 
 

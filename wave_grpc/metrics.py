@@ -111,6 +111,37 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        # Per registry, from its ratelimit-* headers (Docker Hub: pulls left in the window).
+        self.upstream_ratelimit_remaining = Gauge(
+            "wave_grpc_upstream_ratelimit_remaining",
+            "A registry's ratelimit-remaining header, last seen",
+            ["registry"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.upstream_ratelimit_limit = Gauge(
+            "wave_grpc_upstream_ratelimit_limit",
+            "A registry's ratelimit-limit header, last seen",
+            ["registry"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        # The site cache (blobs = "cache" routes): hit = served from the store, miss = not
+        # stored (fetched, or joined a fetch under way), fill = a fetched blob verified and stored.
+        self.blob_cache_requests = Counter(
+            "wave_grpc_blob_cache_requests", "Base blob requests of cache routes, by result", ["result"], registry=r
+        )
+        self.blob_cache_served_bytes = Counter(
+            "wave_grpc_blob_cache_served_bytes", "Bytes of base blobs served from the site cache", registry=r
+        )
+        self.blob_cache_saved_bytes = Counter(
+            "wave_grpc_blob_cache_upstream_saved_bytes",
+            "Upstream bytes not fetched because the site cache (or a fetch under way) had them",
+            registry=r,
+        )
+        self.blob_cache_filled_bytes = Counter(
+            "wave_grpc_blob_cache_filled_bytes", "Bytes of verified blobs stored in the site cache", registry=r
+        )
         self.live_connections = Gauge(
             "wave_grpc_gateway_connections", "Open gateway connections", registry=r, multiprocess_mode="livesum"
         )

@@ -18,6 +18,7 @@ class StoreRole(Enum):
     TOKENS = "token store"  # [service].store
     LAYERS = "layer store"  # [layers].store
     SHARED_CACHE = "shared cache"  # [gateway].shared_cache: Redis shared by every gateway
+    BLOB_CACHE = "blob cache"  # [cache].store: verified base blobs and pinned manifests of cache routes
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +36,8 @@ STORE_SCHEMES = (
     StoreScheme("sqlite", frozenset({StoreRole.TOKENS})),
     StoreScheme("redis", frozenset({StoreRole.TOKENS, StoreRole.SHARED_CACHE})),
     StoreScheme("rediss", frozenset({StoreRole.TOKENS, StoreRole.SHARED_CACHE})),
-    StoreScheme("file", frozenset({StoreRole.LAYERS})),
-    StoreScheme("oci", frozenset({StoreRole.LAYERS})),
+    StoreScheme("file", frozenset({StoreRole.LAYERS, StoreRole.BLOB_CACHE})),
+    StoreScheme("oci", frozenset({StoreRole.LAYERS, StoreRole.BLOB_CACHE})),
 )
 
 

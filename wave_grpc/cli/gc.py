@@ -12,8 +12,9 @@ from wave_grpc.cli.subcommands import Subcommands
 from wave_grpc.config import default_config_path, load_config
 from wave_grpc.errors import WaveError
 from wave_grpc.registry.client import RegistryClient
-from wave_grpc.stores.gc import collect_layers
-from wave_grpc.stores.open import open_layer_store, open_token_store
+from wave_grpc.stores.gc import collect_layers, evict_cache
+from wave_grpc.stores.layers import Collection
+from wave_grpc.stores.open import open_layer_store, open_site_cache, open_token_store
 
 
 async def _gc(args: argparse.Namespace) -> int:
@@ -21,9 +22,13 @@ async def _gc(args: argparse.Namespace) -> int:
     upstream = RegistryClient(config)
     await upstream.start()
     tokens = open_token_store(config.service.store)
+    evicted: Collection | None = None
     try:
         layers = open_layer_store(config, upstream)
         collected = await collect_layers(tokens, layers, config.layers.gc_grace.total_seconds(), dry_run=args.dry_run)
+        site = open_site_cache(config, upstream)
+        if site is not None:
+            evicted = await evict_cache(tokens, config, site, dry_run=args.dry_run)
     except WaveError as exc:
         raise RequestFailed(exc.message, exc.kind.oci_code) from None
     finally:
@@ -41,6 +46,10 @@ async def _gc(args: argparse.Namespace) -> int:
         print(f"{verb} {digest} ({size} bytes)")
     total = "would free" if args.dry_run else "freed"
     print(f"{verb} {len(collected.removed)} layer(s), {total} {collected.freed} bytes; kept {collected.kept}")
+    if evicted is not None:
+        for digest, size in evicted.removed:
+            print(f"{verb} {digest} ({size} bytes) from the site cache")
+        print(f"site cache: {verb} {len(evicted.removed)} blob(s), {total} {evicted.freed} bytes; kept {evicted.kept}")
     return 0
 
 

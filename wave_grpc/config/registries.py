@@ -134,7 +134,9 @@ def _push_repositories(r: Reading) -> tuple[str, ...]:
 class RegistryRoute(Validated):
     name: str = setting("", read=_name)
     endpoint: str = setting("", read=_endpoint)
-    blobs: Literal["redirect", "proxy"] = setting("redirect", read=choice("redirect", "proxy"))
+    # redirect: runtimes fetch base blobs from the registry; proxy: streamed through the
+    # gateway on every pull; cache: fetched once into [cache].store and served from there.
+    blobs: Literal["redirect", "proxy", "cache"] = setting("redirect", read=choice("redirect", "proxy", "cache"))
     # Read with password, password_env or docker_config (which may name the user too).
     username: str = filled_by_reader("", _credentials)
     password: Secret | None = field(default=None, repr=False)

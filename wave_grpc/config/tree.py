@@ -14,6 +14,7 @@ from wave_grpc.config.registries import DOCKER_HUB_ENDPOINT, RegistryRoute, read
 from wave_grpc.config.sections import (
     AdminConfig,
     AuthConfig,
+    CacheConfig,
     GatewayConfig,
     LayersConfig,
     LimitsConfig,
@@ -36,6 +37,7 @@ class Config:
     auth: AuthConfig = section(AuthConfig, "[auth]")
     admin: AdminConfig = section(AdminConfig, "[admin]")
     limits: LimitsConfig = section(LimitsConfig, "[limits]")
+    cache: CacheConfig = section(CacheConfig, "[cache]")
 
     def route_for(self, registry: str) -> RegistryRoute | None:
         """The route for a registry name: its [[registries]] entry, else the default policy."""
@@ -64,7 +66,19 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         raise ConfigError(f"{source}: [{unknown[0]}]: unknown section; known: {', '.join(sections)}")
     config = replace(read_table(Config, data, "<top>", source, {}), source=source)
     check_callers(config)
+    check_cache(config)
     return config
+
+
+def check_cache(config: Config) -> None:
+    """An oci:// site cache is reached through its registry's route, which must not itself be cached."""
+    store = config.cache.store_url
+    route = config.route_for(store.registry) if store.scheme == "oci" else None
+    if route is not None and route.blobs == "cache":
+        raise ConfigError(
+            f"{config.source}: [cache].store: {store.text!r} is in registry {store.registry}, whose [[registries]] "
+            'entry has blobs = "cache"; give that entry blobs = "redirect" or "proxy"'
+        )
 
 
 def check_callers(config: Config) -> None:

@@ -17,6 +17,9 @@ runtime's side, and never hands ours out (:func:`registry_blob`):
    ECR) is relayed as a ``Redirect`` with an absolute location. A ``200`` (the
    registry serves the bytes and wants a token for them) is a ``Stream``.
 3. ``blobs = "proxy"`` always streams, following upstream redirects here.
+4. ``blobs = "cache"``: the site cache installed on the client answers
+   (wave_grpc/stores/blobcache.py): from its store, or from one upstream fetch
+   (:func:`upstream_blob`, as in proxy mode) that it keeps once verified.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import aiohttp
 
@@ -93,15 +97,34 @@ def honoured_range(method: str, range_header: str) -> str:
     return value if _BYTE_RANGE.match(value) else ""
 
 
+@runtime_checkable
+class BlobSite(Protocol):
+    """A site cache that serves base blobs too (asked for by capability on ``client.site``)."""
+
+    async def serve(
+        self, client: RegistryClient, registry: str, repository: str, digest: Digest, method: str, range_header: str
+    ) -> BlobAnswer: ...
+
+
 async def registry_blob(
     client: RegistryClient, registry: str, repository: str, digest: Digest, method: str, range_header: str = ""
 ) -> BlobAnswer:
     """A blob of ``registry/repository``, answered as the module docstring says."""
+    site = client.site
+    if isinstance(site, BlobSite) and client.route(registry).blobs == "cache":
+        return await site.serve(client, registry, repository, digest, method, range_header)
+    return await upstream_blob(client, registry, repository, digest, method, range_header)
+
+
+async def upstream_blob(
+    client: RegistryClient, registry: str, repository: str, digest: Digest, method: str, range_header: str = ""
+) -> BlobAnswer:
+    """A blob as the registry answers it (cases 1 to 3 of the module docstring; cache routes stream)."""
     direct = await client.anonymous_blob_url(registry, repository, digest)
     if direct is not None:
         return Redirect(direct)
     label = f"blob {registry}/{repository}@{digest}"
-    proxy = client.route(registry).blobs == "proxy"
+    proxy = client.route(registry).blobs in ("proxy", "cache")
     honoured = honoured_range(method, range_header)
     ranged = {"Range": honoured} if honoured else None
     stack = AsyncExitStack()

@@ -55,6 +55,7 @@ from wave_grpc.registry.exchange import UpstreamRequest, origin, upstream_reposi
 from wave_grpc.registry.isolation import UpstreamLimits
 from wave_grpc.registry.policy import contactable_url
 from wave_grpc.registry.realm import fetch_bearer_token
+from wave_grpc.registry.site import PinnedContent
 from wave_grpc.registry.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,16 @@ class RegistryClient:
         self._needs_auth: set[tuple[str, str]] = set()
         # Single-flight: concurrent pulls of one image share one ping and one token fetch.
         self._flight: SingleFlight[tuple[str, ...], Any] = SingleFlight()
+        self._metrics = metrics
+        # The site cache of routes with blobs = "cache" (installed by use_site_cache).
+        self.site: PinnedContent | None = None
+
+    def use_site_cache(self, site: PinnedContent) -> None:
+        """Keep and find the pinned manifests and configs of ``blobs = "cache"`` routes in ``site``."""
+        self.site = site
+
+    def _site_for(self, registry: str) -> PinnedContent | None:
+        return self.site if self.site is not None and self.route(registry).blobs == "cache" else None
 
     async def start(self) -> None:
         await self._transport.start()
@@ -236,7 +247,21 @@ class RegistryClient:
             )
         if authorization is None and resp.status < 400:
             self._needs_auth.discard((route.name, exchange.upstream_repository))
+        self._note_rate_limit(route, resp)
         return resp
+
+    def _note_rate_limit(self, route: RegistryRoute, resp: aiohttp.ClientResponse) -> None:
+        """Export a registry's ``ratelimit-limit``/``ratelimit-remaining`` (Docker Hub: ``100;w=21600``)."""
+        if self._metrics is None:
+            return
+        label = route.name if route.listed else "unlisted"
+        for header, gauge in (
+            ("ratelimit-remaining", self._metrics.upstream_ratelimit_remaining),
+            ("ratelimit-limit", self._metrics.upstream_ratelimit_limit),
+        ):
+            value = resp.headers.get(header, "").split(";", 1)[0].strip()
+            if value.isdigit():
+                gauge.labels(label).set(int(value))
 
     async def _follow(
         self,
@@ -348,9 +373,45 @@ class RegistryClient:
             yield chunk
 
     async def get_manifest(self, registry: str, repository: str, reference: str) -> ManifestBlob:
-        """Fetch a manifest by tag or digest; a digest reference is verified against the bytes."""
+        """Fetch a manifest by tag or digest; a digest reference is verified against the bytes.
+
+        For a ``blobs = "cache"`` route the site cache answers first: a tag costs a ``HEAD``
+        (which registries do not count against a pull budget) and a ``GET`` only when its
+        digest is not stored; what is fetched is kept there.
+        """
         sep = "@" if ":" in reference else ":"
         label = f"{registry}/{repository}{sep}{reference}"
+        site = self._site_for(registry)
+        if site is None:
+            return await self._fetch_manifest(registry, repository, reference, label)
+        digest = (
+            Digest.parse(reference)
+            if Digest.is_digest(reference)
+            else await self._manifest_digest(registry, repository, reference, label)
+        )
+        if digest is not None:
+            stored = await site.stored(digest, MAX_MANIFEST_BYTES)
+            if stored is not None:
+                return ManifestBlob(stored, manifest_media_type(stored, None, f"manifest {label}"), digest)
+        manifest = await self._fetch_manifest(registry, repository, str(digest or reference), label)
+        await site.keep(manifest.digest, manifest.data)
+        return manifest
+
+    async def _manifest_digest(self, registry: str, repository: str, tag: str, label: str) -> Digest | None:
+        """What ``tag`` points at, from a ``HEAD`` (None when the registry does not say)."""
+        exchange = UpstreamRequest(
+            self.route(registry),
+            repository,
+            "HEAD",
+            f"manifests/{tag}",
+            label,
+            accept=tuple(str(m) for m in MANIFEST_MEDIA_TYPES),
+        )
+        async with self.exchange(exchange) as resp:
+            said = resp.headers.get("Docker-Content-Digest", "")
+        return Digest.parse(said) if Digest.is_digest(said) else None
+
+    async def _fetch_manifest(self, registry: str, repository: str, reference: str, label: str) -> ManifestBlob:
         data, content_type = await self.fetch(
             UpstreamRequest(
                 self.route(registry),
@@ -368,8 +429,13 @@ class RegistryClient:
         return ManifestBlob(data, manifest_media_type(data, content_type, f"manifest {label}"), digest)
 
     async def get_blob(self, registry: str, repository: str, digest: Digest, limit: int = MAX_CONFIG_BYTES) -> bytes:
-        """Fetch a small blob (a config), following the registry's redirects, and verify it."""
+        """Fetch a small blob (a config), following the registry's redirects, and verify it
+        (from the site cache first for a ``blobs = "cache"`` route, and kept there)."""
         label = f"{registry}/{repository}@{digest}"
+        site = self._site_for(registry)
+        stored = await site.stored(digest, limit) if site is not None else None
+        if stored is not None:
+            return stored
         data, _ = await self.fetch(
             UpstreamRequest(
                 self.route(registry),
@@ -383,6 +449,8 @@ class RegistryClient:
         )
         if Digest.of(data) != digest:
             raise WaveError(Errors.DIGEST_INVALID, f"blob {label}: registry {registry} sent bytes of another digest")
+        if site is not None:
+            await site.keep(digest, data)
         return data
 
     def direct_blob_url(self, registry: str, repository: str, digest: Digest) -> str:

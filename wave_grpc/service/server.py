@@ -20,9 +20,10 @@ from wave_grpc.registry.client import RegistryClient
 from wave_grpc.service.freeze import FreezeRunner
 from wave_grpc.service.rpc_metrics import RpcMetrics
 from wave_grpc.service.servicer import AugmentServicer, add_to_server
-from wave_grpc.stores.gc import collect_layers
+from wave_grpc.stores.blobcache import SiteCache
+from wave_grpc.stores.gc import collect_layers, evict_cache
 from wave_grpc.stores.layers import LayerStore
-from wave_grpc.stores.open import open_layer_store, open_rate_limiter, open_token_store
+from wave_grpc.stores.open import open_layer_store, open_rate_limiter, open_site_cache, open_token_store
 from wave_grpc.stores.tokens import TokenStore
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,10 @@ async def serve(config: Config, *, listen: str | None = None, metrics: Metrics |
         upstream = RegistryClient(config, metrics=metrics)
         await upstream.start()
         opened.push_async_callback(upstream.close)
+        # Creations of blobs = "cache" routes resolve through [cache].store (tags by HEAD).
+        site = open_site_cache(config, upstream, metrics)
+        if site is not None:
+            opened.push_async_callback(site.close)
         tokens = open_token_store(config.service.store)
         opened.push_async_callback(tokens.close)
         layers = open_layer_store(config, upstream)
@@ -129,17 +134,22 @@ async def serve(config: Config, *, listen: str | None = None, metrics: Metrics |
     running.resumer = asyncio.create_task(servicer.freezes.resume_periodically(), name="freeze resumption")
     if config.layers.gc_interval is not None:
         running.collector = asyncio.create_task(
-            collect_periodically(tokens, layers, config, metrics), name="layer garbage collection"
+            collect_periodically(tokens, layers, config, metrics, site), name="layer garbage collection"
         )
     return running
 
 
-async def collect_periodically(tokens: TokenStore, layers: LayerStore, config: Config, metrics: Metrics | None) -> None:
-    """Garbage-collect the layer store every [layers].gc_interval; a failed run is logged and retried."""
+async def collect_periodically(
+    tokens: TokenStore, layers: LayerStore, config: Config, metrics: Metrics | None, site: SiteCache | None = None
+) -> None:
+    """Garbage-collect the layer store (and evict from the site cache) every [layers].gc_interval;
+    a failed run is logged and retried."""
     assert config.layers.gc_interval is not None
     interval = config.layers.gc_interval.total_seconds()
     while True:
         await asyncio.sleep(interval)
+        if site is not None:
+            await _evict_site_cache(tokens, config, site)
         try:
             collected = await collect_layers(
                 tokens, layers, config.layers.gc_grace.total_seconds(), lock_ttl=max(interval, 60.0)
@@ -158,3 +168,13 @@ async def collect_periodically(tokens: TokenStore, layers: LayerStore, config: C
             collected.freed,
             collected.kept,
         )
+
+
+async def _evict_site_cache(tokens: TokenStore, config: Config, site: SiteCache) -> None:
+    try:
+        evicted = await evict_cache(tokens, config, site)
+    except Exception:
+        log.exception("site cache eviction failed; retrying at the next collection")
+        return
+    if evicted is not None and evicted.removed:
+        log.info("site cache: evicted %d blob(s), freed %d bytes", len(evicted.removed), evicted.freed)

@@ -6,8 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from wave_grpc.config import Config
+from wave_grpc.metrics import Metrics
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.store_urls import StoreRole, StoreUrl, serves
+from wave_grpc.stores.blobcache import SiteCache
+from wave_grpc.stores.cachestores import CacheStore, FileCacheStore, RegistryCacheStore
 from wave_grpc.stores.layers import FileLayerReader, FileLayerStore, LayerReader, LayerStore
 from wave_grpc.stores.limits import LocalRateLimiter, RateLimiter
 from wave_grpc.stores.oci import RegistryLayerReader, RegistryLayerStore
@@ -56,6 +59,23 @@ def open_layer_reader(config: Config, upstream: RegistryClient) -> LayerReader:
     if store.scheme == "oci":
         return RegistryLayerReader(upstream, store.registry, store.repository)
     return FileLayerReader(config.layers.file_root)
+
+
+def open_cache_store(config: Config, upstream: RegistryClient) -> CacheStore:
+    """Where ``[cache]`` keeps blobs (an oci:// store talks through ``upstream``, like the layer store)."""
+    store = config.cache.store_url
+    if store.scheme == "oci":
+        return RegistryCacheStore(upstream, store.registry, store.repository)
+    return FileCacheStore(config.cache.file_root)
+
+
+def open_site_cache(config: Config, upstream: RegistryClient, metrics: Metrics | None = None) -> SiteCache | None:
+    """The site cache, installed on ``upstream``; None (nothing installed) when no route has ``blobs = "cache"``."""
+    if not any(route.blobs == "cache" for route in config.registries):
+        return None
+    site = SiteCache(open_cache_store(config, upstream), config.cache.staging_dir, metrics)
+    upstream.use_site_cache(site)
+    return site
 
 
 def open_rate_limiter(redis_url: str) -> RateLimiter:
