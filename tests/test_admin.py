@@ -215,11 +215,11 @@ def test_concurrent_creations_of_one_image_share_one_resolution(
 
 def test_metrics_in_multiprocess_mode_have_rpcs_and_process_series(stack: WaveStack) -> None:
     # The stack runs a gateway pool (workers default to the cores): prometheus-client's multiprocess mode.
-    with stack.stub() as stub:
-        stub.ListContainers(pb.ListContainersRequest(page_size=10), timeout=10)
+    with stack.stub() as stub, pytest.raises(grpc.RpcError):
+        stub.ListContainers(pb.ListContainersRequest(page_size=10), timeout=10)  # anonymous: refused
     text = _get(f"{_admin(stack)}/metrics").body.decode()
     method = "wave.augment.v1.AugmentService/ListContainers"
-    assert samples(text, "wave_grpc_rpcs_total", method=method, code="OK") >= 1
+    assert samples(text, "wave_grpc_rpcs_total", method=method, code="PERMISSION_DENIED") >= 1
     assert samples(text, "wave_grpc_rpc_duration_seconds_count", method=method) >= 1
     assert samples(text, "process_open_fds") > 0
     assert samples(text, "process_start_time_seconds") > 0
