@@ -26,6 +26,7 @@ from wave_grpc.config.keys import (
     setting,
     store_url,
 )
+from wave_grpc.config.oidc import OidcIssuerConfig, read_oidc_issuers
 from wave_grpc.config.registries import Secret
 from wave_grpc.config.table import KeyProblem, Table
 from wave_grpc.image.layers import LayerLimits
@@ -346,7 +347,7 @@ class LimitsConfig(Validated):
     freezes_per_hour: int = setting(20, at_least=0, zero_means="no limit")
 
 
-AUTH_VERIFIERS = ("static", "tower")
+AUTH_VERIFIERS = ("static", "tower", "oidc")
 
 
 def _endpoint_url(r: Reading, value: Any, key: str) -> str:
@@ -402,3 +403,13 @@ class AuthConfig(Validated):
         (), read=_verifiers, default_from=lambda tree: ["static"] if tree["service"].tokens else []
     )
     tower: TowerAuthConfig = setting(TowerAuthConfig(), read=_tower)
+    # [[auth.oidc]]: OpenID Connect issuers whose tokens the "oidc" verifier accepts (config/oidc.py).
+    oidc: tuple[OidcIssuerConfig, ...] = setting((), read=read_oidc_issuers)
+
+    def check_together(self) -> None:
+        if "oidc" in self.verifiers and not self.oidc:
+            raise KeyProblem(
+                "oidc",
+                'the "oidc" verifier needs at least one [[auth.oidc]] entry with issuer and audience, '
+                'e.g. issuer = "https://accounts.example", audience = "wave-grpc"',
+            )
