@@ -16,6 +16,7 @@ import base64
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,18 @@ import jwt
 import pytest
 
 from tests import components
+from tests.egressproxy import start_forward_proxy
 from tests.oidcissuer import HUGE_PATH, NOT_JSON_PATH, NOT_JSON_TEXT, OidcIssuer, SigningKeyPair
 from tests.stack import WaveStack, registry_route
 from wave_grpc.config import ConfigError, parse_config
+from wave_grpc.config.egress import EgressProxy
 from wave_grpc.config.oidc import OidcIssuerConfig
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.service.auth import Authenticator, OidcTokens
 from wave_grpc.service.oidc import OidcIssuers, Refusal
+
+PROXY_PASSWORD = "proxy-secret-1"  # noqa: S105 - the test proxy's
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +217,28 @@ async def test_an_unreachable_issuer_is_unavailable() -> None:
         await issuers.caller(down.token("alice"))
     assert caught.value.kind is Errors.SERVICE_UNAVAILABLE
     assert "cannot reach" in caught.value.message
+
+
+@pytest.mark.components
+async def test_keys_are_fetched_through_the_egress_proxy(issuer: OidcIssuer, tmp_path: Path) -> None:
+    with start_forward_proxy(tmp_path / "proxy", user="wave", password=PROXY_PASSWORD) as proxy:
+        through = EgressProxy(f"http://127.0.0.1:{proxy.port}", "wave", PROXY_PASSWORD, "WAVE_PROXY_PASSWORD")
+        issuers = OidcIssuers.from_entries((_entry(issuer),), through)
+        assert isinstance(await issuers.caller(issuer.token("alice")), str)
+        assert f"GET {issuer.url}/.well-known/openid-configuration" in proxy.log_text()
+        assert f"GET {issuer.url}/keys" in proxy.log_text()
+
+        wrong = replace(through, password="not-the-password")  # noqa: S106 - a wrong one on purpose
+        with pytest.raises(WaveError) as refused:
+            await OidcIssuers.from_entries((_entry(issuer),), wrong).caller(issuer.token("alice"))
+        assert "the egress proxy http://127.0.0.1:" in refused.value.message
+        assert "refused our credentials" in refused.value.message
+        assert "not-the-password" not in refused.value.message
+
+        bypass = replace(through, no_proxy=("127.0.0.1",))
+        before = proxy.log_text().count("GET ")
+        assert isinstance(await OidcIssuers.from_entries((_entry(issuer),), bypass).caller(issuer.token("a")), str)
+        assert proxy.log_text().count("GET ") == before, "no_proxy reaches the issuer directly"
 
 
 # -- config -----------------------------------------------------------------------------------

@@ -7,13 +7,15 @@ token names a key id the set lacks (the issuer rotated its keys), but at most on
 key ids cost the issuer one fetch per interval, however many arrive.
 
 Fetches are bounded in time and size, https only (plain http only to a loopback host),
-go through the egress proxy when one is set, follow no redirect, and never quote the
+go through ``[upstream].proxy`` when one is set (unless ``no_proxy`` lists the issuer's
+host; loopback included, as for registries), follow no redirect, and never quote the
 issuer's answer back: a caller or a log learns what failed, not what the issuer said.
 Only public RS256 and ES256 keys are kept.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import ssl
@@ -27,7 +29,7 @@ import aiohttp
 import jwt
 
 from wave_grpc.config.egress import EgressProxy
-from wave_grpc.config.oidc import OidcIssuerConfig, fetch_url_problem, is_loopback_host
+from wave_grpc.config.oidc import OidcIssuerConfig, fetch_url_problem
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.flight import SingleFlight
 
@@ -113,24 +115,37 @@ class KeyFetcher:
     async def _get_json(self, url: str, what: str) -> Any:
         timeout = aiohttp.ClientTimeout(total=self._entry.timeout.total_seconds())
         host = urlsplit(url).hostname or ""
-        proxy = None if self._proxy is None or is_loopback_host(host) or self._proxy.bypassed_by(host) else self._proxy
-        proxy_auth = aiohttp.BasicAuth(proxy.username, proxy.password) if proxy and proxy.password else None
+        proxy = None if self._proxy is None or self._proxy.bypassed_by(host) else self._proxy
+        headers = {"Accept": "application/json"}
+        proxy_headers: dict[str, str] = {}
+        if proxy is not None and proxy.password:
+            # Made here: aiohttp 3.14 deprecates BasicAuth, 3.10 lacks encode_basic_auth. A plain-http
+            # request goes to the proxy itself, so it carries them; an https one only on the CONNECT.
+            credentials = base64.b64encode(f"{proxy.username}:{proxy.password}".encode()).decode()
+            proxy_headers["Proxy-Authorization"] = f"Basic {credentials}"
+            if urlsplit(url).scheme == "http":
+                headers.update(proxy_headers)
         try:
             async with (
                 # A session per fetch: fetches are rare (once per refresh interval at most).
                 aiohttp.ClientSession(timeout=timeout) as session,
                 session.get(
                     url,
-                    headers={"Accept": "application/json"},
+                    headers=headers,
                     allow_redirects=False,
                     ssl=self._ssl,
                     proxy=proxy.url if proxy else None,
-                    proxy_auth=proxy_auth,
+                    proxy_headers=proxy_headers or None,
                 ) as resp,
             ):
+                if proxy is not None and resp.status in (401, 407):  # tinyproxy says 401
+                    raise self._unavailable(_proxy_refused(proxy, resp.status))
                 if resp.status != 200:
                     raise self._unavailable(f"{url} answered HTTP {resp.status} for the {what}")
                 body = await _bounded_body(resp)
+        except aiohttp.ClientHttpProxyError as exc:  # an https target: the proxy refused the CONNECT
+            assert proxy is not None
+            raise self._unavailable(_proxy_refused(proxy, exc.status)) from None
         except TimeoutError:
             raise self._unavailable(f"{url} did not answer the {what} within {timeout.total:g}s") from None
         except aiohttp.ClientError as exc:
@@ -148,6 +163,19 @@ class KeyFetcher:
             Errors.SERVICE_UNAVAILABLE,
             f"cannot fetch the signing keys of OIDC issuer {self._entry.issuer}: {problem}; retry later",
         )
+
+
+def _proxy_refused(proxy: EgressProxy, status: int) -> str:
+    if status in (401, 407):
+        password_from = proxy.credentials_from or "proxy_password_env"
+        return (
+            f"the egress proxy {proxy.url} refused our credentials (HTTP {status}); check the user in "
+            f"{proxy.setting_key} and the password from {password_from}"
+        )
+    return (
+        f"the egress proxy {proxy.url} ({proxy.setting_key}) would not connect (HTTP {status}); "
+        "list the issuer's host in [upstream].no_proxy if it is reached directly"
+    )
 
 
 async def _bounded_body(resp: aiohttp.ClientResponse) -> bytes | None:
