@@ -64,6 +64,8 @@ class WaveStack(components.Component):
     layers: dict[str, Any] = field(default_factory=dict)
     admin: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)
+    # [auth]: e.g. {"verifiers": ["oidc"], "oidc": [{"issuer": ..., "audience": ...}]} (entries as inline tables).
+    auth: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     # Serve with debug logging (``wave-grpc -v serve``): leak tests read every line.
     verbose: bool = False
@@ -115,6 +117,7 @@ class WaveStack(components.Component):
                 "registries": self.registries,
                 **({"admin": self.admin} if self.admin else {}),
                 **({"limits": self.limits} if self.limits else {}),
+                **({"auth": self.auth} if self.auth else {}),
             },
         )
 

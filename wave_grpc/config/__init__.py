@@ -11,12 +11,12 @@ Where things live: ``table`` reads one TOML table (value kinds, messages);
 A new simple key is one line in its section's dataclass.
 """
 
+from wave_grpc.config.cache import CacheConfig
 from wave_grpc.config.registries import RegistryRoute, Secret
 from wave_grpc.config.sections import (
     AUTH_VERIFIERS,
     AdminConfig,
     AuthConfig,
-    CacheConfig,
     GatewayConfig,
     LayersConfig,
     LimitsConfig,

@@ -26,6 +26,7 @@ from wave_grpc.config.keys import (
     setting,
     store_url,
 )
+from wave_grpc.config.oidc import OidcIssuerConfig, read_oidc_issuers
 from wave_grpc.config.registries import Secret
 from wave_grpc.config.table import KeyProblem, Table
 from wave_grpc.image.layers import LayerLimits
@@ -355,7 +356,7 @@ class LimitsConfig(Validated):
     freezes_per_hour: int = setting(20, at_least=0, zero_means="no limit")
 
 
-AUTH_VERIFIERS = ("static", "tower")
+AUTH_VERIFIERS = ("static", "tower", "oidc")
 
 
 def _endpoint_url(r: Reading, value: Any, key: str) -> str:
@@ -411,34 +412,13 @@ class AuthConfig(Validated):
         (), read=_verifiers, default_from=lambda tree: ["static"] if tree["service"].tokens else []
     )
     tower: TowerAuthConfig = setting(TowerAuthConfig(), read=_tower)
+    # [[auth.oidc]]: OpenID Connect issuers whose tokens the "oidc" verifier accepts (config/oidc.py).
+    oidc: tuple[OidcIssuerConfig, ...] = setting((), read=read_oidc_issuers)
 
-
-@dataclass(frozen=True)
-class CacheConfig(Validated):
-    """``[cache]``: the site cache of routes with ``blobs = "cache"`` (wave_grpc/stores/blobcache.py)."""
-
-    # file://<dir> (one machine; served with sendfile) or oci://<registry>/<repository>
-    # (shared by replicas; runtimes are redirected there as for the oci:// layer store).
-    store: str = setting("file://.wave-grpc/cache", read=store_url(StoreRole.BLOB_CACHE))
-    # Past this, the least recently used blobs no live token references are evicted by
-    # each garbage collection ([layers].gc_interval and `wave-grpc gc`); 0: never evicted.
-    max_size: int = setting(50 << 30, unit="bytes", at_least=0, zero_means="no limit")
-    # Where a blob being fetched is written (and verified) before it is published; for a
-    # file:// store, a directory under it (same file system, so publishing is a rename).
-    staging: str = setting("")
-
-    @cached_property
-    def store_url(self) -> StoreUrl:
-        return StoreUrl.parse(self.store, StoreRole.BLOB_CACHE)
-
-    @property
-    def file_root(self) -> Path:
-        return Path(self.store_url.path).expanduser()
-
-    @property
-    def staging_dir(self) -> Path:
-        if self.staging:
-            return Path(self.staging).expanduser()
-        if self.store_url.scheme == "file":
-            return self.file_root / "partial"
-        return Path(".wave-grpc/cache-staging")
+    def check_together(self) -> None:
+        if "oidc" in self.verifiers and not self.oidc:
+            raise KeyProblem(
+                "oidc",
+                'the "oidc" verifier needs at least one [[auth.oidc]] entry with issuer and audience, '
+                'e.g. issuer = "https://accounts.example", audience = "wave-grpc"',
+            )

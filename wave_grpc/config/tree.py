@@ -9,12 +9,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from wave_grpc.config.cache import CacheConfig
 from wave_grpc.config.keys import keyed_fields, read_table, section, setting
 from wave_grpc.config.registries import DOCKER_HUB_ENDPOINT, RegistryRoute, read_routes
 from wave_grpc.config.sections import (
     AdminConfig,
     AuthConfig,
-    CacheConfig,
     GatewayConfig,
     LayersConfig,
     LimitsConfig,

@@ -17,6 +17,10 @@ Verifiers (``[auth].verifiers``):
     sha256. A request's ``tower_endpoint`` is honoured only when it is the
     configured endpoint or in ``[auth.tower].allowed_endpoints``: the service
     never sends a caller's token to a URL the operator did not list.
+``oidc``
+    ``[[auth.oidc]]``: an OpenID Connect ID token (a JWT) checked locally against its
+    issuer's published keys (wave_grpc/service/oidc.py); the caller is the entry's
+    ``prefix`` followed by the configured claim (default ``sub``).
 
 Without a token the caller is :data:`ANONYMOUS` when ``[service].anonymous`` is
 true. With a token and at least one verifier, the token must verify: a bad token
@@ -42,6 +46,7 @@ import aiohttp
 from wave_grpc.config import Config, StaticToken
 from wave_grpc.errors import Errors, WaveError, brief
 from wave_grpc.record import ANONYMOUS
+from wave_grpc.service.oidc import OidcIssuers
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +203,19 @@ class TowerUserInfo:
         return f"tower:{urlsplit(endpoint).netloc}/{user_id}"
 
 
+class OidcTokens:
+    """``[[auth.oidc]]``: ID tokens of the configured issuers, verified here with their keys."""
+
+    name = "oidc"
+
+    def __init__(self, issuers: OidcIssuers) -> None:
+        self.issuers = issuers
+
+    async def verify(self, token: str, tower_endpoint: str) -> str | Decline:
+        result = await self.issuers.caller(token)
+        return result if isinstance(result, str) else Decline(result.reason)
+
+
 def _user_id(body: bytes) -> str | None:
     if len(body) > _MAX_USER_INFO_BYTES:
         return None
@@ -235,6 +253,9 @@ class Authenticator:
                         timeout=tower.timeout.total_seconds(),
                     )
                 )
+            elif name == "oidc":
+                issuers = OidcIssuers.from_entries(config.auth.oidc, config.upstream.egress_proxy)
+                verifiers.append(OidcTokens(issuers))
             else:  # parse_config accepts only the names above
                 raise ValueError(f"unknown verifier {name!r}")
         return cls(verifiers, anonymous=config.service.anonymous)
