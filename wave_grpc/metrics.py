@@ -14,7 +14,7 @@ grow the label set without bound).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -111,6 +111,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.live_connections = Gauge(
+            "wave_grpc_gateway_connections", "Open gateway connections", registry=r, multiprocess_mode="livesum"
+        )
+        self._upstream_budget_metrics(r)
+
+    def _upstream_budget_metrics(self, r: CollectorRegistry) -> None:
+        """What the upstreams' rate limits leave, and what the site cache spared them."""
         # Per registry, from its ratelimit-* headers (Docker Hub: pulls left in the window).
         self.upstream_ratelimit_remaining = Gauge(
             "wave_grpc_upstream_ratelimit_remaining",
@@ -142,9 +149,16 @@ class Metrics:
         self.blob_cache_filled_bytes = Counter(
             "wave_grpc_blob_cache_filled_bytes", "Bytes of verified blobs stored in the site cache", registry=r
         )
-        self.live_connections = Gauge(
-            "wave_grpc_gateway_connections", "Open gateway connections", registry=r, multiprocess_mode="livesum"
-        )
+
+    def note_rate_limit(self, registry: str, headers: Mapping[str, str]) -> None:
+        """Export a registry's ``ratelimit-limit``/``ratelimit-remaining`` (Docker Hub: ``100;w=21600``)."""
+        for header, gauge in (
+            ("ratelimit-remaining", self.upstream_ratelimit_remaining),
+            ("ratelimit-limit", self.upstream_ratelimit_limit),
+        ):
+            value = headers.get(header, "").split(";", 1)[0].strip()
+            if value.isdigit():
+                gauge.labels(registry).set(int(value))
 
     def sample(self, name: str, documentation: str, read: Callable[[], float | None]) -> None:
         """Export ``read()`` as a gauge at every scrape of this process's /metrics."""

@@ -36,7 +36,8 @@ import aiohttp
 
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.image.digest import Digest
-from wave_grpc.registry.client import REDIRECT_STATUSES, RegistryClient
+from wave_grpc.registry.client import RegistryClient
+from wave_grpc.registry.redirects import REDIRECT_STATUSES
 
 log = logging.getLogger(__name__)
 

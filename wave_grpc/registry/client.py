@@ -51,10 +51,11 @@ from wave_grpc.registry.auth import (
     basic_authorization,
     denied,
 )
-from wave_grpc.registry.exchange import UpstreamRequest, origin, upstream_repository
+from wave_grpc.registry.exchange import UpstreamRequest, upstream_repository
 from wave_grpc.registry.isolation import UpstreamLimits
 from wave_grpc.registry.policy import contactable_url
 from wave_grpc.registry.realm import fetch_bearer_token
+from wave_grpc.registry.redirects import REDIRECT_STATUSES, follow_redirects
 from wave_grpc.registry.site import PinnedContent
 from wave_grpc.registry.transport import Transport
 
@@ -63,8 +64,6 @@ log = logging.getLogger(__name__)
 # Manifests and configs are small; refuse to buffer anything bigger.
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_CONFIG_BYTES = 32 << 20
-MAX_REDIRECTS = 5
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 _T = TypeVar("_T")
 
@@ -237,7 +236,7 @@ class RegistryClient:
             resp.release()
             raise WaveError(exchange.not_found, f"{label}: not found in registry {route.name}{said}")
         if resp.status in REDIRECT_STATUSES and exchange.follow_redirects:
-            resp = await self._follow(route, exchange.method, resp, headers, label)
+            resp = await follow_redirects(self._transport, route, exchange.method, resp, headers, label)
         if resp.status >= 400 or (resp.status >= 300 and resp.status not in REDIRECT_STATUSES):
             said = await self._transport.upstream_said(resp, route)
             resp.release()
@@ -247,54 +246,9 @@ class RegistryClient:
             )
         if authorization is None and resp.status < 400:
             self._needs_auth.discard((route.name, exchange.upstream_repository))
-        self._note_rate_limit(route, resp)
+        if self._metrics is not None:
+            self._metrics.note_rate_limit(route.name if route.listed else "unlisted", resp.headers)
         return resp
-
-    def _note_rate_limit(self, route: RegistryRoute, resp: aiohttp.ClientResponse) -> None:
-        """Export a registry's ``ratelimit-limit``/``ratelimit-remaining`` (Docker Hub: ``100;w=21600``)."""
-        if self._metrics is None:
-            return
-        label = route.name if route.listed else "unlisted"
-        for header, gauge in (
-            ("ratelimit-remaining", self._metrics.upstream_ratelimit_remaining),
-            ("ratelimit-limit", self._metrics.upstream_ratelimit_limit),
-        ):
-            value = resp.headers.get(header, "").split(";", 1)[0].strip()
-            if value.isdigit():
-                gauge.labels(label).set(int(value))
-
-    async def _follow(
-        self,
-        route: RegistryRoute,
-        method: str,
-        resp: aiohttp.ClientResponse,
-        headers: CIMultiDict[str],
-        label: str,
-    ) -> aiohttp.ClientResponse:
-        """Follow a registry's redirects (blob storage, a CDN). ``Authorization``
-        goes only to the registry's own origin; every hop must be http(s) and not
-        link-local."""
-        registry_origin = origin(route.endpoint)
-        for _ in range(MAX_REDIRECTS):
-            location = resp.headers.get("Location", "")
-            base = str(resp.url)
-            resp.release()
-            target = urljoin(base, location) if location else ""
-            if not contactable_url(target):
-                raise WaveError(
-                    Errors.UPSTREAM_UNAVAILABLE,
-                    f"{label}: registry {route.name} redirected to an unusable location; not followed",
-                )
-            hop_headers = CIMultiDict(headers)
-            if origin(target) != registry_origin:
-                hop_headers.popall("Authorization", None)
-            resp = await self._transport.send(
-                route, method, target, hop_headers, label, f"blob storage of {route.name}"
-            )
-            if resp.status not in REDIRECT_STATUSES:
-                return resp
-        resp.release()
-        raise WaveError(Errors.UPSTREAM_UNAVAILABLE, f"{label}: registry {route.name} redirected too many times")
 
     @asynccontextmanager
     async def request(
