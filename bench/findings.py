@@ -56,14 +56,15 @@ def run(checkout: Path, scale: Scale, only: set[str]) -> None:
         workdir = Path(tmp)
         registry = stack.enter_context(components.start_registry(workdir / "registry"))
         base = components.push_busybox_images(workdir / "images", registry)
-        hostile = stack.enter_context(
-            HostileRegistry(workdir, drip_interval=1.0, fat_mib=scale.fat_mib, layers=scale.layers[0])
-        )
-        hostile_small = stack.enter_context(
-            HostileRegistry(workdir, drip_interval=10.0, fat_mib=1, layers=scale.layers[1])
+        hostile = stack.enter_context(HostileRegistry(workdir, drip_interval=1.0, fat_mib=scale.fat_mib, layers=1))
+        hostile_small = stack.enter_context(HostileRegistry(workdir, drip_interval=10.0, fat_mib=1, layers=1))
+        drip_hosts = tuple(
+            stack.enter_context(HostileRegistry(workdir, drip_interval=1.0, fat_mib=1, layers=1)) for _ in range(5)
         )
         small_disk = stack.enter_context(tmpfs(workdir / "small-disk", "1m"))
-        bench = Bench(checkout, workdir, scale, registry, base.ref("latest"), hostile, hostile_small, small_disk)
+        bench = Bench(
+            checkout, workdir, scale, registry, base.ref("latest"), hostile, hostile_small, drip_hosts, small_disk
+        )
         table = {**scenarios.SCENARIOS, "s7_low": findings_low.low_findings}
         for name, scenario in table.items():
             if only and name not in only:

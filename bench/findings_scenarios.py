@@ -50,18 +50,20 @@ def slow_upstreams(bench: Bench) -> Iterator[dict[str, Any]]:
             with service.stub() as stub:
                 calls = [
                     stub.CreateContainer.future(
-                        create(f"{bench.hostile.host}/drip/img:t{i}"), timeout=bench.scale.drip_deadline
+                        create(f"{bench.drip_hosts[i % len(bench.drip_hosts)].host}/drip/img:t{i}"),
+                        timeout=bench.scale.drip_deadline,
                     )
                     for i in range(count)
                 ]
                 codes = collections.Counter("OK" if call.exception() is None else call.code().name for call in calls)
             left = time.monotonic()
             time.sleep(2)
-            still_open = bench.hostile.counters()["open"]
+            still_open = sum(hostile.counters()["open"] for hostile in bench.drip_hosts)
             time.sleep(15)  # the callers are gone: does their work still hold the upstream pool?
             yield {
-                "input": f"{count} CreateContainer of {bench.hostile.host}/drip/img (manifest at 1 byte/s), "
-                f"client deadline {bench.scale.drip_deadline:.0f}s, all at once",
+                "input": f"{count} CreateContainer of <r>/drip/img (manifest at 1 byte/s) spread over "
+                f"{len(bench.drip_hosts)} dripping listed registries, client deadline "
+                f"{bench.scale.drip_deadline:.0f}s, all at once",
                 "outcome": {"codes": dict(codes)},
                 "seconds": round(left - attack, 1),
                 "upstream_responses_still_dripping_2s_after_callers_left": still_open,
@@ -110,24 +112,59 @@ def _ping_while(service: Service, work: Callable[[], None]) -> list[float]:
 
 
 def _pulls(service: Service, path: str, into: list[dict[str, Any]]) -> None:
-    """GET, GET, HEAD of one manifest: is it served from a cache or rebuilt per request?"""
-    for method in ("GET", "GET", "HEAD"):
+    """The tag, then GET, GET, HEAD of its first manifest: is it served from a cache or rebuilt per request?"""
+    for method in ("GET", "GET", "GET", "HEAD"):
         status, body, took, headers = http_timed(service, method, path, headers=ACCEPT)
         size = len(body) or int(headers.get("content-length", "0"))
-        answer = {"method": method, "status": status, "seconds": round(took, 2), "bytes": size}
-        if status == 200 and body:
-            answer["layers"] = len(json.loads(body).get("layers", []))
-        into.append(answer)
+        answer = {"method": method, "ref": path.rsplit("/", 1)[1][:20], "status": status, "seconds": round(took, 2)}
+        document = json.loads(body) if status == 200 and body else {}
+        into.append(answer | {"bytes": size} | ({"layers": len(document["layers"])} if "layers" in document else {}))
+        if "manifests" in document:  # the index: the rest of the pulls are its first manifest
+            path = path.rsplit("/", 1)[0] + "/" + document["manifests"][0]["digest"]
+
+
+def push_many_layers(bench: Bench, layers: int) -> str:
+    """An index of ``scale.platforms`` in the real registry, each manifest ``layers`` layers (one blob repeated)."""
+    url, repository = bench.registry.url, f"many/l{layers}"
+    gz, diff_id = components.layer_tar_gz({"one": b"1"})
+    layer = {"mediaType": components.OCI_LAYER_GZIP, "digest": components.push_blob(url, repository, gz)}
+    entries = []
+    for platform in bench.scale.platforms:
+        os_name, arch, *variant = platform.split("/")
+        config = {"architecture": arch, "os": os_name, "rootfs": {"type": "layers", "diff_ids": [diff_id] * layers}}
+        config |= {"variant": variant[0]} if variant else {}
+        config_bytes = json.dumps(config).encode()
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": components.OCI_MANIFEST,
+            "config": {
+                "mediaType": components.OCI_CONFIG,
+                "digest": components.push_blob(url, repository, config_bytes),
+                "size": len(config_bytes),
+            },
+            "layers": [{**layer, "size": len(gz)}] * layers,
+        }
+        body = json.dumps(manifest).encode()
+        digest = components.put_manifest(url, repository, components.sha256_digest(body), body, components.OCI_MANIFEST)
+        platform_fields = {"architecture": arch, "os": os_name} | ({"variant": variant[0]} if variant else {})
+        entries.append(
+            {"mediaType": components.OCI_MANIFEST, "digest": digest, "size": len(body), "platform": platform_fields}
+        )
+    index = json.dumps({"schemaVersion": 2, "mediaType": components.OCI_INDEX, "manifests": entries}).encode()
+    components.put_manifest(url, repository, "latest", index, components.OCI_INDEX)
+    return f"{bench.registry.host}/{repository}"
 
 
 def huge_image(bench: Bench) -> Iterator[dict[str, Any]]:
-    """Finding 3: source + includes x many layers; creation time, served manifest, pulls per request."""
-    for hostile, layers in ((bench.hostile, bench.scale.layers[0]), (bench.hostile_small, bench.scale.layers[1])):
-        image = f"{hostile.host}/many-layers/img"
-        includes = [f"{image}:i{i}" for i in range(bench.scale.includes)]
+    """Finding 3: platforms x (source + includes) x many layers; creation time, served manifest, pulls."""
+    for layers in bench.scale.layers:
+        image = push_many_layers(bench, layers)
+        includes = [f"{image}:latest"] * bench.scale.includes
+        platforms = ",".join(bench.scale.platforms)
+        total = layers * (bench.scale.includes + 1) * len(bench.scale.platforms)
         with bench.service() as service:
             with service.stub() as stub:
-                request = create(f"{image}:latest", container_includes=includes)
+                request = create(f"{image}:latest", container_includes=includes, container_platform=platforms)
                 outcome, seconds, answer = attempt(stub.CreateContainer, request, timeout=300)
             pulls: list[dict[str, Any]] = []
             pings: list[float] = []
@@ -135,8 +172,9 @@ def huge_image(bench: Bench) -> Iterator[dict[str, Any]]:
                 work = functools.partial(_pulls, service, pull_path(answer.target_image), pulls)
                 pings = _ping_while(service, work)
             yield {
-                "input": f"CreateContainer of {image} ({layers} layers, one platform: the hostile registry serves "
-                f"no index) with {bench.scale.includes} includes of it: {layers * (bench.scale.includes + 1)} layers",
+                "input": f"CreateContainer of {image} (an index of {len(bench.scale.platforms)} platforms, "
+                f"{layers} layers each, in the real registry) with {bench.scale.includes} includes of it, "
+                f"all platforms: {total:,} layers",
                 "outcome": outcome,
                 "seconds": seconds,
                 "pulls": pulls,

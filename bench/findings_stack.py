@@ -36,8 +36,9 @@ class Scale:
     drips: tuple[int, ...] = (100, 300)
     drip_deadline: float = 5.0
     fat_mib: int = 31
-    layers: tuple[int, ...] = (2000, 400)
+    layers: tuple[int, ...] = (20_000, 400)
     includes: int = 10
+    platforms: tuple[str, ...] = ("linux/amd64", "linux/arm64", "linux/ppc64le")
     platform_mib: int = 114
     env_entries: int = 3_000_000
     env_mib: int = 100
@@ -121,7 +122,9 @@ class Service(components.Component):
     def _accepts(self, path: Path) -> bool:
         probe = "import sys, pathlib; from wave_grpc.config import load_config; load_config(pathlib.Path(sys.argv[1]))"
         python = self.checkout / ".venv/bin/python"
-        return subprocess.run([python, "-c", probe, path], capture_output=True, check=False).returncode == 0
+        # cwd: the checkout's own code, not this worktree's (python -c puts the cwd first on sys.path).
+        done = subprocess.run([python, "-c", probe, path], capture_output=True, check=False, cwd=self.checkout)
+        return done.returncode == 0
 
     def start(self, optional: Mapping[str, Mapping[str, Any]] = {}) -> Service:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -222,8 +225,10 @@ class Bench:
     scale: Scale
     registry: components.Registry
     base_image: str
-    hostile: HostileRegistry  # drip at 1 s a byte, the fat config, many-layers at scale.layers[0]
-    hostile_small: HostileRegistry  # many-layers at scale.layers[1]; drips at 10 s a byte (the freeze)
+    hostile: HostileRegistry  # drip at 1 s a byte, the fat config, deep JSON, the empty blob
+    hostile_small: HostileRegistry  # drips at 10 s a byte (the freeze)
+    # Five dripping registries: the old client's pool was 256 connections, 64 per host.
+    drip_hosts: tuple[HostileRegistry, ...]
     small_disk: Path | None
     runs: int = 0
 
@@ -235,7 +240,8 @@ class Bench:
         self, sections: dict[str, Any] | None = None, optional: Mapping[str, Mapping[str, Any]] = {}
     ) -> Iterator[Service]:
         self.runs += 1
-        registries = [self.route(self.hostile), self.route(self.hostile_small), self.route(self.registry)]
+        hostiles = (self.hostile, self.hostile_small, *self.drip_hosts)
+        registries = [*(self.route(hostile) for hostile in hostiles), self.route(self.registry)]
         merged: dict[str, Any] = {"registries": registries, **(sections or {})}
         with Service(self.checkout, self.workdir / f"service-{self.runs}", merged) as service:
             yield service.start(optional)
