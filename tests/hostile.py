@@ -71,13 +71,16 @@ class Hostile:
         empties = b",".join([b"{}"] * (self.fat_mib * (1 << 20) // 3))
         fat = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"history":['
         fat += empties + b"]}"
-        for data in (config, fat, LAYER_BYTES):
+        # A consistent large image: one diff_id per listed layer, as a real one has.
+        rootfs = {"type": "layers", "diff_ids": [digest_of(LAYER_BYTES)] * self.layer_count}
+        many = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": rootfs}).encode()
+        for data in (config, fat, many, LAYER_BYTES):
             self.blobs[digest_of(data)] = data
         self.manifests = {
             "drip": manifest(config),
             "drip-layers": manifest(config),
             "fat-config": manifest(fat),
-            "many-layers": manifest(config, self.layer_count),
+            "many-layers": manifest(many, self.layer_count),
             "deep-json": b"[" * DEEP + b"]" * DEEP,
             "empty-blob": manifest(config),
             "hang": manifest(config),
