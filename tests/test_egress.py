@@ -7,7 +7,6 @@ HTTPS registries through CONNECT; a wrong proxy password is an error naming the 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,30 +34,9 @@ def tls_registry(
     """A registry speaking HTTPS (a private CA) holding busybox: (host, CA file)."""
     root = tmp_path_factory.mktemp("egress-tls")
     pki = make_pki(root / "pki", server_ip="127.0.0.1")
-    port = components.free_port()
-    config = {
-        "version": 0.1,
-        "log": {"level": "warn", "accesslog": {"disabled": True}},
-        "storage": {"filesystem": {"rootdirectory": str(root / "reg")}},
-        "http": {
-            "addr": f"127.0.0.1:{port}",
-            "secret": "test-only",
-            "tls": {"certificate": str(pki.cert), "key": str(pki.key)},
-        },
-    }
-    (root / "cfg.yml").write_text(json.dumps(config))
-    binary = components.require_tool("docker-registry")
-    with components.ManagedProcess([binary, "serve", root / "cfg.yml"], log_path=root / "reg.log") as proc:
-        proc.wait_tcp("127.0.0.1", port)
-        host = f"127.0.0.1:{port}"
-        components.run_tool(
-            [
-                components.require_tool("skopeo"),
-                *("--insecure-policy", "copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false"),
-                f"docker://{base_images.ref('latest')}",
-                f"docker://{host}/library/busybox:latest",
-            ]
-        )
+    with components.start_registry(root, tls=(pki.cert, pki.key)) as registry:
+        host = registry.host
+        components.skopeo_copy(base_images.ref("latest"), f"{host}/library/busybox:latest")
         yield host, pki.cert
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -76,30 +75,9 @@ def test_service_over_tls(tmp_path: Path, registry: components.Registry, base_im
 def test_private_ca_registry(tmp_path: Path, registry: components.Registry, base_images: components.BaseImages) -> None:
     """A source registry with a certificate from a private CA: refused with a hint, then trusted via ca_file."""
     pki = make_pki(tmp_path / "pki", server_ip="127.0.0.1")
-    port = components.free_port()
-    config = {
-        "version": 0.1,
-        "log": {"level": "warn", "accesslog": {"disabled": True}},
-        "storage": {"filesystem": {"rootdirectory": str(tmp_path / "reg")}},
-        "http": {
-            "addr": f"127.0.0.1:{port}",
-            "secret": "test-only",
-            "tls": {"certificate": str(pki.cert), "key": str(pki.key)},
-        },
-    }
-    (tmp_path / "cfg.yml").write_text(json.dumps(config))
-    binary = components.require_tool("docker-registry")
-    with components.ManagedProcess([binary, "serve", tmp_path / "cfg.yml"], log_path=tmp_path / "reg.log") as proc:
-        proc.wait_tcp("127.0.0.1", port)
-        host = f"127.0.0.1:{port}"
-        components.run_tool(
-            [
-                components.require_tool("skopeo"),
-                *("--insecure-policy", "copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false"),
-                f"docker://{base_images.ref('latest')}",
-                f"docker://{host}/library/busybox:latest",
-            ]
-        )
+    with components.start_registry(tmp_path, tls=(pki.cert, pki.key)) as tls_registry:
+        host = tls_registry.host
+        components.skopeo_copy(base_images.ref("latest"), f"{host}/library/busybox:latest")
         image = f"{host}/library/busybox:latest"
         route = {"name": host, "endpoint": f"https://{host}"}
         with WaveStack(tmp_path / "untrusted", registries=[route]).start() as wave:

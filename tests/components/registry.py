@@ -71,6 +71,7 @@ def start_registry(
     htpasswd: tuple[str, str] | None = None,
     proxy_remote_url: str | None = None,
     extra_config: Mapping[str, Any] | None = None,
+    tls: tuple[Path, Path] | None = None,
     timeout: float = 15.0,
 ) -> Registry:
     """Start ``docker-registry serve cfg.yml`` with its storage under ``workdir``.
@@ -96,6 +97,8 @@ def start_registry(
         config["auth"] = {"htpasswd": {"realm": "basic-realm", "path": os.fspath(workdir / "htpasswd")}}
     if proxy_remote_url is not None:
         config["proxy"] = {"remoteurl": proxy_remote_url}
+    if tls is not None:  # (certificate, key): the registry speaks HTTPS only
+        config["http"]["tls"] = {"certificate": os.fspath(tls[0]), "key": os.fspath(tls[1])}
     if extra_config:
         config = _deep_merge(config, extra_config)
 
@@ -113,9 +116,12 @@ def start_registry(
             cwd=workdir,
             name=f"docker-registry:{port}",
         )
-        url = f"http://127.0.0.1:{port}"
+        url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         try:
-            proc.wait_http(url + "/v2/", timeout, statuses=frozenset({200, 401}))
+            if tls:
+                proc.wait_tcp("127.0.0.1", port, timeout)
+            else:
+                proc.wait_http(url + "/v2/", timeout, statuses=frozenset({200, 401}))
         except (RuntimeError, TimeoutError) as exc:
             proc.stop()
             last_error = exc

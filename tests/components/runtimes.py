@@ -19,6 +19,13 @@ def _docker_ref(image_ref: str) -> str:
     return image_ref if image_ref.startswith("docker://") else f"docker://{image_ref}"
 
 
+def skopeo_copy(source: str, destination: str, *extra: str) -> None:
+    """``skopeo copy docker://SOURCE docker://DESTINATION`` between loopback registries (TLS unverified)."""
+    skopeo = require_tool("skopeo")
+    flags = ("--insecure-policy", "copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false")
+    run_tool([skopeo, *flags, *extra, f"docker://{source}", f"docker://{destination}"])
+
+
 def skopeo_copy_to_oci(
     image_ref: str,
     layout_dir: Path,
