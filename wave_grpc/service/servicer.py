@@ -74,6 +74,20 @@ def new_token() -> str:
     return "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH))
 
 
+def _created(record: pb.ContainerRecord, *, cached: bool = False) -> pb.CreateContainerResponse:
+    """A token's answer to CreateContainer: a new one, or a live one for an identical request."""
+    return pb.CreateContainerResponse(
+        container_token=record.container_token,
+        target_image=record.target_image,
+        expiration=record.expiration,
+        container_image=record.container_image,
+        request_id=record.request_id,
+        source_digest=record.source_digest,
+        target_digest=record.target_digest,
+        cached=cached,
+    )
+
+
 def _summary(record: pb.ContainerRecord) -> pb.ContainerSummary:
     frozen = record.HasField("freeze")
     return pb.ContainerSummary(
@@ -234,10 +248,8 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         same = await self._same_request(record)
         if same is not None:
             return same
-        name = (
-            f"{self._config.gateway.public_host}/wt/{{}}/{creation.source.repository}:{creation.source.tag or 'latest'}"
-        )
-        token = await self._put_new(record, name.format)
+        host, source = self._config.gateway.public_host, creation.source
+        token = await self._put_new(record, lambda t: f"{host}/wt/{t}/{source.repository}:{source.tag or 'latest'}")
         log.info(
             "created %s for %s (%s, %s) owner=%s",
             token_id(token),
@@ -246,15 +258,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
             record.container_platform,
             caller.owner,
         )
-        return pb.CreateContainerResponse(
-            container_token=token,
-            target_image=record.target_image,
-            expiration=record.expiration,
-            container_image=str(creation.source),
-            request_id=record.request_id,
-            source_digest=record.source_digest,
-            target_digest=record.target_digest,
-        )
+        return _created(record)
 
     async def _same_request(self, record: pb.ContainerRecord) -> pb.CreateContainerResponse | None:
         """The caller's live token for an identical request (service/sameness.py), or None.
@@ -270,16 +274,7 @@ class AugmentServicer(pb_grpc.AugmentServiceServicer):
         if renewed is None:  # revoked or expired just now: a new token, as if none matched
             return None
         log.info("answered %s again for an identical request", token_id(existing.token))
-        return pb.CreateContainerResponse(
-            container_token=renewed.container_token,
-            target_image=renewed.target_image,
-            expiration=renewed.expiration,
-            container_image=renewed.container_image,
-            request_id=renewed.request_id,
-            source_digest=renewed.source_digest,
-            target_digest=renewed.target_digest,
-            cached=True,
-        )
+        return _created(renewed, cached=True)
 
     async def _store_freeze(
         self, record: pb.ContainerRecord, ref: ImageRef, frozen: ImageRef, augmented: AugmentedImage
