@@ -170,7 +170,7 @@ def add_revoke_command(sub: Subcommands) -> None:
 
 def add_list_command(sub: Subcommands) -> None:
     listing = add_client_command(
-        sub, "list", "list your live tokens (anonymous callers: those created from this address)"
+        sub, "list", "list your live tokens (needs a caller token: --token; anonymous callers are refused)"
     )
     listing.set_defaults(func=cmd_list)
 
