@@ -38,7 +38,7 @@ from typing import Any
 
 import grpc
 
-from bench import memory
+from bench import cache, memory
 from tests import components
 from tests.stack import WaveStack, registry_route
 from wave_grpc.config import GatewayConfig
@@ -574,6 +574,37 @@ def fig_proxy_stream(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
     ]
 
 
+def fig_cache_hit(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
+    """Site cache hits (sendfile from a file:// store) beside nginx serving the same file (bench/cache.py)."""
+    registry: components.Registry = c["registry"]
+    layer = make_big_image(registry, work, cfg.big_blob)
+    blob = cache.BigBlob(registry, "bench/big", "v1", layer, cfg.big_blob)
+    rates = cache.measure_hits(blob, work, cfg.wrk_seconds, stream_get)
+    figure = f"site cache hit, a {cfg.big_blob >> 20} MiB blob"
+    return [
+        Row(
+            f"{figure}, {count} client{'s' if count > 1 else ''}",
+            "MB/s",
+            rates.gateway[count],
+            "nginx (sendfile on) serving the same file",
+            rates.nginx[count],
+        )
+        for count in sorted(rates.gateway)
+    ]
+
+
+def fig_cache_miss(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
+    """Site cache first pulls (fetched, streamed, written, verified, published) beside a direct read
+    (bench/cache.py)."""
+    registry: components.Registry = c["registry"]
+    layer = make_big_image(registry, work, cfg.big_blob)
+    blob = cache.BigBlob(registry, "bench/big", "v1", layer, cfg.big_blob)
+    times = cache.measure_misses(blob, work, cfg.repeats, stream_get)
+    ours, direct = times.mb_per_s(cfg.big_blob)
+    figure = f"site cache miss (first pull) of a {cfg.big_blob >> 20} MiB blob"
+    return [Row(figure, "MB/s", ours, "docker-registry blob GET direct", direct)]
+
+
 @dataclass(frozen=True)
 class CreateRun:
     rate: float
@@ -819,6 +850,8 @@ FIGURES = [
     fig_redirect,
     fig_skopeo,
     fig_proxy_stream,
+    fig_cache_hit,
+    fig_cache_miss,
     fig_create,
     fig_create_concurrent,
     fig_token_store,

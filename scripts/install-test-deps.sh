@@ -16,6 +16,9 @@ tools+=(haproxy)
 # A real forward proxy with basic auth for the egress tests (tests/test_egress.py).
 packages+=(tinyproxy)
 tools+=(tinyproxy)
+# The peer of the site cache's hit rate in bench/ (a static file server with sendfile).
+packages+=(nginx)
+tools+=(nginx)
 missing=()
 for i in "${!tools[@]}"; do
   command -v "${tools[$i]}" >/dev/null 2>&1 || missing+=("${packages[$i]}")

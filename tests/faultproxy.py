@@ -12,7 +12,11 @@ forwards every request byte for byte (redirects and all, no decompression).
 * ``{"mode": "corrupt", "match": "/blobs/"}``: forward, but flip one bit in the middle
   of each body of a GET whose path contains ``match`` (length unchanged);
 * ``{"mode": "truncate", "match": "/blobs/"}``: forward the headers and the first half of
-  such a body, then cut the connection.
+  such a body, then cut the connection;
+* ``{"mode": "headers", "headers": {"ratelimit-limit": "100;w=21600"}}``: forward, adding
+  these headers to each response (a registry announcing its rate limit).
+
+``status`` also takes ``headers``, added to the error it answers.
 
 Any mode with ``match`` applies only to requests whose path contains it.
 
@@ -63,6 +67,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
     fault = state["fault"]
     if fault is not None and fault.get("match", "") not in request.path:
         fault = None
+    if fault is not None and fault["mode"] == "headers":
+        return await _forward(request, state, added=fault.get("headers", {}))
     if fault is not None and fault["mode"] in ("corrupt", "truncate"):
         if request.method != "GET":
             fault = None
@@ -79,6 +85,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
             return await _stall(request)
         status = int(fault.get("status", 503))
         fault_headers = {"Retry-After": str(fault["retry_after"])} if "retry_after" in fault else {}
+        fault_headers.update(fault.get("headers", {}))
         code = "TOOMANYREQUESTS" if status == 429 else "UNAVAILABLE"
         error = {"errors": [{"code": code, "message": f"injected fault {status}"}]}
         return web.json_response(error, status=status, headers=fault_headers)
@@ -86,7 +93,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
     return await _forward(request, state)
 
 
-async def _forward(request: web.Request, state: dict[str, Any], damage: str = "") -> web.StreamResponse:
+async def _forward(
+    request: web.Request, state: dict[str, Any], damage: str = "", added: dict[str, str] | None = None
+) -> web.StreamResponse:
     skip = HOP_BY_HOP | {"host"}
     headers: CIMultiDict[str] = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in skip)
     data = await request.read()
@@ -101,6 +110,7 @@ async def _forward(request: web.Request, state: dict[str, Any], damage: str = ""
         for key, value in upstream.headers.items():
             if key.lower() not in HOP_BY_HOP:
                 response.headers.add(key, value)
+        response.headers.update(added or {})
         await response.prepare(request)
         body = bytearray()
         if request.method != "HEAD":

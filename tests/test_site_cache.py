@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from tests import components
@@ -228,6 +229,43 @@ def test_an_oci_cache_shared_by_two_replicas_fills_once(
     assert max(blobs.values()) == 1, blobs
     manifests = gets(tmp_path / "upstream.log", "/manifests/")
     assert max(manifests.values()) == 1, manifests
+
+
+def scrape(address: str) -> str:
+    return components.http_request("GET", f"http://{address}/metrics", timeout=10).body.decode()
+
+
+def test_an_upstream_429_names_the_registry_and_the_wait_while_a_stored_token_still_pulls(
+    tmp_path: Path, upstream: FaultProxy, base_images: components.BaseImages
+) -> None:
+    image = f"{upstream.host}/{base_images.repository}:latest"
+    admin = f"127.0.0.1:{components.free_port()}"
+    stack = cached_stack(tmp_path / "stack", upstream)
+    stack.admin = {"listen": admin}
+    # Docker Hub's form: the count, then the window in seconds.
+    upstream.set("headers", headers={"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "97;w=21600"})
+    with stack.start():
+        target = stack.create(image).target_image
+        pulled = pull_blobs(stack, target)
+        metrics = scrape(admin)
+        assert f'wave_grpc_upstream_ratelimit_limit{{registry="{upstream.host}"}} 100.0' in metrics
+        assert f'wave_grpc_upstream_ratelimit_remaining{{registry="{upstream.host}"}} 97.0' in metrics
+        stored = FileCacheStore(tmp_path / "stack" / "cache").stored_bytes
+        assert stored >= sum(len(blob) for blob in pulled.values())
+        gauge = re.search(r"^wave_grpc_blob_cache_stored_bytes (\S+)$", metrics, re.MULTILINE)
+        assert gauge is not None, metrics
+        assert float(gauge.group(1)) == stored
+
+        upstream.set("status", status=429, retry_after="3600", headers={"ratelimit-remaining": "0;w=21600"})
+        stack.restart()  # nothing of the token in memory: what the pull needs comes from the store
+        with pytest.raises(grpc.RpcError) as refused:
+            stack.create(image, container_config=pb.ContainerConfig(env=["A=1"]))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        message = refused.value.details() or ""
+        assert upstream.host in message, message
+        assert "retry after 3600s" in message, message
+        assert pull_blobs(stack, target) == pulled
+        assert upstream.stats()["faults"] >= 1
 
 
 def test_eviction_keeps_the_store_under_max_size_and_live_blobs(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ from wave_grpc.errors import WaveError
 from wave_grpc.image.jsonbound import JsonLimits, use_limits
 from wave_grpc.metrics import MULTIPROCESS_ENV, Metrics, enable_multiprocess, forget_process
 from wave_grpc.service.server import SERVICE_NAME, RunningService, serve
+from wave_grpc.stores.cachestores import FileCacheStore
 from wave_grpc.stores.layers import FileLayerStore
 from wave_grpc.stores.redis import redis_client, safe_url
 
@@ -260,6 +261,21 @@ async def _start_service(
     return service
 
 
+def _sample_site_cache(config: Config, metrics: Metrics) -> None:
+    """``wave_grpc_blob_cache_stored_bytes``: a file:// site cache's size, read from the directory at
+    each scrape (the service and every gateway process fill it; none knows the total); 0 when no
+    route caches. An oci:// store's size is its registry's to tell, so it is not exported."""
+    if config.cache.store_url.scheme != "file":
+        return
+    caching = any(route.blobs == "cache" for route in config.registries)
+    store = FileCacheStore(config.cache.file_root)
+    metrics.sample(
+        "wave_grpc_blob_cache_stored_bytes",
+        "Bytes of blobs in a file:// site cache",
+        lambda: store.stored_bytes if caching else 0,
+    )
+
+
 async def _start_gateway(config: Config, metrics: Metrics, opened: contextlib.AsyncExitStack, workers: int) -> None:
     """The gateway on its listening socket: in this process, or in ``workers`` worker processes."""
     sock = _bind(config.gateway.listen)
@@ -325,6 +341,7 @@ async def run_servers(config: Config, only: str | None, ready: Callable[[str], N
             # Before any metric exists: the workers inherit the directory and write there too.
             enable_multiprocess(opened.enter_context(tempfile.TemporaryDirectory(prefix="wave-grpc-metrics-")))
         metrics = Metrics()
+        _sample_site_cache(config, metrics)
         readiness = Readiness()
         if config.admin.listen:
             # First open, last closed: /readyz answers 503 while starting and while draining.

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +32,9 @@ from wave_grpc.registry.push import Repository
 from wave_grpc.stores.layers import Collection
 
 log = logging.getLogger(__name__)
+
+# In a file:// store's root: digest -> until when (epoch seconds) a token needed it (FileCacheStore.protect).
+REFERENCED_FILE = "referenced.json"
 
 
 class CacheStore(Protocol):
@@ -51,6 +56,12 @@ class CacheStore(Protocol):
 
     async def put_bytes(self, digest: Digest, data: bytes) -> None:
         """Store small verified bytes."""
+        ...
+
+    async def protect(self, referenced: Mapping[Digest, float], grace: float, *, dry_run: bool = False) -> set[Digest]:
+        """What eviction must keep: ``referenced`` (each digest a live token needs, with the latest
+        expiry, epoch seconds, of the tokens needing it) and whatever a token that expired less than
+        ``grace`` seconds ago needed. ``dry_run`` remembers nothing new."""
         ...
 
     async def evict(self, max_size: int, keep: set[Digest], *, dry_run: bool = False) -> Collection:
@@ -131,6 +142,46 @@ class FileCacheStore:
     def stored_bytes(self) -> int:
         return sum(entry.size for entry in self.entries())
 
+    @property
+    def _marks_path(self) -> Path:
+        return self.root / REFERENCED_FILE
+
+    def _read_marks(self) -> dict[Digest, float]:
+        try:
+            marks = json.loads(self._marks_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            # Losing the marks only shortens the grace of expired tokens' blobs; live ones are marked again now.
+            log.warning("%s: cannot read %s (%s); starting it afresh", self.label, self._marks_path, exc)
+            return {}
+        if not isinstance(marks, dict):
+            return {}
+        return {
+            Digest.parse(key): float(until)
+            for key, until in marks.items()
+            if Digest.is_digest(key) and isinstance(until, int | float)
+        }
+
+    async def protect(self, referenced: Mapping[Digest, float], grace: float, *, dry_run: bool = False) -> set[Digest]:
+        # An expired token is gone from the token store (Redis drops it at once), so what live
+        # tokens needed, and until when, is remembered here between collections. A digest needed
+        # now takes its live tokens' expiry (a revoked token's later one is forgotten then).
+        now = time.time()
+        marks = self._read_marks()
+        marks.update(referenced)
+        marks = {digest: until for digest, until in marks.items() if until + grace > now}
+        if not dry_run:
+            self.root.mkdir(parents=True, exist_ok=True)
+            temporary = self._marks_path.with_name(f".{REFERENCED_FILE}.{uuid.uuid4().hex}.tmp")
+            try:
+                remembered = {str(digest): until for digest, until in marks.items()}
+                temporary.write_text(json.dumps(remembered, sort_keys=True))
+                os.replace(temporary, self._marks_path)
+            finally:
+                temporary.unlink(missing_ok=True)
+        return {*referenced, *marks}
+
     async def evict(self, max_size: int, keep: set[Digest], *, dry_run: bool = False) -> Collection:
         entries = sorted(self.entries(), key=lambda entry: entry.used)
         total = sum(entry.size for entry in entries)
@@ -198,6 +249,9 @@ class RegistryCacheStore:
     async def put_bytes(self, digest: Digest, data: bytes) -> None:
         if await self._repository.blob_size(digest) is None:
             await self._repository.push_blob(digest, len(data), data)
+
+    async def protect(self, referenced: Mapping[Digest, float], grace: float, *, dry_run: bool = False) -> set[Digest]:
+        return set(referenced)  # nothing is evicted here (below)
 
     async def evict(self, max_size: int, keep: set[Digest], *, dry_run: bool = False) -> Collection:
         # A registry's blobs have no last-use time the API shows; its own retention and

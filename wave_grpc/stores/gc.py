@@ -53,10 +53,15 @@ async def collect_layers(
         await tokens.unlock(LOCK_NAME, holder)
 
 
-async def cache_referenced(tokens: TokenStore, config: Config, site: SiteCache) -> set[Digest]:
+async def cache_referenced(tokens: TokenStore, config: Config, site: SiteCache) -> dict[Digest, float]:
     """What live tokens of ``blobs = "cache"`` routes need from the site cache: their pinned
-    index and manifests, and each manifest's config and layers (read from the cache itself)."""
-    referenced: set[Digest] = set()
+    index and manifests, and each manifest's config and layers (read from the cache itself),
+    each with the latest expiry (epoch seconds) of the tokens needing it."""
+    referenced: dict[Digest, float] = {}
+
+    def needed(digest: Digest, until: float) -> None:
+        referenced[digest] = max(until, referenced.get(digest, until))
+
     async for message in tokens.live_records():
         record = TokenRecord.of(message)
         sources = [record.source, *record.includes]
@@ -67,15 +72,15 @@ async def cache_referenced(tokens: TokenStore, config: Config, site: SiteCache) 
             manifests.append(Digest.parse(target.source_manifest_digest))
             manifests.extend(Digest.parse(d) for d in target.include_manifest_digests)
         for digest in manifests:
-            referenced.add(digest)
+            needed(digest, record.expires_at)
             data = await site.stored(digest, MAX_MANIFEST_BYTES)
             if data is None:
                 continue
             media_type = manifest_media_type(data, None, f"cached manifest {digest}")
             if media_type.is_image_manifest:
                 manifest = ImageManifest.parse(data, media_type, f"cached manifest {digest}")
-                referenced.add(manifest.config.digest)
-                referenced.update(layer.digest for layer in manifest.layers)
+                for blob in (manifest.config, *manifest.layers):
+                    needed(blob.digest, record.expires_at)
     return referenced
 
 
@@ -88,13 +93,17 @@ async def evict_cache(
     tokens: TokenStore, config: Config, site: SiteCache, *, dry_run: bool = False
 ) -> Collection | None:
     """Keep the site cache under ``[cache].max_size``, least recently used first, never
-    evicting what a live token needs; None when another collector is at work."""
+    evicting what a live token needs, or needed when it expired less than ``[layers].gc_grace``
+    ago (as a layer stays for gc_grace after its last reference); None when another collector
+    is at work."""
     holder = await tokens.lock(CACHE_LOCK_NAME, 3600.0)
     if holder is None:
         return None
+    grace = config.layers.gc_grace.total_seconds()
     try:
-        keep = await cache_referenced(tokens, config, site)
-        sweep_partial(config.cache.staging_dir, config.layers.gc_grace.total_seconds())
+        referenced = await cache_referenced(tokens, config, site)
+        keep = await site.store.protect(referenced, grace, dry_run=dry_run)
+        sweep_partial(config.cache.staging_dir, grace)
         return await site.store.evict(config.cache.max_size, keep, dry_run=dry_run)
     finally:
         await tokens.unlock(CACHE_LOCK_NAME, holder)
