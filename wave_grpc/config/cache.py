@@ -17,8 +17,9 @@ class CacheConfig(Validated):
     # file://<dir> (one machine; served with sendfile) or oci://<registry>/<repository>
     # (shared by replicas; runtimes are redirected there as for the oci:// layer store).
     store: str = setting("file://.wave-grpc/cache", read=store_url(StoreRole.BLOB_CACHE))
-    # Past this, the least recently used blobs no live (or within [layers].gc_grace expired) token references are evicted by
-    # each garbage collection ([layers].gc_interval and `wave-grpc gc`); 0: never evicted.
+    # Past this, the least recently used blobs are evicted by each garbage collection
+    # ([layers].gc_interval and `wave-grpc gc`), never one a live token references or one
+    # of a token expired less than [layers].gc_grace ago; 0: never evicted.
     max_size: int = setting(50 << 30, unit="bytes", at_least=0, zero_means="no limit")
     # Where a blob being fetched is written (and verified) before it is published; for a
     # file:// store, a directory under it (same file system, so publishing is a rename).
