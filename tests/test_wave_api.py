@@ -12,7 +12,6 @@ import io
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 
 from tests import components
 from tests.fakeplatform import BUSY, CAROL, WRONG, FakePlatform
-from tests.stack import WaveStack, registry_route, toml_value
+from tests.stack import WaveStack, registry_route
 from wave_grpc.image.layers import pack_directory
 
 pytestmark = pytest.mark.components
@@ -37,29 +36,14 @@ def _sha(text: str) -> str:
 STATIC_TOKENS = [{"user": "alice", "sha256": _sha(ALICE)}, {"user": "bob", "sha256": _sha(BOB)}]
 
 
-@dataclass
-class AuthStack(WaveStack):
-    """A WaveStack whose config also has an ``[auth]`` section."""
-
-    auth: dict[str, Any] = field(default_factory=dict)
-
-    def write_config(self) -> Path:
-        path = super().write_config()
-        if self.auth:
-            lines = ["", "[auth]", *(f"{k} = {toml_value(v)}" for k, v in self.auth.items()), ""]
-            with path.open("a") as handle:
-                handle.write("\n".join(lines))
-        return path
-
-
-def _start(workdir: Path, registry: components.Registry, **kwargs: Any) -> AuthStack:
-    wave = AuthStack(workdir, registries=[registry_route(registry)], **kwargs)
+def _start(workdir: Path, registry: components.Registry, **kwargs: Any) -> WaveStack:
+    wave = WaveStack(workdir, registries=[registry_route(registry)], **kwargs)
     wave.start()
     return wave
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, registry: components.Registry) -> Iterator[AuthStack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, registry: components.Registry) -> Iterator[WaveStack]:
     """Anonymous allowed, static tokens for alice and bob."""
     wave = _start(tmp_path_factory.mktemp("wave-api"), registry, service={"tokens": STATIC_TOKENS})
     try:
@@ -163,7 +147,7 @@ def assert_injected(rootfs: Path) -> None:
 
 
 def test_wave_cli_style_body_then_pull(
-    stack: AuthStack, base_images: components.BaseImages, layer: dict[str, Any], tmp_path: Path
+    stack: WaveStack, base_images: components.BaseImages, layer: dict[str, Any], tmp_path: Path
 ) -> None:
     # As the wave CLI serialises SubmitContainerTokenRequest: nulls omitted, keys in alphabetical order.
     body = {
@@ -218,7 +202,7 @@ def nextflow_body(image: str, container_config: dict[str, Any]) -> dict[str, Any
 
 
 def test_nextflow_style_body_then_pull(
-    stack: AuthStack, base_images: components.BaseImages, layer: dict[str, Any], tmp_path: Path
+    stack: WaveStack, base_images: components.BaseImages, layer: dict[str, Any], tmp_path: Path
 ) -> None:
     config = {
         "entrypoint": None,
@@ -243,7 +227,7 @@ def test_nextflow_style_body_then_pull(
 
 
 def test_status_service_info_and_request_ids_survive_a_restart(
-    stack: AuthStack, base_images: components.BaseImages
+    stack: WaveStack, base_images: components.BaseImages
 ) -> None:
     answer = create(stack, {"containerImage": base_images.ref("latest")})
     status = ok(call(stack, "GET", f"/v1alpha2/container/{answer['requestId']}/status"))
@@ -283,7 +267,7 @@ def test_request_ids_survive_a_restart_on_redis(
         redis.stop()
 
 
-def test_describe_and_revoke_are_the_owners(stack: AuthStack, base_images: components.BaseImages) -> None:
+def test_describe_and_revoke_are_the_owners(stack: WaveStack, base_images: components.BaseImages) -> None:
     answer = create(stack, {"containerImage": base_images.ref("multi"), "workflowId": "wf-1"}, token=ALICE)
     token = answer["containerToken"]
 
@@ -342,7 +326,7 @@ def test_describe_and_revoke_are_the_owners(stack: AuthStack, base_images: compo
     ],
 )
 def test_unsupported_features_are_refused_by_name(
-    stack: AuthStack, base_images: components.BaseImages, extra: dict[str, Any], field_name: str
+    stack: WaveStack, base_images: components.BaseImages, extra: dict[str, Any], field_name: str
 ) -> None:
     body = {"containerImage": base_images.ref("latest"), **extra}
     for path in ("/v1alpha2/container", "/container-token"):
@@ -352,7 +336,7 @@ def test_unsupported_features_are_refused_by_name(
 
 
 def test_freeze_without_build_repository_is_refused_naming_it(
-    stack: AuthStack, base_images: components.BaseImages
+    stack: WaveStack, base_images: components.BaseImages
 ) -> None:
     body = {"containerImage": base_images.ref("latest"), "freeze": True}
     for path in ("/v1alpha2/container", "/container-token"):
@@ -360,13 +344,13 @@ def test_freeze_without_build_repository_is_refused_naming_it(
         assert message.startswith("buildRepository: is required with freeze"), message
 
 
-def test_values_that_ask_for_nothing_pass(stack: AuthStack, base_images: components.BaseImages) -> None:
+def test_values_that_ask_for_nothing_pass(stack: WaveStack, base_images: components.BaseImages) -> None:
     body = {"containerImage": base_images.ref("latest"), "scanMode": "none", "format": "docker", "packages": None}
     check_create_answer(stack, create(stack, body), base_images.ref("latest"))
 
 
 def test_error_paths_answer_wave_bodies(
-    stack: AuthStack, base_images: components.BaseImages, layer: dict[str, Any]
+    stack: WaveStack, base_images: components.BaseImages, layer: dict[str, Any]
 ) -> None:
     image = base_images.ref("latest")
     post = "/v1alpha2/container"
@@ -412,7 +396,7 @@ def test_error_paths_answer_wave_bodies(
 
 
 @pytest.fixture(scope="module")
-def closed_stack(tmp_path_factory: pytest.TempPathFactory, registry: components.Registry) -> Iterator[AuthStack]:
+def closed_stack(tmp_path_factory: pytest.TempPathFactory, registry: components.Registry) -> Iterator[WaveStack]:
     """No anonymous callers; static tokens; a small body limit (for the 413 path)."""
     wave = _start(
         tmp_path_factory.mktemp("closed"),
@@ -427,7 +411,7 @@ def closed_stack(tmp_path_factory: pytest.TempPathFactory, registry: components.
 
 
 @pytest.fixture(scope="module")
-def open_stack(tmp_path_factory: pytest.TempPathFactory, registry: components.Registry) -> Iterator[AuthStack]:
+def open_stack(tmp_path_factory: pytest.TempPathFactory, registry: components.Registry) -> Iterator[WaveStack]:
     """Anonymous only: no verifier at all."""
     wave = _start(tmp_path_factory.mktemp("open"), registry)
     try:
@@ -439,7 +423,7 @@ def open_stack(tmp_path_factory: pytest.TempPathFactory, registry: components.Re
 @pytest.fixture(scope="module")
 def tower_stack(
     tmp_path_factory: pytest.TempPathFactory, registry: components.Registry, platform: FakePlatform
-) -> Iterator[AuthStack]:
+) -> Iterator[WaveStack]:
     """Callers verified by a Seqera-Platform-compatible /user-info, then static tokens; no anonymous."""
     wave = _start(
         tmp_path_factory.mktemp("tower"),
@@ -495,7 +479,7 @@ def test_auth_matrix(
     status: int,
     owner: str,
 ) -> None:
-    wave: AuthStack = request.getfixturevalue(stack_name)
+    wave: WaveStack = request.getfixturevalue(stack_name)
     body: dict[str, Any] = {"containerImage": base_images.ref("latest")}
     if how == "body":
         body["towerAccessToken"] = token
@@ -512,7 +496,7 @@ def test_auth_matrix(
 
 
 def test_tower_endpoint_allow_list_and_cache(
-    tower_stack: AuthStack, base_images: components.BaseImages, platform: FakePlatform
+    tower_stack: WaveStack, base_images: components.BaseImages, platform: FakePlatform
 ) -> None:
     image = base_images.ref("latest")
     before = platform.count()
@@ -538,7 +522,7 @@ def test_tower_endpoint_allow_list_and_cache(
     assert "allowed_endpoints" in message
 
 
-def test_body_over_the_limit_is_413(closed_stack: AuthStack, base_images: components.BaseImages) -> None:
+def test_body_over_the_limit_is_413(closed_stack: WaveStack, base_images: components.BaseImages) -> None:
     big = {
         "containerImage": base_images.ref("latest"),
         "containerConfig": {"layers": [{"location": "data:" + "A" * (2 << 20)}]},
