@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
+from gateway.answers import PreparedAnswer
 from gateway.caches import decode_augmented, encode_augmented
 from wave_grpc.channel import Metadata
 from wave_grpc.errors import Errors, WaveError
@@ -43,6 +44,9 @@ class TokenImage:
 
     record: TokenRecord
     image: AugmentedImage
+    # Manifest answers by (reference, accepts an index), prepared on first use: at most two
+    # per manifest of the image (gateway/handlers/manifests.py), kept as long as the entry.
+    answers: dict[tuple[str, bool], PreparedAnswer] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def token(self) -> str:
