@@ -27,6 +27,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 
+from gateway.resolver import ENTRY_OVERHEAD
 from tests import components
 from tests.stack import WaveStack, registry_route
 from wave_grpc.config import GatewayConfig
@@ -102,14 +103,14 @@ async def _pull(gateway_url: str, names: list[str], connections: int = 32) -> No
 
 
 def _entry_bytes(wave: WaveStack, name: str) -> int:
-    """``TokenImage.weight`` of one token (gateway/resolver.py): its blobs, its record, 512."""
+    """``TokenImage.weight`` of one token (gateway/resolver.py): its blobs, its record, ``ENTRY_OVERHEAD``."""
     path, tag = name.split("/", 1)[1].rsplit(":", 1)
     manifest = wave.http("GET", f"/v2/{path}/manifests/{tag}", list(ACCEPT.items())).body
     config = wave.http("GET", f"/v2/{path}/blobs/{json.loads(manifest)['config']['digest']}").body
     token = name.split("/wt/", 1)[1].split("/", 1)[0]
     with wave.stub() as stub:
         record = stub.GetContainer(pb.GetContainerRequest(container_token=token), timeout=10).container
-    return len(manifest) + len(config) + record.ByteSize() + 512
+    return len(manifest) + len(config) + record.ByteSize() + ENTRY_OVERHEAD
 
 
 def measure(registry: components.Registry, image: str, work: Path, count: int) -> MemoryRun:

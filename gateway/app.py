@@ -12,9 +12,8 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from gateway.clients import GUESSES, TokenGuesses
-from gateway.errors import render_errors
 from gateway.keys import CONFIG, GATEWAY_PROOF, LAYERS, LIMITER, METRICS, RESOLVER, SERVICE, UPSTREAM
-from gateway.observe import count_requests
+from gateway.observe import count_and_render
 from gateway.resolver import TokenResolver
 from gateway.routes import WAVE_ROUTES_HINT, add_routes
 from wave_grpc.channel import gateway_proof, service_channel
@@ -117,7 +116,7 @@ def create_app(
     address = service_address or config.gateway.service
     # Wave REST bodies carry data: layers inline, up to [gateway].max_body_size.
     app = web.Application(
-        middlewares=[count_requests(counted), render_errors(WAVE_ROUTES_HINT)],
+        middlewares=[count_and_render(counted, WAVE_ROUTES_HINT)],
         client_max_size=config.gateway.max_body_size,
     )
     app[CONFIG] = config

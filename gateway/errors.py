@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from wave_grpc.errors import Errors, WaveError, brief
 from wave_grpc.redaction import redact_path
@@ -61,20 +60,11 @@ def wave_error_response(error: WaveError, allow: str = "") -> web.Response:
     return web.Response(status=error.kind.http_status, body=body, content_type="application/json", headers=headers)
 
 
-def render_errors(wave_routes_hint: str) -> Middleware:
-    """The middleware that renders every error; an unknown Wave path is answered with ``wave_routes_hint``.
-
-    The hint comes from the route table (gateway/routes.py), which imports this module, so it is passed in.
+async def rendered(request: web.Request, handler: Handler, wave_routes_hint: str) -> web.StreamResponse:
+    """``handler``'s response, or its error rendered in the route family's body format and logged once;
+    an unknown Wave path is answered with ``wave_routes_hint`` (from the route table, which imports this
+    module). gateway/observe.py's one middleware calls it, so a request goes through one middleware layer.
     """
-
-    @web.middleware
-    async def rendered(request: web.Request, handler: Handler) -> web.StreamResponse:
-        return await _render_errors(request, handler, wave_routes_hint)
-
-    return rendered
-
-
-async def _render_errors(request: web.Request, handler: Handler, wave_routes_hint: str) -> web.StreamResponse:
     registry = is_registry_path(request.path)
     try:
         response = await handler(request)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
+from gateway.answers import PreparedAnswer
 from gateway.caches import decode_augmented, encode_augmented
 from wave_grpc.channel import Metadata
 from wave_grpc.errors import Errors, WaveError
@@ -36,6 +37,14 @@ from wave_grpc.stores.content import ContentCache
 
 log = logging.getLogger("gateway")
 
+# What one cached token costs the process beyond its payload, measured: bench/memory.py grew
+# the serving process's RSS by 9.06 KiB per token over 10,000 tokens pulled once each, whose
+# payload (manifest, config, record) is about 1.9 KiB; tracemalloc of the entry's own objects
+# (record parsed, blobs, image values, the cache's tuple) reads 3.7 KiB for that payload, and the
+# content cache's encoded copy and its prepared answers hold the rest. 6 KiB over the payload
+# puts the accounting within 1.5x of the RSS growth (it was 2 KiB against 9, 4.3x).
+ENTRY_OVERHEAD = 6 << 10
+
 
 @dataclass(frozen=True, slots=True)
 class TokenImage:
@@ -43,6 +52,9 @@ class TokenImage:
 
     record: TokenRecord
     image: AugmentedImage
+    # Manifest answers by (reference, accepts an index), prepared on first use: at most two
+    # per manifest of the image (gateway/handlers/manifests.py), kept as long as the entry.
+    answers: dict[tuple[str, bool], PreparedAnswer] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def token(self) -> str:
@@ -66,10 +78,11 @@ class TokenImage:
 
     @property
     def weight(self) -> int:
-        """Bytes this entry holds in memory, near enough to bound a cache by."""
+        """Bytes this entry holds in memory, near enough to bound a cache by: its payload
+        (the blobs and the record) and ``ENTRY_OVERHEAD`` for the Python objects around it."""
         index = self.image.index
         blobs = sum(len(image.manifest.data) + len(image.config.data) for image in self.image.images)
-        return blobs + (len(index.data) if index else 0) + self.record.message.ByteSize() + 512
+        return blobs + (len(index.data) if index else 0) + self.record.message.ByteSize() + ENTRY_OVERHEAD
 
 
 class TokenResolver:

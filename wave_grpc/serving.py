@@ -103,6 +103,20 @@ async def _gateway_on_socket(config: Config, sock: socket.socket, metrics: Metri
     return GatewayListener(runner, server)
 
 
+def loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``[gateway] event_loop`` names, for ``asyncio.Runner`` (None: the standard one)."""
+    if config.gateway.event_loop != "uvloop":
+        return None
+    try:
+        import uvloop  # only a process that asks for it needs it
+    except ImportError:
+        raise ServeError(
+            f'{config.source}: [gateway] event_loop = "uvloop", but uvloop is not installed; '
+            'pip install uvloop, or set event_loop = "asyncio"'
+        ) from None
+    return uvloop.new_event_loop
+
+
 def raise_open_file_limit() -> int:
     """Raise this process's soft limit on open files to its hard limit; answer the limit in force.
 

@@ -20,8 +20,9 @@ import logging
 
 from aiohttp import web
 
+from gateway.answers import content_headers
 from gateway.errors import API_VERSION_HEADER
-from gateway.handlers.common import content_headers, token_image
+from gateway.handlers.common import token_image
 from gateway.keys import CONFIG, LAYERS, UPSTREAM
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.image.digest import Digest

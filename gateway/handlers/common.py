@@ -28,13 +28,3 @@ async def token_image(request: web.Request) -> TokenImage:
             await guesses.missed(address)
         raise
     return image
-
-
-def content_headers(media_type: str, digest: str, length: int) -> dict[str, str]:
-    """The headers GET and HEAD share, byte for byte."""
-    return {
-        "Content-Type": media_type,
-        "Docker-Content-Digest": digest,
-        "Content-Length": str(length),
-        "ETag": f'"{digest}"',
-    }

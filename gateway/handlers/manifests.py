@@ -4,15 +4,32 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.handlers.common import content_headers, token_image
+from gateway.answers import PreparedAnswer
+from gateway.handlers.common import token_image
 from gateway.keys import CONFIG, LIMITER, METRICS
+from gateway.resolver import TokenImage
 from wave_grpc.errors import Errors, WaveError, brief
 from wave_grpc.image.digest import Digest
 from wave_grpc.image.manifest import MediaType
+from wave_grpc.image.rewrite import Blob
 from wave_grpc.record import TokenRecord
 
 # Every index type MediaType knows, and the wildcards that cover them.
 _INDEX_TYPES = frozenset({*(str(m) for m in MediaType if m.is_index), "*/*", "application/*"})
+
+
+# Accept header values -> whether they take an index: runtimes send the same few over and over.
+# Bounded whatever clients send (emptied when full), as the access log's redacted paths are.
+_ACCEPTS: dict[tuple[str, ...], bool] = {}
+_ACCEPTS_KEPT = 256
+
+
+def _takes_index(headers: tuple[str, ...]) -> bool:
+    for header in headers:
+        for item in header.split(","):
+            if item.split(";")[0].strip().lower() in _INDEX_TYPES:
+                return True
+    return False
 
 
 def accepts_index(request: web.Request) -> bool:
@@ -21,11 +38,14 @@ def accepts_index(request: web.Request) -> bool:
     Clients send one Accept header per type, so read them all. With no Accept
     at all we answer the plain image manifest, which every client can read.
     """
-    for header in request.headers.getall("Accept", []):
-        for item in header.split(","):
-            if item.split(";")[0].strip().lower() in _INDEX_TYPES:
-                return True
-    return False
+    headers = tuple(request.headers.getall("Accept", ()))
+    answer = _ACCEPTS.get(headers)
+    if answer is None:
+        answer = _takes_index(headers)
+        if len(_ACCEPTS) >= _ACCEPTS_KEPT:
+            _ACCEPTS.clear()
+        _ACCEPTS[headers] = answer
+    return answer
 
 
 async def _count_pull(request: web.Request, record: TokenRecord) -> None:
@@ -44,22 +64,27 @@ async def _count_pull(request: web.Request, record: TokenRecord) -> None:
         )
 
 
-async def get_manifest(request: web.Request) -> web.StreamResponse:
-    image = await token_image(request)
-    await _count_pull(request, image.record)
-    reference = request.match_info["reference"]
+def _manifest(image: TokenImage, reference: str, takes_index: bool) -> Blob:
+    """The manifest ``reference`` names under this token, or MANIFEST_UNKNOWN."""
     if ":" in reference:
         blob = image.image.manifest_by_digest(Digest.parse(reference, field="reference"))
         if blob is None:
             raise WaveError(Errors.MANIFEST_UNKNOWN, f"manifest {reference} is not part of this augmented image")
-    elif reference == image.tag:
-        blob = image.image.top_level(accepts_index(request))
-    else:
-        raise WaveError(
-            Errors.MANIFEST_UNKNOWN,
-            f"tag {brief(reference)} is not served under this token; it serves {image.tag!r}",
-        )
-    headers = content_headers(blob.media_type, str(blob.digest), len(blob.data))
-    if request.method == "HEAD":
-        return web.Response(headers=headers)
-    return web.Response(body=blob.data, headers=headers)
+        return blob
+    if reference == image.tag:
+        return image.image.top_level(takes_index)
+    raise WaveError(
+        Errors.MANIFEST_UNKNOWN,
+        f"tag {brief(reference)} is not served under this token; it serves {image.tag!r}",
+    )
+
+
+async def get_manifest(request: web.Request) -> web.StreamResponse:
+    image = await token_image(request)
+    await _count_pull(request, image.record)
+    key = (request.match_info["reference"], accepts_index(request))
+    answer = image.answers.get(key)
+    if answer is None:
+        # Only references the image has get here (others raise): at most two answers per manifest.
+        answer = image.answers[key] = PreparedAnswer.of(_manifest(image, *key))
+    return answer.response(request.method)

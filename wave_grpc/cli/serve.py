@@ -11,7 +11,7 @@ from pathlib import Path
 from wave_grpc.cli.errors import CliError
 from wave_grpc.cli.subcommands import Subcommands
 from wave_grpc.config import default_config_path, load_config
-from wave_grpc.serving import run_gateway_worker, run_servers
+from wave_grpc.serving import loop_factory, run_gateway_worker, run_servers
 
 log = logging.getLogger("wave_grpc")
 
@@ -24,7 +24,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(path)
     log.info("config %s", path)
     try:
-        asyncio.run(run_servers(config, args.only, ready=lambda line: print(line, flush=True)))
+        with asyncio.Runner(loop_factory=loop_factory(config)) as runner:
+            runner.run(run_servers(config, args.only, ready=lambda line: print(line, flush=True)))
     except OSError as exc:
         raise CliError(str(exc)) from None
     return 0
@@ -38,7 +39,9 @@ def add_serve_command(sub: Subcommands) -> None:
 
 
 def cmd_gateway_worker(args: argparse.Namespace) -> int:
-    asyncio.run(run_gateway_worker(load_config(Path(args.config)), args.fd))
+    config = load_config(Path(args.config))
+    with asyncio.Runner(loop_factory=loop_factory(config)) as runner:
+        runner.run(run_gateway_worker(config, args.fd))
     return 0
 
 

@@ -168,6 +168,13 @@ def _host_without_path(value: str) -> str | None:
     return None if value and "/" not in value else f"{value!r} must be host[:port], without scheme or path"
 
 
+EVENT_LOOPS = ("asyncio", "uvloop")
+
+
+def _event_loop(value: str) -> str | None:
+    return None if value in EVENT_LOOPS else f"{value!r} must be one of {', '.join(map(repr, EVENT_LOOPS))}"
+
+
 def _redis_or_empty(value: str) -> str | None:
     if not value or serves(value, StoreRole.SHARED_CACHE):
         return None
@@ -197,6 +204,9 @@ class GatewayConfig(Validated):
     shared_cache: str = setting("", check=_redis_or_empty, default_from=_service_store_if_redis)
     # Worker processes serving the gateway port (0: one per core).
     workers: int = setting(1, at_least=0, zero_means="one per core")
+    # The serving processes' event loop (the service in the same process runs on it too):
+    # "asyncio", the standard library's, or "uvloop" (bench/README.md measures both).
+    event_loop: str = setting("asyncio", check=_event_loop)
     # One log line per request; costly at tens of thousands of requests a second.
     access_log: bool = setting(True)
     # Largest Wave REST body: room for Wave's 14,000,000-character inline layer field,
