@@ -13,9 +13,8 @@ from aiohttp import web
 
 from gateway.clients import GUESSES, TokenGuesses
 from gateway.keys import CONFIG, GATEWAY_PROOF, LAYERS, LIMITER, METRICS, RESOLVER, SERVICE, UPSTREAM
-from gateway.observe import count_and_render
 from gateway.resolver import TokenResolver
-from gateway.routes import WAVE_ROUTES_HINT, add_routes
+from gateway.routes import add_routes
 from wave_grpc.channel import gateway_proof, service_channel
 from wave_grpc.config import Config
 from wave_grpc.metrics import Metrics
@@ -115,10 +114,8 @@ def create_app(
     counted = metrics or Metrics()
     address = service_address or config.gateway.service
     # Wave REST bodies carry data: layers inline, up to [gateway].max_body_size.
-    app = web.Application(
-        middlewares=[count_and_render(counted, WAVE_ROUTES_HINT)],
-        client_max_size=config.gateway.max_body_size,
-    )
+    # No middlewares: each route's handler is observed where the route is added (gateway/observe.py).
+    app = web.Application(client_max_size=config.gateway.max_body_size)
     app[CONFIG] = config
     app[METRICS] = counted
     app[LIMITER] = open_rate_limiter(config.gateway.shared_cache)
@@ -128,5 +125,5 @@ def create_app(
     app.cleanup_ctx.extend(
         (_upstream(config, counted), _layer_reader, _service(config, address), _content_cache, _resolver(address))
     )
-    add_routes(app)
+    add_routes(app, counted)
     return app

@@ -74,6 +74,11 @@ class TokenGuesses:
             retry_after=wait,
         )
 
+    @property
+    def refusing(self) -> bool:
+        """Whether any address is refused now: when none is, a lookup need not know who asks."""
+        return len(self._blocked) > 0
+
     def check(self, address: str) -> None:
         """Refuse an address that is over the limit in this window, before any lookup."""
         until = self._blocked.get(address)

@@ -60,15 +60,14 @@ def wave_error_response(error: WaveError, allow: str = "") -> web.Response:
     return web.Response(status=error.kind.http_status, body=body, content_type="application/json", headers=headers)
 
 
-async def rendered(request: web.Request, handler: Handler, wave_routes_hint: str) -> web.StreamResponse:
-    """``handler``'s response, or its error rendered in the route family's body format and logged once;
-    an unknown Wave path is answered with ``wave_routes_hint`` (from the route table, which imports this
-    module). gateway/observe.py's one middleware calls it, so a request goes through one middleware layer.
+def error_answer(request: web.Request, exc: Exception, registry: bool, wave_routes_hint: str) -> web.Response:
+    """``exc``, raised by a handler, as the response its route family's clients read, logged once.
+
+    ``registry`` is the route's family (``is_registry_path``); an unknown Wave path is answered
+    with ``wave_routes_hint`` (from the route table, which imports this module). Other
+    ``HTTPException`` s are aiohttp's own answers and are raised again.
     """
-    registry = is_registry_path(request.path)
-    try:
-        response = await handler(request)
-    except WaveError as exc:
+    if isinstance(exc, WaveError):
         level = logging.WARNING if exc.kind.http_status >= 500 else logging.INFO
         log.log(
             level,
@@ -80,7 +79,7 @@ async def rendered(request: web.Request, handler: Handler, wave_routes_hint: str
             exc.message,
         )
         return error_response(exc) if registry else wave_error_response(exc)
-    except web.HTTPMethodNotAllowed as exc:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
         if registry:
             return error_response(
                 WaveError(Errors.UNSUPPORTED, f"{request.method} is not supported: this gateway is read-only")
@@ -93,7 +92,7 @@ async def rendered(request: web.Request, handler: Handler, wave_routes_hint: str
             ),
             allow=allowed,
         )
-    except web.HTTPNotFound:
+    if isinstance(exc, web.HTTPNotFound):
         if registry:
             return error_response(
                 WaveError(
@@ -108,13 +107,9 @@ async def rendered(request: web.Request, handler: Handler, wave_routes_hint: str
                 f"{brief(redact_path(request.path))} is not served here; the Wave API is {wave_routes_hint}",
             )
         )
-    except web.HTTPException:
-        raise
-    except Exception:
-        incident = uuid.uuid4().hex[:12]
-        log.exception("%s %s failed (incident %s)", request.method, redact_path(request.path), incident)
-        error = WaveError(Errors.INTERNAL, f"internal error (incident {incident})")
-        return error_response(error) if registry else wave_error_response(error)
-    if registry:
-        response.headers.update(API_VERSION_HEADER)
-    return response
+    if isinstance(exc, web.HTTPException):
+        raise exc
+    incident = uuid.uuid4().hex[:12]
+    log.error("%s %s failed (incident %s)", request.method, redact_path(request.path), incident, exc_info=exc)
+    error = WaveError(Errors.INTERNAL, f"internal error (incident {incident})")
+    return error_response(error) if registry else wave_error_response(error)

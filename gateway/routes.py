@@ -14,9 +14,11 @@ from typing import Literal
 
 from aiohttp import web
 
-from gateway.errors import is_registry_path
+from gateway.errors import Handler, is_registry_path
 from gateway.handlers import base, blobs, manifests, referrers, tags, wave_containers, wave_info, wave_tokens
+from gateway.observe import observed
 from wave_grpc.errors import Errors, WaveError, brief
+from wave_grpc.metrics import Metrics
 from wave_grpc.redaction import redact_path
 
 # A repository name as the distribution spec writes it: path components joined by "/".
@@ -118,12 +120,19 @@ def no_token(name: str) -> WaveError:
     )
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, metrics: Metrics) -> None:
+    """Every route, each handler observed (gateway/observe.py), then the catch-alls for the paths none takes."""
+
+    def add(method: str, path: str, handler: Handler, label: str | None = None, name: str | None = None) -> None:
+        registry = is_registry_path(path) if label is None else None
+        resource = app.router.add_resource(path, name=name)
+        wrapped = observed(handler, label or resource.canonical, registry, metrics, WAVE_ROUTES_HINT)
+        if method == "GET":  # GET routes answer HEAD too, with the same headers (as aiohttp's add_get)
+            resource.add_route("HEAD", wrapped)
+        resource.add_route(method, wrapped)
+
     for route in ROUTES:
-        if route.method == "GET":
-            app.router.add_get(route.path, route.handler, name=route.name)
-        else:
-            app.router.add_route(route.method, route.path, route.handler, name=route.name)
+        add(route.method, route.path, route.handler, name=route.name)
 
     # Writes are not part of this registry: answer them with UNSUPPORTED, not 404.
     async def read_only(request: web.Request) -> web.StreamResponse:
@@ -135,4 +144,17 @@ def add_routes(app: web.Application) -> None:
             raise web.HTTPNotFound()
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
 
-    app.router.add_route("*", "/v2/{tail:.*}", read_only)
+    add("*", "/v2/{tail:.*}", read_only)
+
+    # Any other path: 405 naming the methods when a route has the path, else 404 (each in its family's format).
+    routed = tuple(app.router.resources())
+
+    async def unrouted(request: web.Request) -> web.StreamResponse:
+        allowed: set[str] = set()
+        for resource in routed:
+            allowed |= (await resource.resolve(request))[1]
+        if allowed:
+            raise web.HTTPMethodNotAllowed(request.method, allowed)
+        raise web.HTTPNotFound()
+
+    add("*", "/{tail:.*}", unrouted, label="unmatched")

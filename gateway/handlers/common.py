@@ -17,14 +17,15 @@ async def token_image(request: web.Request) -> TokenImage:
     token = request.match_info["token"]
     name = request.match_info["name"]
     guesses = request.app[GUESSES]
-    address = client_address(request)
-    guesses.check(address)
+    # The client's address costs a header walk: a warm pull only needs it while someone is refused.
+    if guesses.refusing:
+        guesses.check(client_address(request))
     try:
         image = await request.app[RESOLVER].resolve(token)
         if name != image.source.repository:
             raise unknown_token_name()
     except WaveError as exc:
         if exc.kind is Errors.NAME_UNKNOWN:
-            await guesses.missed(address)
+            await guesses.missed(client_address(request))
         raise
     return image
