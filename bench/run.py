@@ -329,13 +329,21 @@ def fig_warm_manifest(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]
     return rows
 
 
-def start_ceiling(work: Path, body: bytes, name: str) -> tuple[components.ManagedProcess, str]:
-    """bench/ceiling.py answering ``body`` as an OCI manifest; the process and its URL."""
+def start_ceiling(
+    work: Path, body: bytes, name: str, framework_path: str = "", uvloop: bool = False
+) -> tuple[components.ManagedProcess, str]:
+    """bench/ceiling.py answering ``body`` as an OCI manifest; the process and its URL.
+
+    With ``framework_path`` (a gateway URL's path), the ceiling runs with the gateway's route
+    table, headers and access log (``--gateway-framework``) and its URL has that path.
+    """
     manifest_file = work / f"{name}-manifest.json"
     manifest_file.write_bytes(body)
     port = components.free_port()
+    flags = ["--gateway-framework"] if framework_path else []
+    flags += ["--uvloop"] if uvloop else []
     ceiling = components.ManagedProcess(
-        [sys.executable, "-m", "bench.ceiling", str(port), str(manifest_file), components.OCI_MANIFEST],
+        [sys.executable, "-m", "bench.ceiling", str(port), str(manifest_file), components.OCI_MANIFEST, *flags],
         log_path=work / f"{name}.log",
     )
     try:
@@ -343,18 +351,19 @@ def start_ceiling(work: Path, body: bytes, name: str) -> tuple[components.Manage
     except BaseException:
         ceiling.stop()
         raise
-    return ceiling, f"http://127.0.0.1:{port}/x"
+    return ceiling, f"http://127.0.0.1:{port}{framework_path or '/x'}"
 
 
 def fig_access_log(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
-    """The default configuration (access log on) against the same gateway with it off and against
-    the bare aiohttp ceiling, side by side in interleaved rounds."""
+    """The default configuration (access log on) against the same gateway with it off, against
+    the bare aiohttp ceiling, and against the framework floor (the ceiling with the gateway's
+    route table, headers and access log: bench/ceiling.py), side by side in interleaved rounds."""
     images: components.BaseImages = c["images"]
     registry: components.Registry = c["registry"]
     quiet: WaveStack = c["wave"]
     logged = WaveStack(work / "logged", registries=[registry_route(registry)])  # the defaults: access log on
     logged.start()
-    ceiling: components.ManagedProcess | None = None
+    ceilings: list[components.ManagedProcess] = []
     try:
         urls = []
         for wave in (logged, quiet):
@@ -363,54 +372,111 @@ def fig_access_log(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
             url = f"{wave.gateway_url}/v2/{name}/manifests/{tag}"
             body = components.http_request("GET", url, headers=ACCEPT).body
             urls.append(url)
-        ceiling, ceiling_url = start_ceiling(work, body, "ceiling-access-log")
-        urls.append(ceiling_url)
-        pids = [p.pid for p in (logged.process, quiet.process, ceiling) if p is not None]
-        # Interleaved rounds, the order turning, medians compared: on this shared machine
-        # one pair of runs swings the ratio between 0.6 and 0.9 on its own. Shorter rounds,
-        # more of them: the swings come and go within seconds.
-        seconds = max(2, cfg.wrk_seconds * 2 // 5)
-        runs: list[list[tuple[WrkResult, float]]] = [[], [], []]
-        for round_ in range(2 if cfg.quick else 6):
-            for side in (0, 1, 2)[round_ % 3 :] + (0, 1, 2)[: round_ % 3]:
-                started = cpu_seconds(pids[side])
-                result = wrk(urls[side], seconds, ACCEPT)
-                runs[side].append((result, (cpu_seconds(pids[side]) - started) / max(1, result.requests) * 1e6))
+        for flavour, path in (("ceiling-access-log", ""), ("framework-floor", f"/v2/{name}/manifests/{tag}")):
+            ceiling, ceiling_url = start_ceiling(work, body, flavour, framework_path=path)
+            ceilings.append(ceiling)
+            urls.append(ceiling_url)
+        pids = [p.pid for p in (logged.process, quiet.process, *ceilings) if p is not None]
+        runs = _interleaved(urls, pids, cfg)
         lines = sum(1 for line in logged.log_text().splitlines() if "gateway.access" in line)
     finally:
-        if ceiling is not None:
+        for ceiling in ceilings:
             ceiling.stop()
         logged.stop()
-    on, off, bare = ([r for r, _ in side] for side in runs)
+    on, off, bare, floor = ([r for r, _ in side] for side in runs)
     if lines < sum(r.requests for r in on) // 2:
         raise RuntimeError(f"the access log wrote {lines} lines for {sum(r.requests for r in on)} requests")
-    if any(r.non_2xx for r in on + off):
-        raise RuntimeError("a gateway answered non-2xx responses under load")
+    if any(r.non_2xx for r in on + off + floor):
+        raise RuntimeError("a gateway (or the framework floor) answered non-2xx responses under load")
     figure = "warm manifest GET, default config (access log on)"
     median = statistics.median
-    rows = []
-    for peer, results in (("access log off", off), ("bare aiohttp (ceiling)", bare)):
-        rows.append(Row(figure, "req/s", median(r.rps for r in on), peer, median(r.rps for r in results)))
-    for peer, results in (("access log off", off), ("bare aiohttp (ceiling)", bare)):
-        rows.append(Row(figure, "p99 ms", median(r.p99_ms for r in on), peer, median(r.p99_ms for r in results), False))
+    peers = (
+        ("access log off", off, runs[1]),
+        ("bare aiohttp (ceiling)", bare, runs[2]),
+        ("aiohttp with the gateway's routes, headers and access log", floor, runs[3]),
+    )
+    rows = [
+        Row(figure, "req/s", median(r.rps for r in on), peer, median(r.rps for r in results))
+        for peer, results, _ in peers
+    ]
+    rows += [
+        Row(figure, "p99 ms", median(r.p99_ms for r in on), peer, median(r.p99_ms for r in results), False)
+        for peer, results, _ in peers
+    ]
     # The serving process's CPU time (user + system) per request: the cost itself, where
-    # req/s also carries whatever else the two cores were doing during the round.
-    rows.append(
-        Row(
-            figure,
-            "CPU us per request",
-            median(us for _, us in runs[0]),
-            "access log off",
-            median(us for _, us in runs[1]),
-            False,
-        )
-    )
-    # Issue 24's target: the default config's CPU per request within 1.25x of the bare handler's.
+    # req/s also carries whatever else the two cores were doing during the round. Issue 24's
+    # target: the default config's within 1.25x of the bare handler's.
     cpu_on = median(us for _, us in runs[0])
-    rows.append(
-        Row(figure, "CPU us per request", cpu_on, "bare aiohttp (ceiling)", median(us for _, us in runs[2]), False)
-    )
+    rows += [
+        Row(figure, "CPU us per request", cpu_on, peer, median(us for _, us in side), False) for peer, _, side in peers
+    ]
     return rows
+
+
+def _interleaved(urls: list[str], pids: list[int], cfg: Settings) -> list[list[tuple[WrkResult, float]]]:
+    """wrk against each URL in interleaved rounds, the order turning: each result with the CPU
+    microseconds its serving process spent per request.
+
+    On this shared machine one pair of runs swings a ratio between 0.6 and 0.9 on its own;
+    shorter rounds, more of them, medians compared: the swings come and go within seconds.
+    """
+    seconds = max(2, cfg.wrk_seconds * 2 // 5)
+    sides = tuple(range(len(urls)))
+    runs: list[list[tuple[WrkResult, float]]] = [[] for _ in urls]
+    for round_ in range(2 if cfg.quick else 6):
+        for side in sides[round_ % len(sides) :] + sides[: round_ % len(sides)]:
+            started = cpu_seconds(pids[side])
+            result = wrk(urls[side], seconds, ACCEPT)
+            runs[side].append((result, (cpu_seconds(pids[side]) - started) / max(1, result.requests) * 1e6))
+    return runs
+
+
+def fig_event_loop(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
+    """The default configuration on ``[gateway] event_loop = "uvloop"`` against the bare aiohttp
+    handler on uvloop, and against itself on asyncio (the default), in interleaved rounds: the
+    issue-24 targets on the other loop, and whether uvloop pays for itself here."""
+    images: components.BaseImages = c["images"]
+    registry: components.Registry = c["registry"]
+    stacks = [
+        WaveStack(work / f"loop-{loop}", registries=[registry_route(registry)], gateway={"event_loop": loop})
+        for loop in ("uvloop", "asyncio")
+    ]
+    ceilings: list[components.ManagedProcess] = []
+    try:
+        urls = []
+        for wave in stacks:
+            wave.start()
+            target = wave.create(images.ref("latest"), container_config=pb.ContainerConfig(env=["L=1"])).target_image
+            name, tag = target.split("/", 1)[1].rsplit(":", 1)
+            url = f"{wave.gateway_url}/v2/{name}/manifests/{tag}"
+            body = components.http_request("GET", url, headers=ACCEPT).body
+            urls.append(url)
+        for name, uvloop in (("ceiling-uvloop", True), ("ceiling-asyncio", False)):
+            ceiling, ceiling_url = start_ceiling(work, body, name, uvloop=uvloop)
+            ceilings.append(ceiling)
+            urls.append(ceiling_url)
+        pids = [p.pid for p in (*(wave.process for wave in stacks), *ceilings) if p is not None]
+        runs = _interleaved(urls, pids, cfg)
+    finally:
+        for ceiling in ceilings:
+            ceiling.stop()
+        for wave in stacks:
+            wave.stop()
+    if any(r.non_2xx for side in runs for r, _ in side):
+        raise RuntimeError("a gateway answered non-2xx responses under load")
+    median = statistics.median
+    rps = [median(r.rps for r, _ in side) for side in runs]
+    p99 = [median(r.p99_ms for r, _ in side) for side in runs]
+    cpu = [median(us for _, us in side) for side in runs]
+    figure = "warm manifest GET, default config on uvloop"
+    return [
+        Row(figure, "req/s", rps[0], "bare aiohttp on uvloop", rps[2]),
+        Row(figure, "p99 ms", p99[0], "bare aiohttp on uvloop", p99[2], False),
+        Row(figure, "CPU us per request", cpu[0], "bare aiohttp on uvloop", cpu[2], False),
+        Row(figure, "req/s", rps[0], "the same on asyncio (default)", rps[1]),
+        Row(figure, "CPU us per request", cpu[0], "the same on asyncio (default)", cpu[1], False),
+        Row("bare aiohttp on uvloop", "req/s", rps[2], "bare aiohttp on asyncio", rps[3]),
+    ]
 
 
 def fig_first_pull(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
@@ -851,6 +917,7 @@ def fig_token_memory(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
 FIGURES = [
     fig_warm_manifest,
     fig_access_log,
+    fig_event_loop,
     fig_first_pull,
     fig_redirect,
     fig_skopeo,

@@ -21,6 +21,8 @@ EXPECTED_FIGURES = {
     "warm manifest GET, 64 conn",
     "warm manifest GET, 64 conn, one worker per core",
     "warm manifest GET, default config (access log on)",
+    "warm manifest GET, default config on uvloop",
+    "bare aiohttp on uvloop",
     "first pull of a fresh token (index+manifest+config)",
     "base blob GET answered with 307, 64 conn",
     "full skopeo copy (fresh token)",
