@@ -7,7 +7,6 @@ compact UTF-8, so the result depends on nothing but the inputs.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -170,8 +169,8 @@ def merge_env(base: list[str], overrides: tuple[str, ...]) -> list[str]:
 
 
 def rewrite_config(config_bytes: bytes, augmentation: Augmentation) -> bytes:
-    config = parse_json_object(config_bytes, "upstream image config")
-    out = copy.deepcopy(config)
+    # Parsed here, so ours to change in place: no copy.
+    out = parse_json_object(config_bytes, "upstream image config")
     runtime = out.get("config")
     if not isinstance(runtime, dict):
         runtime = {}
@@ -276,7 +275,8 @@ def augment_platform(upstream: UpstreamImage, augmentation: Augmentation, *, as_
         rewrite_config(upstream.config, augmentation),
         config_type if docker else DOCKER_TO_OCI.get(config_type, config_type),
     )
-    out = copy.deepcopy(dict(manifest.document))
+    # Parsed above for this call; only top-level keys are replaced below, so a shallow copy keeps it intact.
+    out = dict(manifest.document)
     if out_type != media_type:
         out["mediaType"] = str(out_type)
     out["config"] = {
