@@ -104,3 +104,14 @@ async def test_concurrent_creations_store_every_record(tmp_path: Path) -> None:
         await store.close()
     assert stored == [True] * 100 + [False]
     assert [f.container_token if f else None for f in found] == [r.container_token for r in records]
+
+
+async def test_a_call_not_yet_handed_over_when_the_connection_closes_fails_as_closed(tmp_path: Path) -> None:
+    db, lock = _connection(tmp_path / "d.db")
+    batches = BatchedConnection(db, lock, "test")
+    assert await batches.run(lambda: 1) == 1  # the thread runs
+    pending = asyncio.ensure_future(batches.run(lambda: 2))
+    await asyncio.sleep(0)  # the call is made; its loop hands it over only after this step
+    batches.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        await pending

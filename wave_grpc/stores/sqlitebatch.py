@@ -4,6 +4,8 @@ Under concurrent creations a hand-off per statement (``asyncio.to_thread``) cost
 loop more than the statement: a thread wake-up, a self-pipe write and an epoll wake-up each
 way. Here every call joins one queue; the thread takes all calls waiting, runs them in order
 inside one ``BEGIN IMMEDIATE ... COMMIT`` and wakes each waiting loop once for the batch.
+A loop hands its calls over once per iteration, so the calls its requests make together
+wake the thread once.
 
 Each caller still sees its own call's result, in the order the calls were queued, and only
 after the batch is committed. If any call of a batch raises, or the commit fails (a full
@@ -67,13 +69,17 @@ class BatchedConnection:
         self._db = db
         self._lock = lock
         self._name = name
-        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Call] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._closed = False
+        # The calls each event loop made since it last handed its calls over.
+        self._waiting: dict[asyncio.AbstractEventLoop, list[_Call]] = {}
+        # Held while handing calls over and while stopping: no call is queued behind the stop.
+        self._handing = threading.Lock()
+        self._stopped = False
 
     async def run(self, call: Callable[[], T]) -> T:
         """``call()`` on the connection's thread; its result once the batch it ran in is committed."""
-        if self._closed:
+        if self._stopped:
             raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
         if self._thread is None:
             # Started on first use: a store opened only to create its schema holds no thread.
@@ -81,22 +87,37 @@ class BatchedConnection:
             self._thread.start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Call(call, future, loop))
+        waiting = self._waiting.setdefault(loop, [])
+        if not waiting:
+            # Handed over once the loop has run what is ready: the calls the requests of one
+            # loop iteration make wake the thread once, not once each.
+            loop.call_soon(self._hand_over, loop)
+        waiting.append(_Call(call, future, loop))
         return await future
 
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        calls = self._waiting.pop(loop, [])
+        with self._handing:
+            if not self._stopped:
+                self._queue.put(calls)
+                return
+        closed = _Outcome(error=sqlite3.ProgrammingError("Cannot operate on a closed database."))
+        _settle([(c.future, closed) for c in calls])
+
     def close(self) -> None:
-        """Finish the calls queued, then stop the thread."""
-        self._closed = True
-        if self._thread is not None:
+        """Finish the calls handed over, then stop the thread."""
+        with self._handing:
+            self._stopped = True
             self._queue.put(None)
+        if self._thread is not None:
             self._thread.join()
             self._thread = None
 
     def _serve(self) -> None:
         while (first := self._queue.get()) is not None:
-            batch = [first]
+            calls = list(first)
             stop = False
-            while len(batch) < MAX_BATCH:
+            while len(calls) < MAX_BATCH:
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
@@ -104,8 +125,10 @@ class BatchedConnection:
                 if more is None:
                     stop = True
                     break
-                batch.append(more)
-            self._deliver(batch, self._run_batch(batch))
+                calls.extend(more)
+            for start in range(0, len(calls), MAX_BATCH):
+                batch = calls[start : start + MAX_BATCH]
+                self._deliver(batch, self._run_batch(batch))
             if stop:
                 return
 
