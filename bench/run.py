@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -681,45 +682,81 @@ class CreateRun:
     rate: float
     p50_ms: float
     p99_ms: float
+    # CPU per creation: the server's (all its threads), and this process's, the gRPC client's.
+    server_cpu_us: float
+    client_cpu_us: float
 
 
-def create_load(address: str, image: str, callers: int, seconds: float) -> CreateRun:
-    """``callers`` concurrent CreateContainer loops (no layers, a distinct env each) for ``seconds``."""
+def create_load(address: str, image: str, callers: int, seconds: float, server_pid: int) -> CreateRun:
+    """``callers`` concurrent CreateContainer loops (no layers, a distinct env each) for ``seconds``.
 
-    async def run() -> CreateRun:
+    The env values are new in every run: a value an earlier run sent would find that run's
+    token (same request, same name) and measure a renewal, not a creation.
+    """
+    run = uuid.uuid4().hex[:12]
+
+    async def run_load() -> CreateRun:
         latencies: list[float] = []
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.AugmentServiceStub(channel)
+            await stub.CreateContainer(pb.CreateContainerRequest(container_image=image), timeout=60)  # connected
             deadline = time.perf_counter() + seconds
             counter = iter(range(10**9))
 
             async def caller() -> None:
                 while time.perf_counter() < deadline:
                     request = pb.CreateContainerRequest(
-                        container_image=image, container_config=pb.ContainerConfig(env=[f"N={next(counter)}"])
+                        container_image=image, container_config=pb.ContainerConfig(env=[f"N={run}-{next(counter)}"])
                     )
                     started = time.perf_counter()
                     await stub.CreateContainer(request, timeout=60)
                     latencies.append(time.perf_counter() - started)
 
+            server_cpu, client_cpu = cpu_seconds(server_pid), cpu_seconds(os.getpid())
             started = time.perf_counter()
             await asyncio.gather(*(caller() for _ in range(callers)))
             elapsed = time.perf_counter() - started
+            server_cpu, client_cpu = cpu_seconds(server_pid) - server_cpu, cpu_seconds(os.getpid()) - client_cpu
         latencies.sort()
+        count = len(latencies)
         return CreateRun(
-            len(latencies) / elapsed,
-            latencies[len(latencies) // 2] * 1000,
-            latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+            count / elapsed,
+            latencies[count // 2] * 1000,
+            latencies[min(count - 1, int(count * 0.99))] * 1000,
+            server_cpu / count * 1e6,
+            client_cpu / count * 1e6,
         )
 
-    return asyncio.run(run())
+    return asyncio.run(run_load())
+
+
+def start_grpc_ceiling(work: Path) -> tuple[components.ManagedProcess, str]:
+    """bench/grpc_ceiling.py: CreateContainer answered with a fixed response; the process and its address."""
+    port = components.free_port()
+    ceiling = components.ManagedProcess(
+        [sys.executable, "-m", "bench.grpc_ceiling", str(port)], log_path=work / "grpc-ceiling.log"
+    )
+    try:
+        ceiling.wait_tcp("127.0.0.1", port, 15)
+    except BaseException:
+        ceiling.stop()
+        raise
+    return ceiling, f"127.0.0.1:{port}"
 
 
 def fig_create_concurrent(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
-    """CreateContainer under 64 callers against the upstream's own manifest GET rate (what a creation needs)."""
+    """CreateContainer under 64 callers against the upstream's own manifest GET rate (what a creation needs),
+    and against a bare grpc.aio server answering a fixed response (what gRPC in Python allows)."""
     images: components.BaseImages = c["images"]
     registry: components.Registry = c["registry"]
     upstream = wrk(f"{registry.url}/v2/library/busybox/manifests/latest", cfg.wrk_seconds, ACCEPT)
+    seconds = 2.0 if cfg.quick else 10.0
+    ceiling_process, ceiling_address = start_grpc_ceiling(work)
+    try:
+        ceiling = create_load(ceiling_address, images.ref("latest"), 64, seconds, ceiling_process.pid)
+    finally:
+        ceiling_process.stop()
+    bare = "bare grpc.aio CreateContainer (fixed answer), 64 callers"
     uncached = WaveStack(
         work / "uncached",
         registries=[registry_route(registry)],
@@ -729,15 +766,26 @@ def fig_create_concurrent(c: dict[str, Any], cfg: Settings, work: Path) -> list[
     uncached.start()
     rows = []
     try:
-        seconds = 2.0 if cfg.quick else 10.0
         for label, stack in (("tag cache 20 s (default)", c["wave"]), ("tag cache off", uncached)):
-            concurrent = create_load(stack.grpc_address, images.ref("latest"), 64, seconds)
-            sequential = create_load(stack.grpc_address, images.ref("latest"), 1, seconds)
+            assert stack.process is not None
+            concurrent = create_load(stack.grpc_address, images.ref("latest"), 64, seconds, stack.process.pid)
+            sequential = create_load(stack.grpc_address, images.ref("latest"), 1, seconds, stack.process.pid)
             figure = f"CreateContainer, 64 callers, {label}"
             single = f"CreateContainer, 1 caller, {label}"
             rows += [
                 Row(figure, "creations/s", concurrent.rate, "docker-registry manifest GET, 64 conn", upstream.rps),
                 Row(figure, "p99 ms", concurrent.p99_ms, "the 100 ms target", 100.0, False),
+                Row(figure, "creations/s", concurrent.rate, bare, ceiling.rate),
+                Row(figure, "server CPU us per creation", concurrent.server_cpu_us, bare, ceiling.server_cpu_us, False),
+                # The client shares the machine's cores with the server: its cost is part of the rate.
+                Row(
+                    figure,
+                    "bench client CPU us per creation",
+                    concurrent.client_cpu_us,
+                    "server CPU us per creation",
+                    concurrent.server_cpu_us,
+                    False,
+                ),
                 Row(single, "creations/s", sequential.rate, "64 callers", concurrent.rate),
                 Row(
                     single,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import resource
@@ -371,6 +372,9 @@ async def run_servers(config: Config, only: str | None, ready: Callable[[str], N
             )
         checks = _readiness(config, service, gateway)
         readiness.started(checks)
+        # What is alive now lives as long as the process: kept out of every later collection,
+        # a full one scans only what requests left (it paused the loop 50-65 ms at 1,000 creations/s).
+        gc.freeze()
         if only == "gateway":
             warned = asyncio.create_task(_warn_if_unanswered(checks), name="dependency check at start")
             opened.callback(warned.cancel)

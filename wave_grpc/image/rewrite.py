@@ -7,7 +7,7 @@ compact UTF-8, so the result depends on nothing but the inputs.
 
 from __future__ import annotations
 
-import copy
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +16,7 @@ from typing import Any
 from wave_grpc.errors import Errors, WaveError
 from wave_grpc.image.compression import Compression
 from wave_grpc.image.digest import Digest
+from wave_grpc.image.jsonbound import JsonLimits, limits_in_force
 from wave_grpc.image.manifest import (
     DOCKER_TO_OCI,
     OCI_TO_DOCKER,
@@ -151,6 +152,19 @@ class AugmentedImage:
         return None
 
 
+# Every creation from one source (and every rebuild of its tokens) parses the same upstream
+# manifest and index again: parsed once per bytes (and the JSON limits in force) instead.
+# A parsed value is shared, so nothing here changes it (its documents are read-only views).
+@functools.lru_cache(maxsize=256)
+def _upstream_manifest(data: bytes, media_type: MediaType, _limits: JsonLimits) -> ImageManifest:
+    return ImageManifest.parse(data, media_type, "upstream manifest")
+
+
+@functools.lru_cache(maxsize=256)
+def _upstream_index(data: bytes, media_type: MediaType, _limits: JsonLimits) -> Index:
+    return Index.parse(data, media_type, "upstream index")
+
+
 def _dump(value: dict[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -170,8 +184,8 @@ def merge_env(base: list[str], overrides: tuple[str, ...]) -> list[str]:
 
 
 def rewrite_config(config_bytes: bytes, augmentation: Augmentation) -> bytes:
-    config = parse_json_object(config_bytes, "upstream image config")
-    out = copy.deepcopy(config)
+    # Parsed here, so ours to change in place: no copy.
+    out = parse_json_object(config_bytes, "upstream image config")
     runtime = out.get("config")
     if not isinstance(runtime, dict):
         runtime = {}
@@ -265,7 +279,7 @@ def augment_platform(upstream: UpstreamImage, augmentation: Augmentation, *, as_
     manifest, config and layer types converted, every other byte of their documents kept.
     """
     media_type = MediaType(upstream.manifest.media_type)
-    manifest = ImageManifest.parse(upstream.manifest.data, media_type, "upstream manifest")
+    manifest = _upstream_manifest(upstream.manifest.data, media_type, limits_in_force())
     if manifest.config.digest != Digest.of(upstream.config):
         raise WaveError(Errors.DIGEST_INVALID, "upstream config bytes do not match the manifest's config digest")
     docker = media_type.is_docker and not as_oci
@@ -276,7 +290,8 @@ def augment_platform(upstream: UpstreamImage, augmentation: Augmentation, *, as_
         rewrite_config(upstream.config, augmentation),
         config_type if docker else DOCKER_TO_OCI.get(config_type, config_type),
     )
-    out = copy.deepcopy(dict(manifest.document))
+    # Parsed above for this call; only top-level keys are replaced below, so a shallow copy keeps it intact.
+    out = dict(manifest.document)
     if out_type != media_type:
         out["mediaType"] = str(out_type)
     out["config"] = {
@@ -331,7 +346,7 @@ def augment_all(index: Blob | None, platforms: Sequence[tuple[UpstreamImage, Aug
         if len(images) != 1:
             raise WaveError(Errors.MANIFEST_INVALID, "several platforms need an upstream index")
         return AugmentedImage(images, None)
-    parsed = Index.parse(index.data, MediaType(index.media_type), "upstream index")
+    parsed = _upstream_index(index.data, MediaType(index.media_type), limits_in_force())
     entries = []
     for (upstream, augmentation), image in zip(platforms, images, strict=True):
         entry = parsed.select(augmentation.platform, "source")

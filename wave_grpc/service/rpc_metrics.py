@@ -67,6 +67,9 @@ class RpcMetrics(_ServerInterceptor):
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        # Method path -> (the handler grpc gave, its counted wrapper): a method's handler is the
+        # same object on every call, so it is wrapped once, not once per RPC.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
     def _observe(self, method: str, context: Any, started: float, failed: BaseException | None) -> None:
         self._metrics.rpcs.labels(method=method, code=_code_name(context, failed)).inc()
@@ -110,7 +113,17 @@ class RpcMetrics(_ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = method_label(handler_call_details.method)
+        path = handler_call_details.method
+        known = self._wrapped.get(path)
+        if known is not None and known[0] is handler:
+            return known[1]
+        method = method_label(path)
+        wrapped = self._wrap(method, handler)
+        if method != OTHER_METHOD:  # bounded: only the methods the server declares are kept
+            self._wrapped[path] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         serializers = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,

@@ -71,7 +71,14 @@ _Resp = TypeVar("_Resp")
 
 
 def new_token() -> str:
-    return "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH))
+    """A uniform choice among the 36**12 tokens, drawn from the OS in one call, not one per
+    character (a creation spent more on twelve urandom calls than on its SQLite insert)."""
+    number = secrets.randbelow(len(TOKEN_ALPHABET) ** TOKEN_LENGTH)
+    characters = []
+    for _ in range(TOKEN_LENGTH):
+        number, digit = divmod(number, len(TOKEN_ALPHABET))
+        characters.append(TOKEN_ALPHABET[digit])
+    return "".join(characters)
 
 
 def _created(record: pb.ContainerRecord, *, cached: bool = False) -> pb.CreateContainerResponse:

@@ -1,10 +1,15 @@
-"""The SQLite token store: the embedded default, one file in WAL mode."""
+"""The SQLite token store: the embedded default, one file in WAL mode.
+
+Calls run on the connection's own thread, those waiting at once in one transaction
+(wave_grpc/stores/sqlitebatch.py): concurrent creations cost one hand-off per batch, not per statement.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import fcntl
+import functools
 import sqlite3
 import threading
 import time
@@ -16,18 +21,21 @@ from typing import BinaryIO
 from wave_grpc.errors import disk_full, store_full
 from wave_grpc.proto.wave.augment.v1 import augment_pb2 as pb
 from wave_grpc.record import expiry_seconds, record_listing_key, set_expiry
+from wave_grpc.stores.sqlitebatch import BatchedConnection
 from wave_grpc.stores.tokens import EPHEMERAL_LOCK_PREFIX
 
 
 class SqliteTokenStore:
-    """One file, WAL mode; calls run in a worker thread, serialised by a lock."""
+    """One file, WAL mode; calls run on one thread, batched (see the module doc), serialised by a lock."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
         self._locks: dict[str, BinaryIO] = {}
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
+        # Reentrant: a batch holds it around the calls it runs, and each call takes it too.
+        self._lock = threading.RLock()
+        self._batches = BatchedConnection(self._db, self._lock, name=f"sqlite {path.name}")
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -130,7 +138,7 @@ class SqliteTokenStore:
         return cursor.rowcount > 0
 
     async def put(self, record: pb.ContainerRecord) -> bool:
-        return await asyncio.to_thread(self._put, record)
+        return await self._batches.run(functools.partial(self._put, record))
 
     def _update(self, record: pb.ContainerRecord) -> bool:
         with self._writing():
@@ -141,7 +149,7 @@ class SqliteTokenStore:
         return cursor.rowcount > 0
 
     async def update(self, record: pb.ContainerRecord) -> bool:
-        return await asyncio.to_thread(self._update, record)
+        return await self._batches.run(functools.partial(self._update, record))
 
     def _get_by_fingerprint(self, fingerprint: str) -> pb.ContainerRecord | None:
         with self._lock:
@@ -156,7 +164,7 @@ class SqliteTokenStore:
     async def get_by_fingerprint(self, fingerprint: str) -> pb.ContainerRecord | None:
         if not fingerprint:
             return None
-        return await asyncio.to_thread(self._get_by_fingerprint, fingerprint)
+        return await self._batches.run(functools.partial(self._get_by_fingerprint, fingerprint))
 
     def _renew(self, token: str, expires_at: float) -> pb.ContainerRecord | None:
         now = time.time()
@@ -176,13 +184,13 @@ class SqliteTokenStore:
         return record
 
     async def renew(self, token: str, expires_at: float) -> pb.ContainerRecord | None:
-        return await asyncio.to_thread(self._renew, token, expires_at)
+        return await self._batches.run(functools.partial(self._renew, token, expires_at))
 
     async def get(self, token: str) -> pb.ContainerRecord | None:
-        return await asyncio.to_thread(self._get, token)
+        return await self._batches.run(functools.partial(self._get, token))
 
     async def get_by_request_id(self, request_id: str) -> pb.ContainerRecord | None:
-        return await asyncio.to_thread(self._get_by_request_id, request_id)
+        return await self._batches.run(functools.partial(self._get_by_request_id, request_id))
 
     def _list(self, listing: str, offset: int, limit: int) -> list[pb.ContainerRecord]:
         with self._lock:
@@ -194,7 +202,7 @@ class SqliteTokenStore:
         return [pb.ContainerRecord.FromString(row[0]) for row in rows]
 
     async def listed(self, listing: str, offset: int, limit: int) -> list[pb.ContainerRecord]:
-        return await asyncio.to_thread(self._list, listing, offset, limit)
+        return await self._batches.run(functools.partial(self._list, listing, offset, limit))
 
     def _live_page(self, after: str, limit: int) -> list[tuple[str, bytes]]:
         with self._lock:
@@ -207,7 +215,7 @@ class SqliteTokenStore:
 
     async def live_records(self) -> AsyncIterator[pb.ContainerRecord]:
         after = ""
-        while rows := await asyncio.to_thread(self._live_page, after, 1000):
+        while rows := await self._batches.run(functools.partial(self._live_page, after, 1000)):
             for _, data in rows:
                 yield pb.ContainerRecord.FromString(data)
             after = rows[-1][0]
@@ -241,11 +249,12 @@ class SqliteTokenStore:
             self._db.execute("SELECT 1").fetchone()
 
     async def ping(self) -> None:
-        await asyncio.to_thread(self._ping)
+        await self._batches.run(self._ping)
 
     async def revoke(self, token: str) -> bool:
-        return await asyncio.to_thread(self._revoke, token)
+        return await self._batches.run(functools.partial(self._revoke, token))
 
     async def close(self) -> None:
+        await asyncio.to_thread(self._batches.close)
         with self._lock:
             self._db.close()
