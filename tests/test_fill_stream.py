@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, cast
@@ -20,12 +21,12 @@ from wave_grpc.image.digest import Digest
 from wave_grpc.registry.blobs import Stream
 from wave_grpc.registry.client import RegistryClient
 from wave_grpc.stores import blobcache
-from wave_grpc.stores.blobcache import RETAINED_BYTES, SPOOL_BATCH, SiteCache
+from wave_grpc.stores.blobcache import RETAINED_BYTES, SPOOL_BATCH, SPOOL_DEPTH, SiteCache
 from wave_grpc.stores.cachestores import FileCacheStore
 
 CHUNK = 256 << 10
 # What a fill may hold in memory (its docstring): the retained bytes or the unwritten ones, plus a chunk.
-MEMORY_BOUND = max(RETAINED_BYTES, 2 * SPOOL_BATCH + CHUNK) + CHUNK
+MEMORY_BOUND = max(RETAINED_BYTES, (SPOOL_DEPTH + 1) * SPOOL_BATCH + CHUNK) + CHUNK
 
 
 def blob_chunks(count: int) -> list[bytes]:
@@ -75,7 +76,7 @@ NO_CLIENT = cast(RegistryClient, object())
 async def test_a_reader_that_keeps_up_gets_the_arriving_chunks_and_memory_stays_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    chunks = blob_chunks(48)  # 12 MiB: several times what the fill keeps in memory
+    chunks = blob_chunks(96)  # 24 MiB: about twice what a fill may keep in memory
     data = b"".join(chunks)
     digest = Digest.of(data)
     site, store = cache_of(tmp_path)
@@ -96,7 +97,7 @@ async def test_a_reader_that_keeps_up_gets_the_arriving_chunks_and_memory_stays_
 async def test_a_late_reader_reads_what_left_memory_from_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    chunks = blob_chunks(48)
+    chunks = blob_chunks(96)
     data = b"".join(chunks)
     digest = Digest.of(data)
     site, _ = cache_of(tmp_path)
@@ -151,3 +152,33 @@ def test_write_all_finishes_short_writes(tmp_path: Path, monkeypatch: pytest.Mon
     finally:
         os.close(fd)
     assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(b"x" * 7 + b"".join(chunks)).digest()
+
+
+async def test_a_spool_closed_mid_write_closes_its_file_only_after_the_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    real = blobcache._write_all
+
+    def slow(fd: int, chunks: list[bytes], offset: int) -> int:
+        release.wait(10)
+        return real(fd, chunks, offset)
+
+    monkeypatch.setattr(blobcache, "_write_all", slow)
+    path = tmp_path / "spool"
+    path.touch()
+    spool = blobcache._Spool(path)
+    fd = spool._fd
+    await spool.add(os.urandom(SPOOL_BATCH))  # one batch handed to a thread, which waits
+    spool.close()  # as after a cancellation: the write is still under way
+    os.fstat(fd)  # still open: its number cannot be reused under the write
+    release.set()
+    for _ in range(200):
+        try:
+            os.fstat(fd)
+        except OSError:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        pytest.fail("the spool's file stayed open after its last write")
+    assert path.stat().st_size == SPOOL_BATCH

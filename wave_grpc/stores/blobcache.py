@@ -28,6 +28,7 @@ import functools
 import hashlib
 import logging
 import os
+import threading
 import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -53,9 +54,10 @@ class _Fill:
     Readers that keep up are served the chunks from memory as they arrive; one that fell
     behind (or joined late) reads the file. A chunk leaves memory only once it is in the
     file, and only when the chunks kept exceed ``RETAINED_BYTES``: so at any time a fill
-    holds the larger of ``RETAINED_BYTES`` and its unwritten bytes (under two ``SPOOL_BATCH``
-    and a chunk, see _Spool), plus a chunk: about 5 MiB, whatever the blob's size or the
-    disk's speed.
+    holds the larger of ``RETAINED_BYTES`` and its unwritten bytes (at most ``SPOOL_DEPTH
+    + 1`` batches of ``SPOOL_BATCH`` and a chunk, see _Spool), plus a chunk: about 13 MiB,
+    whatever the blob's size or the disk's speed. A disk slower than the upstream slows
+    the fetch (and the readers that keep up) to the disk's pace rather than growing that.
     """
 
     def __init__(self, digest: Digest, path: Path) -> None:
@@ -139,7 +141,9 @@ class _Fill:
 
 
 # A fill's file is written this many bytes at a time, by a worker thread.
-SPOOL_BATCH = 2 << 20
+SPOOL_BATCH = 4 << 20
+# At most this many batches are being written at a time.
+SPOOL_DEPTH = 2
 
 
 @functools.cache
@@ -163,13 +167,15 @@ def _write_all(fd: int, chunks: list[bytes], offset: int) -> int:
 
 
 class _Spool:
-    """A fill's file: each chunk hashed on arrival, the chunks written in batches by a worker thread.
+    """A fill's file: each chunk hashed on arrival, the chunks written in batches by worker threads.
 
-    The hash runs on the loop while the chunk is still in this core's cache (on a thread
-    it cost more CPU per GB here, see gateway/handlers/blobs.py); the writes go to a
-    thread, ``SPOOL_BATCH`` bytes at a time, so a disk that stalls holds the fetch back
-    (one batch written, one filling) and never the loop. Unwritten bytes are at most two
-    batches and a chunk.
+    The hash runs on the loop while the chunk is still in this core's cache. The writes go
+    to threads ``SPOOL_BATCH`` bytes at a time, at most ``SPOOL_DEPTH`` batches in flight,
+    so a disk that stalls holds the fetch back and never the loop. Batches are big and
+    several are in flight because a worker thread needs the GIL back after each write,
+    and a busy loop hands it over only every ``sys.getswitchinterval()`` (5 ms): with one
+    2 MiB batch at a time the fetch spent 2.2 s of a 3.3 s GiB waiting for that.
+    Unwritten bytes are at most ``SPOOL_DEPTH + 1`` batches and a chunk.
     """
 
     def __init__(self, path: Path) -> None:
@@ -178,45 +184,58 @@ class _Spool:
         self._batch: list[bytes] = []
         self._batch_bytes = 0
         self._offset = 0  # where the batch goes in the file
-        self._pending: concurrent.futures.Future[int] | None = None
+        self._pending: deque[concurrent.futures.Future[int]] = deque()
 
     async def add(self, chunk: bytes) -> int:
-        """Take ``chunk``; answers how many more bytes are now in the file (0 mostly)."""
+        """Take ``chunk``; answers how many more bytes are now in the file, in order from its start."""
         self._hasher.update(chunk)
         self._batch.append(chunk)
         self._batch_bytes += len(chunk)
-        return await self._flush() if self._batch_bytes >= SPOOL_BATCH else 0
+        if self._batch_bytes >= SPOOL_BATCH:
+            self._submit()
+        return await self._settled(SPOOL_DEPTH)
 
     async def finish(self) -> int:
         """Write what is left; answers the bytes added to the file since the last answer."""
-        return await self._flush() + await self._settled()
+        self._submit()
+        return await self._settled(0)
 
-    async def _flush(self) -> int:
-        written = await self._settled()
+    def _submit(self) -> None:
         if self._batch:
             batch, offset = self._batch, self._offset
             self._batch, self._offset, self._batch_bytes = [], offset + self._batch_bytes, 0
-            self._pending = _spool_executor().submit(_write_all, self._fd, batch, offset)
-        return written
+            self._pending.append(_spool_executor().submit(_write_all, self._fd, batch, offset))
 
-    async def _settled(self) -> int:
-        if self._pending is None:
-            return 0
-        size = await asyncio.wrap_future(self._pending)
-        self._pending = None
-        return size
+    async def _settled(self, in_flight: int) -> int:
+        """Bytes of the batches done (the oldest first), waiting until at most ``in_flight`` remain."""
+        written, pending = 0, self._pending
+        while pending and (len(pending) > in_flight or pending[0].done()):
+            if not pending[0].done():
+                await asyncio.wrap_future(pending[0])
+            written += pending.popleft().result()
+        return written
 
     def hexdigest(self) -> str:
         return self._hasher.hexdigest()
 
     def close(self) -> None:
-        """Close the file, after the thread's write if one is still under way (cancelled meanwhile):
-        closed before it, the descriptor's number could be reused and the write land elsewhere."""
-        fd, pending = self._fd, self._pending
-        if pending is None:
+        """Close the file once no thread writes to it (after a cancellation some may still):
+        closed before, the descriptor's number could be reused and a write land elsewhere."""
+        fd, running = self._fd, [future for future in self._pending if not future.done()]
+        if not running:
             os.close(fd)
-        else:
-            pending.add_done_callback(lambda _: os.close(fd))
+            return
+        remaining, lock = [len(running)], threading.Lock()
+
+        def one_done(_: concurrent.futures.Future[int]) -> None:
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                os.close(fd)
+
+        for future in running:
+            future.add_done_callback(one_done)
 
 
 class SiteCache:
