@@ -2,12 +2,14 @@
 
 A base blob of a cache route is fetched from the upstream once. The fetch is
 written to a temporary file under ``[cache]`` staging while every runtime that
-asked for the blob meanwhile reads that growing file (a fan-out: one upstream
-request, all get the bytes as they arrive). The blob is published to the store
+asked for the blob meanwhile follows it (a fan-out: one upstream request, all get
+the bytes as they arrive, from memory while they keep up, else from that growing
+file). The fetch hashes the blob once; the blob is published to the store
 (wave_grpc/stores/cachestores.py) only after its digest and length matched; a
 mismatch or a cut upstream publishes nothing, and the readers' streams end in
 an error, which the gateway's blob handler turns into a cut connection, never a
-wrong blob. The fetch belongs to the cache, not to the first runtime: one that
+wrong blob (the handler holds each chunk back until the next one, or the end,
+has come, so it does not hash these streams again). The fetch belongs to the cache, not to the first runtime: one that
 hangs up does not stop it for the others.
 
 Later pulls are served from the store: sendfile for a ``file://`` store, the
