@@ -10,6 +10,7 @@ image failed and why, and the next request after recovery must succeed.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 from collections.abc import Iterator
@@ -171,3 +172,30 @@ def test_stalled_upstream_times_out_then_recovers(faulty: Faulty) -> None:
     resp = faulty.stack.http("GET", blob)
     assert resp.status == 200
     assert blob.endswith(components.sha256_digest(resp.body))
+
+
+@pytest.mark.parametrize("mode", ["corrupt", "truncate"])
+def test_a_bit_flipping_or_truncating_upstream_is_never_relayed_whole(
+    faulty: Faulty, registry: components.Registry, mode: str
+) -> None:
+    """Proxy mode relays as it reads: a flipped bit or a cut upstream body must reach the runtime
+    as a cut connection, never as a complete 200 (the relay holds the last chunk until the digest
+    matched). The next GET after the upstream recovers is the blob, byte for byte."""
+    blob = faulty.resolved_base_blob()
+    digest = blob.rsplit("/", 1)[1]
+    expected = components.http_request("GET", f"{registry.url}/v2/library/busybox/blobs/{digest}").body
+    assert components.sha256_digest(expected) == digest
+    faulty.proxy.set(mode, match=f"/blobs/{digest}")
+    try:
+        try:
+            resp = faulty.stack.http("GET", blob)
+        except (http.client.HTTPException, ConnectionError):
+            pass  # cut, as it must be
+        else:
+            assert resp.status != 200 or len(resp.body) < len(expected), f"{mode}: relayed whole ({resp.status})"
+        assert faulty.proxy.stats()["faults"] >= 1
+    finally:
+        faulty.proxy.set("pass")
+    recovered = faulty.stack.http("GET", blob)
+    assert recovered.status == 200
+    assert recovered.body == expected
