@@ -8,6 +8,7 @@ environment variable, never from the config file) and the hosts reached directly
 
 from __future__ import annotations
 
+import base64
 import os
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
@@ -41,6 +42,19 @@ class EgressProxy:
     @property
     def port(self) -> int:
         return urlsplit(self.url).port or 80
+
+    @property
+    def authorization(self) -> dict[str, str]:
+        """The ``Proxy-Authorization`` header for this proxy's credentials (empty without a password).
+
+        Made here, not with ``aiohttp.BasicAuth`` (deprecated in aiohttp 3.14; 3.10 lacks
+        ``encode_basic_auth``). An https target sends it on the CONNECT only; a plain-http
+        request goes to the proxy itself and carries it.
+        """
+        if not self.password:
+            return {}
+        credentials = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        return {"Proxy-Authorization": f"Basic {credentials}"}
 
     def bypassed_by(self, host: str) -> bool:
         """Is ``host`` reached directly? ``no_proxy`` holds names, domains (``example.com`` and

@@ -12,7 +12,6 @@ often do not resolve locally).
 
 from __future__ import annotations
 
-import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -61,13 +60,10 @@ class Egress:
             await connector.judge(target.host or "", target.port or 443)
         return proxy
 
-    @staticmethod
-    def auth(proxy: EgressProxy) -> aiohttp.BasicAuth | None:
-        return aiohttp.BasicAuth(proxy.username, proxy.password) if proxy.password else None
 
-
-def proxy_headers(headers: CIMultiDict[str], url: str | URL) -> CIMultiDict[str]:
-    """The headers of a request a proxy forwards (a plain-http target; an https one is tunnelled).
+def proxy_headers(headers: CIMultiDict[str], url: str | URL, proxy: EgressProxy) -> CIMultiDict[str]:
+    """The headers of a request a proxy forwards (a plain-http target; an https one is tunnelled,
+    and the proxy's credentials go on its CONNECT: ``proxy_headers=proxy.authorization``).
 
     Repeated headers become one comma-joined line (RFC 9110 makes them equal): some proxies
     (tinyproxy) keep only the last of a repeated header, and a registry then sees one Accept.
@@ -77,6 +73,7 @@ def proxy_headers(headers: CIMultiDict[str], url: str | URL) -> CIMultiDict[str]
     folded: CIMultiDict[str] = CIMultiDict()
     for name in dict.fromkeys(k.lower() for k in headers):
         folded[name] = ", ".join(headers.getall(name))
+    folded.update(proxy.authorization)
     return folded
 
 

@@ -244,13 +244,13 @@ class Transport:
             resp = await self.session(route).request(
                 method,
                 url,
-                headers=headers if proxy is None else proxy_headers(headers, url),
+                headers=headers if proxy is None else proxy_headers(headers, url, proxy),
                 allow_redirects=False,
                 timeout=self._timeout(route),
                 data=body() if body is not None else None,
                 ssl=self._tls(route),
                 proxy=proxy.url if proxy is not None else None,
-                proxy_auth=Egress.auth(proxy) if proxy is not None else None,
+                proxy_headers=proxy.authorization if proxy is not None else None,
             )
         except BaseException:
             if self._metrics is not None:

@@ -15,7 +15,6 @@ Only public RS256 and ES256 keys are kept.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import ssl
@@ -117,14 +116,9 @@ class KeyFetcher:
         host = urlsplit(url).hostname or ""
         proxy = None if self._proxy is None or self._proxy.bypassed_by(host) else self._proxy
         headers = {"Accept": "application/json"}
-        proxy_headers: dict[str, str] = {}
-        if proxy is not None and proxy.password:
-            # Made here: aiohttp 3.14 deprecates BasicAuth, 3.10 lacks encode_basic_auth. A plain-http
-            # request goes to the proxy itself, so it carries them; an https one only on the CONNECT.
-            credentials = base64.b64encode(f"{proxy.username}:{proxy.password}".encode()).decode()
-            proxy_headers["Proxy-Authorization"] = f"Basic {credentials}"
-            if urlsplit(url).scheme == "http":
-                headers.update(proxy_headers)
+        proxy_headers = proxy.authorization if proxy is not None else {}
+        if urlsplit(url).scheme == "http":  # the request goes to the proxy itself
+            headers.update(proxy_headers)
         try:
             async with (
                 # A session per fetch: fetches are rare (once per refresh interval at most).
